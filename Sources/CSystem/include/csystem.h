@@ -1,0 +1,41 @@
+#ifndef PORTFORWARD_CSYSTEM_H
+#define PORTFORWARD_CSYSTEM_H
+/* Linux calls that Swift's Glibc module does not import (they sit behind
+   _GNU_SOURCE or in headers the module leaves out). Plain C types only. */
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <signal.h>
+
+typedef struct {
+    uint32_t events;
+    uint64_t data;
+} pf_epoll_event;
+
+int pf_epoll_create(void);
+int pf_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data);
+int pf_epoll_wait(int epfd, pf_epoll_event *events, int max, int timeout_ms);
+
+int pf_accept4(int fd, struct sockaddr *addr, socklen_t *len);   /* NONBLOCK|CLOEXEC */
+int pf_pipe2(int fds[2]);                                        /* NONBLOCK|CLOEXEC */
+ssize_t pf_splice(int from, int to, size_t len, unsigned flags);  /* flags: pf_splice_* */
+int pf_set_pipe_size(int fd, int size);
+int pf_setns(int fd, int nstype);
+int pf_eventfd(void);
+int pf_signalfd(const int *signals, int count);                   /* blocks them too */
+int pf_block_signals(const int *signals, int count);
+int pf_unblock_all_signals(void);
+int pf_socket_nonblock(int domain, int type);
+int pf_errno(void);
+int pf_ignore_sigpipe(void);
+int pf_raise_nofile_limit(uint64_t *soft, uint64_t *hard);
+int pf_set_linger_zero(int fd);
+int pf_tcp_nodelay(int fd);
+
+extern const unsigned pf_splice_move, pf_splice_nonblock, pf_splice_more;
+extern const uint32_t pf_epollin, pf_epollout, pf_epollerr, pf_epollhup, pf_epollrdhup, pf_epollet;
+extern const int pf_epoll_ctl_add, pf_epoll_ctl_mod, pf_epoll_ctl_del;
+extern const int pf_clone_newnet;
+#endif

@@ -1,0 +1,67 @@
+#if canImport(Glibc)
+@preconcurrency import Glibc
+#endif
+
+public typealias BufferID = UInt32
+
+/// Fixed-size byte buffers handed out by index. Memory comes in slabs mapped on demand and is
+/// never returned to the system, so steady-state relaying allocates nothing; a buffer is held
+/// only while bytes are in flight. The first slab is what the io_uring backend registers.
+public final class BufferPool {
+    public static let none: BufferID = .max
+    public static let defaultBufferSize = 128 * 1024
+    public static let buffersPerSlab = 128
+
+    public let bufferSize: Int
+    private var slabs: [UnsafeMutableRawPointer] = []
+    private var free: [BufferID] = []
+    public private(set) var inUse = 0
+    /// Called when the first buffer of a new slab is made, so a backend can learn of it.
+    public var onSlab: ((Int, UnsafeMutableRawPointer) -> Void)?
+
+    public init(bufferSize: Int = BufferPool.defaultBufferSize) {
+        self.bufferSize = bufferSize
+        free.reserveCapacity(4096)
+    }
+
+    deinit {
+        for slab in slabs { munmap(slab, bufferSize * Self.buffersPerSlab) }
+    }
+
+    public var capacity: Int { slabs.count * Self.buffersPerSlab }
+
+    public func slab(_ index: Int) -> UnsafeMutableRawPointer? { index < slabs.count ? slabs[index] : nil }
+
+    @inline(__always)
+    public func pointer(_ id: BufferID) -> UnsafeMutableRawPointer {
+        let index = Int(id)
+        return slabs[index / Self.buffersPerSlab] + (index % Self.buffersPerSlab) * bufferSize
+    }
+
+    public func take() -> BufferID {
+        if free.isEmpty { grow() }
+        inUse += 1
+        return free.removeLast()
+    }
+
+    public func release(_ id: BufferID) {
+        precondition(id != Self.none)
+        inUse -= 1
+        free.append(id)
+    }
+
+    private func grow() {
+        let bytes = bufferSize * Self.buffersPerSlab
+        guard let memory = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+              memory != MAP_FAILED else {
+            fatalError("out of memory: cannot map \(bytes) bytes of buffers")
+        }
+        let first = slabs.count * Self.buffersPerSlab
+        slabs.append(memory)
+        // Lowest ids last, so they are taken first and the same few buffers stay warm.
+        for index in stride(from: first + Self.buffersPerSlab - 1, through: first, by: -1) {
+            free.append(BufferID(index))
+        }
+        onSlab?(slabs.count - 1, memory)
+    }
+}

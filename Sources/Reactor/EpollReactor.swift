@@ -1,0 +1,243 @@
+import CSystem
+#if canImport(Glibc)
+@preconcurrency import Glibc
+#endif
+
+/// The readiness backend: each descriptor is registered once, edge-triggered, for both
+/// directions. An operation is tried at once; if the kernel says EAGAIN it waits in the
+/// descriptor's slot (one reader, one writer) until epoll reports the descriptor ready.
+public final class EpollReactor: ReactorBackend {
+    struct Pending {
+        var operation: Operation
+        var handler: CompletionHandler
+        var tag: UInt32
+        var pointer: UnsafeMutableRawPointer? = nil
+        var count: Int = 0
+        var source: FileDescriptor = -1
+        var destination: FileDescriptor = -1
+    }
+
+    struct Slot {
+        var registered = false
+        var reader: Pending?
+        var writer: Pending?
+    }
+
+    public let name = "epoll"
+    public let buffers: BufferPool
+    private let epoll: FileDescriptor
+    private var slots: [Slot] = []
+    private let core = LoopCore()
+    private let events: UnsafeMutablePointer<pf_epoll_event>
+    private let eventCapacity = 256
+
+    public init(bufferSize: Int = BufferPool.defaultBufferSize) throws {
+        epoll = try check("epoll_create1") { pf_epoll_create() }
+        buffers = BufferPool(bufferSize: bufferSize)
+        events = .allocate(capacity: eventCapacity)
+        slots = Array(repeating: Slot(), count: 1024)
+    }
+
+    deinit {
+        events.deallocate()
+        Glibc.close(epoll)
+    }
+
+    // MARK: operations
+
+    public func accept(_ fd: FileDescriptor, handler: CompletionHandler, tag: UInt32) {
+        submitReader(fd, Pending(operation: .accept, handler: handler, tag: tag))
+    }
+
+    public func connect(_ fd: FileDescriptor, address: SocketAddress, handler: CompletionHandler, tag: UInt32) {
+        let result = address.withSockaddr { Glibc.connect(fd, $0, $1) }
+        if result == 0 {
+            core.post(handler, Completion(operation: .connect, tag: tag, result: 0))
+            return
+        }
+        let code = pf_errno()
+        if code != EINPROGRESS && code != EAGAIN && code != EINTR {
+            core.post(handler, Completion(operation: .connect, tag: tag, result: -code))
+            return
+        }
+        register(fd)
+        slots[Int(fd)].writer = Pending(operation: .connect, handler: handler, tag: tag)
+    }
+
+    public func receive(_ fd: FileDescriptor, handler: CompletionHandler, tag: UInt32) {
+        submitReader(fd, Pending(operation: .receive, handler: handler, tag: tag))
+    }
+
+    public func read(_ fd: FileDescriptor, into buffer: UnsafeMutableRawPointer, count: Int, handler: CompletionHandler, tag: UInt32) {
+        submitReader(fd, Pending(operation: .read, handler: handler, tag: tag, pointer: buffer, count: count))
+    }
+
+    public func write(_ fd: FileDescriptor, from buffer: UnsafeRawPointer, count: Int, handler: CompletionHandler, tag: UInt32) {
+        submitWriter(fd, Pending(operation: .write, handler: handler, tag: tag, pointer: UnsafeMutableRawPointer(mutating: buffer), count: count))
+    }
+
+    public func writev(_ fd: FileDescriptor, vectors: UnsafePointer<iovec>, count: Int, handler: CompletionHandler, tag: UInt32) {
+        submitWriter(fd, Pending(operation: .writev, handler: handler, tag: tag,
+                                 pointer: UnsafeMutableRawPointer(mutating: vectors), count: count))
+    }
+
+    public func splice(from source: FileDescriptor, to destination: FileDescriptor, count: Int, socket: FileDescriptor,
+                       handler: CompletionHandler, tag: UInt32) {
+        let pending = Pending(operation: .splice, handler: handler, tag: tag, count: count, source: source, destination: destination)
+        if socket == source { submitReader(socket, pending) } else { submitWriter(socket, pending) }
+    }
+
+    public func pollReadable(_ fd: FileDescriptor, handler: CompletionHandler, tag: UInt32) {
+        register(fd)
+        slots[Int(fd)].reader = Pending(operation: .poll, handler: handler, tag: tag)
+        // Edge-triggered: an edge that came before registration is not reported again.
+        var probe = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        if Glibc.poll(&probe, 1, 0) > 0 { attemptReader(fd) }
+    }
+
+    public func timer(nanoseconds: UInt64, handler: CompletionHandler, tag: UInt32) -> TimerID {
+        core.timers.add(after: nanoseconds, handler: handler, tag: tag)
+    }
+
+    public func cancelTimer(_ id: TimerID) { core.timers.cancel(id) }
+
+    public func close(_ fd: FileDescriptor) {
+        guard fd >= 0 else { return }
+        if Int(fd) < slots.count { slots[Int(fd)] = Slot() }
+        Glibc.close(fd)
+    }
+
+    public func schedule(_ task: DeferredTask) { core.addDeferred(task) }
+
+    public func stop() { core.stopped = true }
+
+    // MARK: the loop
+
+    public func run() throws {
+        core.stopped = false
+        while !core.stopped {
+            core.drain()
+            if core.stopped { break }
+            let count = pf_epoll_wait(epoll, events, Int32(eventCapacity), core.timeoutMilliseconds())
+            if count < 0 {
+                if pf_errno() == EINTR { continue }
+                throw SystemError("epoll_wait")
+            }
+            for index in 0..<Int(count) {
+                let event = events[index]
+                let fd = FileDescriptor(truncatingIfNeeded: event.data)
+                if event.events & (pf_epollin | pf_epollerr | pf_epollhup | pf_epollrdhup) != 0 { attemptReader(fd) }
+                if event.events & (pf_epollout | pf_epollerr | pf_epollhup) != 0 { attemptWriter(fd) }
+            }
+            core.fireTimers()
+        }
+    }
+
+    // MARK: internals
+
+    private func register(_ fd: FileDescriptor) {
+        let index = Int(fd)
+        if index >= slots.count {
+            slots.append(contentsOf: repeatElement(Slot(), count: max(index + 1 - slots.count, slots.count)))
+        }
+        if slots[index].registered { return }
+        slots[index].registered = true
+        if pf_epoll_ctl(epoll, pf_epoll_ctl_add, fd, pf_epollin | pf_epollout | pf_epollrdhup | pf_epollet, UInt64(UInt32(bitPattern: fd))) != 0 {
+            // Regular files and some special files cannot be polled: they are always ready.
+            slots[index].registered = pf_errno() != EPERM
+        }
+    }
+
+    private func submitReader(_ fd: FileDescriptor, _ pending: Pending) {
+        register(fd)
+        slots[Int(fd)].reader = pending
+        attemptReader(fd)
+    }
+
+    private func submitWriter(_ fd: FileDescriptor, _ pending: Pending) {
+        register(fd)
+        slots[Int(fd)].writer = pending
+        attemptWriter(fd)
+    }
+
+    private func attemptReader(_ fd: FileDescriptor) {
+        let index = Int(fd)
+        guard index < slots.count, let pending = slots[index].reader else { return }
+        switch pending.operation {
+        case .accept:
+            // Take every waiting connection; the slot stays armed for the next ones.
+            while true {
+                let client = pf_accept4(fd, nil, nil)
+                if client >= 0 {
+                    core.post(pending.handler, Completion(operation: .accept, tag: pending.tag, result: client))
+                    continue
+                }
+                let code = pf_errno()
+                if code == EAGAIN || code == EINTR { return }
+                if code == ECONNABORTED { continue }
+                core.post(pending.handler, Completion(operation: .accept, tag: pending.tag, result: -code))
+                return
+            }
+        case .poll:
+            slots[index].reader = nil
+            core.post(pending.handler, Completion(operation: .poll, tag: pending.tag, result: 0))
+        case .receive:
+            let buffer = buffers.take()
+            let result = Glibc.read(fd, buffers.pointer(buffer), buffers.bufferSize)
+            if result < 0 && (pf_errno() == EAGAIN || pf_errno() == EINTR) {
+                buffers.release(buffer)
+                return
+            }
+            slots[index].reader = nil
+            if result <= 0 {
+                buffers.release(buffer)
+                core.post(pending.handler, Completion(operation: .receive, tag: pending.tag, result: result < 0 ? -pf_errno() : 0))
+            } else {
+                core.post(pending.handler, Completion(operation: .receive, tag: pending.tag, result: Int32(result), buffer: buffer))
+            }
+        case .read:
+            let result = Glibc.read(fd, pending.pointer, pending.count)
+            finish(reader: true, index, pending, result)
+        case .splice:
+            let result = pf_splice(pending.source, pending.destination, pending.count, pf_splice_move | pf_splice_nonblock)
+            finish(reader: true, index, pending, result)
+        default:
+            return
+        }
+    }
+
+    private func attemptWriter(_ fd: FileDescriptor) {
+        let index = Int(fd)
+        guard index < slots.count, let pending = slots[index].writer else { return }
+        let result: Int
+        switch pending.operation {
+        case .connect:
+            slots[index].writer = nil
+            let code = Sockets.socketError(fd)
+            core.post(pending.handler, Completion(operation: .connect, tag: pending.tag, result: -code))
+            return
+        case .write:
+            result = Glibc.write(fd, pending.pointer, pending.count)
+        case .writev:
+            result = Glibc.writev(fd, pending.pointer!.assumingMemoryBound(to: iovec.self), Int32(pending.count))
+        case .splice:
+            result = pf_splice(pending.source, pending.destination, pending.count, pf_splice_move | pf_splice_nonblock | pf_splice_more)
+        default:
+            return
+        }
+        finish(reader: false, index, pending, result)
+    }
+
+    @inline(__always)
+    private func finish(reader: Bool, _ index: Int, _ pending: Pending, _ result: Int) {
+        if result < 0 {
+            let code = pf_errno()
+            if code == EAGAIN || code == EINTR { return }
+            if reader { slots[index].reader = nil } else { slots[index].writer = nil }
+            core.post(pending.handler, Completion(operation: pending.operation, tag: pending.tag, result: -code))
+            return
+        }
+        if reader { slots[index].reader = nil } else { slots[index].writer = nil }
+        core.post(pending.handler, Completion(operation: pending.operation, tag: pending.tag, result: Int32(truncatingIfNeeded: result)))
+    }
+}

@@ -1,0 +1,150 @@
+#if canImport(Glibc)
+@preconcurrency import Glibc
+#endif
+
+/// What both backends share: completions ready to deliver, tasks deferred to the end of the
+/// turn, and timers. The turn itself is spelled out in `runTurn` of each backend.
+final class LoopCore {
+    struct Ready {
+        var handler: CompletionHandler
+        var completion: Completion
+    }
+
+    private(set) var ready: [Ready] = []
+    private var delivering: [Ready] = []
+    private var deferred: [DeferredTask] = []
+    private var running: [DeferredTask] = []
+    var timers = TimerHeap()
+    var stopped = false
+
+    init() {
+        ready.reserveCapacity(1024)
+        delivering.reserveCapacity(1024)
+        deferred.reserveCapacity(256)
+        running.reserveCapacity(256)
+    }
+
+    var hasWork: Bool { !ready.isEmpty || !deferred.isEmpty }
+
+    @inline(__always)
+    func post(_ handler: CompletionHandler, _ completion: Completion) {
+        ready.append(Ready(handler: handler, completion: completion))
+    }
+
+    func addDeferred(_ task: DeferredTask) { deferred.append(task) }
+
+    /// Delivers completions until none are left, then runs the deferred tasks; repeats while
+    /// either produced more, but no more than a bounded number of rounds so I/O is polled.
+    func drain() {
+        var rounds = 0
+        while hasWork && rounds < 64 {
+            rounds += 1
+            while !ready.isEmpty {
+                swap(&ready, &delivering)
+                for item in delivering { item.handler.complete(item.completion) }
+                delivering.removeAll(keepingCapacity: true)
+            }
+            if !deferred.isEmpty {
+                swap(&deferred, &running)
+                for task in running { task.runDeferred() }
+                running.removeAll(keepingCapacity: true)
+            }
+        }
+    }
+
+    /// Milliseconds until the next timer (-1: none), 0 when work is waiting.
+    func timeoutMilliseconds() -> Int32 {
+        if hasWork { return 0 }
+        guard let next = timers.nextDeadline else { return -1 }
+        let now = Clock.nanoseconds()
+        if next <= now { return 0 }
+        return Int32(min((next - now + 999_999) / 1_000_000, 60_000))
+    }
+
+    func fireTimers() {
+        let now = Clock.nanoseconds()
+        while let entry = timers.popDue(now: now) {
+            post(entry.handler, Completion(operation: .timer, tag: entry.tag, result: 0))
+        }
+    }
+}
+
+public enum Clock {
+    @inline(__always)
+    public static func nanoseconds() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+    }
+}
+
+/// A binary min-heap of deadlines; a cancelled timer is dropped when it reaches the top.
+struct TimerHeap {
+    struct Entry {
+        var deadline: UInt64
+        var id: TimerID
+        var handler: CompletionHandler
+        var tag: UInt32
+    }
+
+    private var heap: [Entry] = []
+    private var cancelled = Set<TimerID>()
+    private var active = Set<TimerID>()
+    private var nextID: TimerID = 1
+
+    var nextDeadline: UInt64? {
+        mutating get {
+            dropCancelled()
+            return heap.first?.deadline
+        }
+    }
+
+    mutating func add(after nanoseconds: UInt64, handler: CompletionHandler, tag: UInt32) -> TimerID {
+        let id = nextID
+        nextID += 1
+        active.insert(id)
+        heap.append(Entry(deadline: Clock.nanoseconds() + nanoseconds, id: id, handler: handler, tag: tag))
+        var child = heap.count - 1
+        while child > 0 {
+            let parent = (child - 1) / 2
+            if heap[parent].deadline <= heap[child].deadline { break }
+            heap.swapAt(parent, child)
+            child = parent
+        }
+        return id
+    }
+
+    mutating func cancel(_ id: TimerID) {
+        if active.remove(id) != nil { cancelled.insert(id) }
+    }
+
+    mutating func popDue(now: UInt64) -> Entry? {
+        dropCancelled()
+        guard let top = heap.first, top.deadline <= now else { return nil }
+        active.remove(top.id)
+        return removeTop()
+    }
+
+    private mutating func dropCancelled() {
+        while let top = heap.first, cancelled.remove(top.id) != nil { _ = removeTop() }
+    }
+
+    private mutating func removeTop() -> Entry {
+        let top = heap[0]
+        let last = heap.removeLast()
+        if !heap.isEmpty {
+            heap[0] = last
+            var parent = 0
+            while true {
+                let left = 2 * parent + 1, right = left + 1
+                var smallest = parent
+                if left < heap.count && heap[left].deadline < heap[smallest].deadline { smallest = left }
+                if right < heap.count && heap[right].deadline < heap[smallest].deadline { smallest = right }
+                if smallest == parent { break }
+                heap.swapAt(parent, smallest)
+                parent = smallest
+            }
+        }
+        return top
+    }
+}
