@@ -1,0 +1,55 @@
+# Set-up and run plumbing. The README's two commands are `make demo` and `make test`;
+# both install what is missing on a fresh Debian 12 machine (as root), build and run.
+
+SWIFT ?= swift
+PORTFORWARD ?= .build/release/portforward
+
+# Debian packages the build, the tests, the demo and the bench use.
+DEB_PACKAGES := libnghttp2-dev liburing-dev pkg-config socat iproute2 curl nghttp2-client \
+                iperf3 python3 util-linux procps
+
+# `make test FILTER=Reactor` runs only the matching tests.
+FILTER ?=
+TEST_FLAGS := $(if $(FILTER),--filter '$(FILTER)')
+
+.PHONY: deps build test demo bench clean
+
+deps:
+	@missing=""; \
+	for pkg in $(DEB_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q 'install ok installed' \
+	        || missing="$$missing $$pkg"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" -ne 0 ]; then \
+	    echo "error: missing Debian packages:$$missing; run 'make deps' as root (or apt-get install them)" >&2; \
+	    exit 1; \
+	fi; \
+	echo "Installing:$$missing"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get update -q && apt-get install -y -q --no-install-recommends $$missing
+	@command -v $(SWIFT) >/dev/null 2>&1 || { \
+	    echo "error: '$(SWIFT)' not found: install a Swift 6 toolchain (swift.org/install) and put it on PATH" >&2; \
+	    exit 1; }
+
+build: deps
+	$(SWIFT) build -c release
+
+# Debug build; the suite runs once per reactor backend. Tests read PORTFORWARD_IO.
+test: deps
+	$(SWIFT) build --build-tests
+	PORTFORWARD_IO=epoll $(SWIFT) test --skip-build $(TEST_FLAGS)
+	PORTFORWARD_IO=uring $(SWIFT) test --skip-build $(TEST_FLAGS)
+
+demo: build
+	PORTFORWARD=$(PORTFORWARD) scripts/demo.sh
+
+bench: build
+	@if [ -x scripts/bench.sh ]; then \
+	    PORTFORWARD=$(PORTFORWARD) scripts/bench.sh; \
+	else \
+	    echo "scripts/bench.sh does not exist yet: nothing to benchmark (see issue 4)"; \
+	fi
+
+clean:
+	$(SWIFT) package clean

@@ -1,0 +1,303 @@
+import CNGHTTP2
+import Reactor
+
+public typealias StreamID = Int32
+
+/// A header block as it arrived: lower-case names, in order.
+public struct HeaderList: Sendable {
+    public var fields: [(name: String, value: String)] = []
+    public init(_ fields: [(name: String, value: String)] = []) { self.fields = fields }
+    public subscript(_ name: String) -> String? { fields.first { $0.name == name }?.value }
+}
+
+/// What a session tells the layer above. Every call comes from inside `receive` or `produce`.
+public protocol SessionDelegate: AnyObject {
+    /// A request (server side) or response (client side) header block.
+    func session(_ session: Session, headers: HeaderList, stream: StreamID, endStream: Bool)
+    func session(_ session: Session, data: UnsafeRawBufferPointer, stream: StreamID)
+    /// The peer ended its side of the stream (END_STREAM on DATA).
+    func session(_ session: Session, endOfStream stream: StreamID)
+    /// The stream is gone: `errorCode` 0 when both sides ended, else the RST_STREAM code.
+    func session(_ session: Session, closed stream: StreamID, errorCode: UInt32)
+}
+
+public struct SessionSettings: Sendable {
+    /// The window the peer may fill per stream before the bytes have left for their destination:
+    /// the bound on what one stream can make this side buffer.
+    public var streamWindow: Int32 = 1 << 20
+    public var connectionWindow: Int32 = 64 << 20
+    public var maxFrameSize: Int32 = 1 << 17
+    public var maxConcurrentStreams: UInt32 = 1 << 20
+
+    public init() {}
+
+    public var entries: [nghttp2_settings_entry] {
+        [
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue), value: maxConcurrentStreams),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: UInt32(streamWindow)),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_FRAME_SIZE.rawValue), value: UInt32(maxFrameSize)),
+        ]
+    }
+}
+
+public struct HTTP2Error: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+    init(_ call: String, _ code: Int) {
+        description = "\(call): \(String(cString: nghttp2_strerror(Int32(code))))"
+    }
+}
+
+/// One nghttp2 session. It does no I/O: bytes go in with `receive`, frames come out into an
+/// `OutputQueue` with `produce`; the `Connection` moves them.
+public final class Session {
+    public enum Role { case client, server }
+
+    public let role: Role
+    public weak var delegate: SessionDelegate?
+    let raw: OpaquePointer
+    var output: OutputQueue?
+    private var pendingHeaders: [StreamID: HeaderList] = [:]
+    /// nghttp2 holds a stream's body as a raw pointer: the session keeps it alive until the
+    /// stream closes.
+    private var bodies: [StreamID: DataSource] = [:]
+
+    public init(role: Role, settings: SessionSettings = SessionSettings()) throws {
+        self.role = role
+        var callbacks: OpaquePointer?
+        nghttp2_session_callbacks_new(&callbacks)
+        defer { nghttp2_session_callbacks_del(callbacks) }
+        nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, onBeginHeaders)
+        nghttp2_session_callbacks_set_on_header_callback(callbacks, onHeader)
+        nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, onFrameReceive)
+        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, onDataChunk)
+        nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, onStreamClose)
+        nghttp2_session_callbacks_set_send_data_callback(callbacks, onSendData)
+        nghttp2_session_callbacks_set_data_source_read_length_callback(callbacks, onReadLength)
+
+        var options: OpaquePointer?
+        nghttp2_option_new(&options)
+        defer { nghttp2_option_del(options) }
+        // Windows open only when bytes have left for their destination (Session.consume).
+        nghttp2_option_set_no_auto_window_update(options, 1)
+        nghttp2_option_set_peer_max_concurrent_streams(options, settings.maxConcurrentStreams)
+
+        var session: OpaquePointer?
+        let placeholder = UnsafeMutableRawPointer(bitPattern: 1)
+        let result = role == .server
+            ? nghttp2_session_server_new2(&session, callbacks, placeholder, options)
+            : nghttp2_session_client_new2(&session, callbacks, placeholder, options)
+        guard result == 0, let session else { throw HTTP2Error("nghttp2_session_new", Int(result)) }
+        raw = session
+        nghttp2_session_set_user_data(raw, Unmanaged.passUnretained(self).toOpaque())
+
+        var entries = settings.entries
+        nghttp2_submit_settings(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), &entries, entries.count)
+        nghttp2_session_set_local_window_size(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, settings.connectionWindow)
+    }
+
+    deinit { nghttp2_session_del(raw) }
+
+    // MARK: input and output
+
+    /// Feeds received bytes; delegate calls happen inside.
+    public func receive(_ bytes: UnsafeRawBufferPointer) throws {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        let result = nghttp2_session_mem_recv(raw, base.assumingMemoryBound(to: UInt8.self), bytes.count)
+        if result < 0 { throw HTTP2Error("nghttp2_session_mem_recv", result) }
+    }
+
+    /// Serializes pending frames into `queue` until it holds `limit` bytes or nothing is left.
+    public func produce(into queue: OutputQueue, limit: Int) throws {
+        output = queue
+        defer { output = nil }
+        while queue.queuedBytes < limit {
+            var data: UnsafePointer<UInt8>?
+            let count = nghttp2_session_mem_send(raw, &data)
+            if count < 0 { throw HTTP2Error("nghttp2_session_mem_send", count) }
+            if count == 0 { break }
+            queue.append(bytes: data!, count: count)
+        }
+    }
+
+    public var wantsRead: Bool { nghttp2_session_want_read(raw) != 0 }
+    public var wantsWrite: Bool { nghttp2_session_want_write(raw) != 0 }
+
+    // MARK: streams
+
+    /// Opens a stream (client side) whose request body comes from `body`.
+    public func submitRequest(_ headers: [(String, String)], body: DataSource?) throws -> StreamID {
+        let id = withHeaderVector(headers) { vector, count -> Int32 in
+            if let body {
+                var provider = dataProvider(body)
+                return nghttp2_submit_request(raw, nil, vector, count, &provider, nil)
+            }
+            return nghttp2_submit_request(raw, nil, vector, count, nil, nil)
+        }
+        if id < 0 { throw HTTP2Error("nghttp2_submit_request", Int(id)) }
+        if let body { bodies[id] = body }
+        return id
+    }
+
+    /// Answers a stream (server side); no body means END_STREAM on the HEADERS frame.
+    public func submitResponse(_ stream: StreamID, headers: [(String, String)], body: DataSource?) throws {
+        let result = withHeaderVector(headers) { vector, count -> Int32 in
+            if let body {
+                var provider = dataProvider(body)
+                return nghttp2_submit_response(raw, stream, vector, count, &provider)
+            }
+            return nghttp2_submit_response(raw, stream, vector, count, nil)
+        }
+        if result < 0 { throw HTTP2Error("nghttp2_submit_response", Int(result)) }
+        if let body { bodies[stream] = body }
+    }
+
+    /// The body of `stream` has more bytes ready (or has ended).
+    public func resume(_ stream: StreamID) {
+        nghttp2_session_resume_data(raw, stream)
+    }
+
+    /// `count` received bytes of `stream` have left for their destination: open the windows.
+    public func consume(_ stream: StreamID, _ count: Int) {
+        guard count > 0 else { return }
+        nghttp2_session_consume(raw, stream, count)
+    }
+
+    public func reset(_ stream: StreamID, code: UInt32 = NGHTTP2_CANCEL.rawValue) {
+        nghttp2_submit_rst_stream(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, code)
+    }
+
+    /// GOAWAY; the session wants no more I/O once it is sent.
+    public func terminate(code: UInt32 = NGHTTP2_NO_ERROR.rawValue) {
+        nghttp2_session_terminate_session(raw, code)
+    }
+
+    /// Takes over stream 1 after an HTTP/1.1 Upgrade (RFC 7540 section 3.2).
+    public func upgrade(settingsPayload: [UInt8], headRequest: Bool = false) throws {
+        let result = settingsPayload.withUnsafeBufferPointer { buffer in
+            nghttp2_session_upgrade2(raw, buffer.baseAddress, buffer.count, headRequest ? 1 : 0, nil)
+        }
+        if result != 0 { throw HTTP2Error("nghttp2_session_upgrade2", Int(result)) }
+    }
+
+    public var streamCount: Int { Int(nghttp2_session_get_next_stream_id(raw)) }
+
+    // MARK: helpers
+
+    private func dataProvider(_ body: DataSource) -> nghttp2_data_provider {
+        var provider = nghttp2_data_provider()
+        provider.source.ptr = Unmanaged.passUnretained(body).toOpaque()
+        provider.read_callback = onReadData
+        return provider
+    }
+
+    private func withHeaderVector<R>(_ headers: [(String, String)], _ body: (UnsafePointer<nghttp2_nv>, Int) -> R) -> R {
+        var storage: [[UInt8]] = []
+        storage.reserveCapacity(headers.count * 2)
+        for (name, value) in headers {
+            storage.append(Array(name.utf8))
+            storage.append(Array(value.utf8))
+        }
+        var vector: [nghttp2_nv] = []
+        vector.reserveCapacity(headers.count)
+        return withExtendedLifetime(storage) {
+            for index in 0..<headers.count {
+                let name = storage[2 * index], value = storage[2 * index + 1]
+                vector.append(nghttp2_nv(
+                    name: UnsafeMutablePointer(mutating: name.withUnsafeBufferPointer { $0.baseAddress! }),
+                    value: UnsafeMutablePointer(mutating: value.withUnsafeBufferPointer { $0.baseAddress ?? UnsafePointer(bitPattern: 1)! }),
+                    namelen: name.count, valuelen: value.count,
+                    flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
+            }
+            return vector.withUnsafeBufferPointer { body($0.baseAddress!, $0.count) }
+        }
+    }
+
+    fileprivate func streamClosed(_ stream: StreamID) {
+        bodies[stream] = nil
+        pendingHeaders[stream] = nil
+    }
+
+    fileprivate func beginHeaders(_ stream: StreamID) { pendingHeaders[stream] = HeaderList() }
+
+    fileprivate func header(_ stream: StreamID, _ name: String, _ value: String) {
+        pendingHeaders[stream, default: HeaderList()].fields.append((name, value))
+    }
+
+    fileprivate func headersDone(_ stream: StreamID, endStream: Bool) {
+        let headers = pendingHeaders.removeValue(forKey: stream) ?? HeaderList()
+        delegate?.session(self, headers: headers, stream: stream, endStream: endStream)
+    }
+}
+
+@inline(__always)
+private func session(_ userData: UnsafeMutableRawPointer?) -> Session {
+    Unmanaged<Session>.fromOpaque(userData!).takeUnretainedValue()
+}
+
+private func text(_ pointer: UnsafePointer<UInt8>?, _ count: Int) -> String {
+    guard let pointer, count > 0 else { return "" }
+    return String(decoding: UnsafeBufferPointer(start: pointer, count: count), as: UTF8.self)
+}
+
+private let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, userData in
+    session(userData).beginHeaders(frame!.pointee.hd.stream_id)
+    return 0
+}
+
+private let onHeader: nghttp2_on_header_callback = { _, frame, name, nameLength, value, valueLength, _, userData in
+    session(userData).header(frame!.pointee.hd.stream_id, text(name, nameLength), text(value, valueLength))
+    return 0
+}
+
+private let onFrameReceive: nghttp2_on_frame_recv_callback = { _, frame, userData in
+    let header = frame!.pointee.hd
+    let endStream = header.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
+    let owner = session(userData)
+    switch UInt32(header.type) {
+    case NGHTTP2_HEADERS.rawValue:
+        owner.headersDone(header.stream_id, endStream: endStream)
+    case NGHTTP2_DATA.rawValue:
+        if endStream { owner.delegate?.session(owner, endOfStream: header.stream_id) }
+    default:
+        break
+    }
+    return 0
+}
+
+private let onDataChunk: nghttp2_on_data_chunk_recv_callback = { _, _, stream, data, length, userData in
+    let owner = session(userData)
+    owner.delegate?.session(owner, data: UnsafeRawBufferPointer(start: data, count: length), stream: stream)
+    return 0
+}
+
+private let onStreamClose: nghttp2_on_stream_close_callback = { _, stream, errorCode, userData in
+    let owner = session(userData)
+    owner.delegate?.session(owner, closed: stream, errorCode: errorCode)
+    owner.streamClosed(stream)
+    return 0
+}
+
+private let onReadLength: nghttp2_data_source_read_length_callback = { _, _, _, sessionWindow, streamWindow, maxFrame, _ in
+    // Frames as large as the peer allows: fewer headers, fewer iovecs.
+    Int(min(sessionWindow, streamWindow, Int32(maxFrame)))
+}
+
+private let onReadData: nghttp2_data_source_read_callback = { _, _, _, length, flags, source, _ in
+    let body = Unmanaged<DataSource>.fromOpaque(source!.pointee.ptr).takeUnretainedValue()
+    let (count, ends) = body.pendingBytes(limit: length)
+    if count == 0 && !ends { return Int(NGHTTP2_ERR_DEFERRED.rawValue) }
+    var value = UInt32(pf_nghttp2_data_flag_no_copy)
+    if ends { value |= UInt32(pf_nghttp2_data_flag_eof) }
+    flags!.pointee = value
+    return count
+}
+
+private let onSendData: nghttp2_send_data_callback = { _, frame, frameHeader, length, source, userData in
+    let owner = session(userData)
+    let body = Unmanaged<DataSource>.fromOpaque(source!.pointee.ptr).takeUnretainedValue()
+    guard let queue = owner.output else { return Int32(NGHTTP2_ERR_WOULDBLOCK.rawValue) }
+    queue.append(bytes: frameHeader!, count: 9)
+    queue.append(payload: body.takePayload(count: length), count: length, source: body)
+    return 0
+}

@@ -1,0 +1,151 @@
+import CNGHTTP2
+
+/// The HTTP/1.1 side of an h2c upgrade (RFC 7540 section 3.2) and of the answers a relay gives
+/// before it: a request head parsed from bytes, and the messages each side writes.
+public struct RequestHead: Sendable {
+    public var method: String
+    public var target: String
+    public var version: String
+    public var headers: [(name: String, value: String)]
+    /// Bytes the head took, the blank line included.
+    public var length: Int
+
+    public func header(_ name: String) -> String? {
+        headers.first { $0.name == name.lowercased() }?.value
+    }
+
+    /// True when `Connection` and `Upgrade` ask for h2c.
+    public var asksForH2C: Bool {
+        guard let upgrade = header("upgrade") else { return false }
+        return upgrade.lowercased().split(separator: ",").contains { (part: Substring) in part.trimmed == "h2c" }
+    }
+
+    public var contentLength: Int? { header("content-length").flatMap { Int($0.trimmed) } }
+
+    public enum ParseResult: Sendable {
+        case incomplete
+        case invalid(String)
+        case complete(RequestHead)
+    }
+
+    /// Parses a request head at the start of `bytes`.
+    public static func parse(_ bytes: UnsafeRawBufferPointer) -> ParseResult {
+        guard let end = HTTPText.endOfHead(bytes) else { return .incomplete }
+        let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[..<end]), as: UTF8.self)
+        var lines = text.httpLines
+        let parts = lines.removeFirst().split(separator: " ", omittingEmptySubsequences: true)
+        guard parts.count == 3, parts[2].hasPrefix("HTTP/1.") else { return .invalid("malformed request line") }
+        var headers: [(String, String)] = []
+        for line in lines where !line.isEmpty {
+            guard let colon = line.firstIndex(of: ":") else { return .invalid("malformed header line") }
+            headers.append((line[..<colon].lowercased(), line[line.index(after: colon)...].trimmed))
+        }
+        return .complete(RequestHead(method: String(parts[0]), target: String(parts[1]), version: String(parts[2]),
+                                     headers: headers, length: end + 4))
+    }
+}
+
+public struct ResponseHead: Sendable {
+    public var status: Int
+    public var headers: [(name: String, value: String)]
+    public var length: Int
+
+    public func header(_ name: String) -> String? {
+        headers.first { $0.name == name.lowercased() }?.value
+    }
+
+    public static func parse(_ bytes: UnsafeRawBufferPointer) -> ResponseHead? {
+        guard let end = HTTPText.endOfHead(bytes) else { return nil }
+        let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[..<end]), as: UTF8.self)
+        var lines = text.httpLines
+        let parts = lines.removeFirst().split(separator: " ", maxSplits: 2)
+        guard parts.count >= 2, let status = Int(parts[1]) else { return nil }
+        var headers: [(String, String)] = []
+        for line in lines {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            headers.append((line[..<colon].lowercased(), line[line.index(after: colon)...].trimmed))
+        }
+        return ResponseHead(status: status, headers: headers, length: end + 4)
+    }
+}
+
+public enum HTTPText {
+    /// Offset of "\r\n\r\n", if the head is complete.
+    public static func endOfHead(_ bytes: UnsafeRawBufferPointer) -> Int? {
+        guard bytes.count >= 4 else { return nil }
+        for index in 0...(bytes.count - 4)
+        where bytes[index] == 13 && bytes[index + 1] == 10 && bytes[index + 2] == 13 && bytes[index + 3] == 10 {
+            return index
+        }
+        return nil
+    }
+
+    public static let switchingProtocols = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+
+    /// A complete HTTP/1.1 answer with a one-line text body; the connection closes after it.
+    public static func response(status: Int, reason: String, body: String) -> String {
+        let line = body.hasSuffix("\n") ? body : body + "\n"
+        return "HTTP/1.1 \(status) \(reason)\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            + "Content-Length: \(line.utf8.count)\r\nConnection: close\r\n\r\n\(line)"
+    }
+
+    /// The client's upgrade request.
+    public static func upgradeRequest(method: String = "POST", path: String, authority: String, settings: [UInt8]) -> String {
+        "\(method) \(path) HTTP/1.1\r\nHost: \(authority)\r\nUser-Agent: portforward\r\n"
+            + "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: \(Base64URL.encode(settings))\r\n"
+            + "Content-Length: 0\r\n\r\n"
+    }
+
+    /// The SETTINGS payload a client sends in `HTTP2-Settings`.
+    public static func settingsPayload(_ settings: SessionSettings) -> [UInt8] {
+        var entries = settings.entries
+        var payload = [UInt8](repeating: 0, count: entries.count * 6)
+        let count = nghttp2_pack_settings_payload(&payload, payload.count, &entries, entries.count)
+        return count > 0 ? Array(payload[..<count]) : []
+    }
+
+    public static let clientPrefacePrefix: [UInt8] = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+}
+
+/// base64url without padding (RFC 7540 section 3.2.1).
+public enum Base64URL {
+    private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
+
+    public static func encode(_ bytes: [UInt8]) -> String {
+        var out: [UInt8] = []
+        var index = 0
+        while index < bytes.count {
+            let chunk = bytes[index..<min(index + 3, bytes.count)]
+            var value = 0
+            for byte in chunk { value = value << 8 | Int(byte) }
+            value <<= 8 * (3 - chunk.count)
+            for position in 0..<(chunk.count + 1) { out.append(alphabet[(value >> (18 - 6 * position)) & 63]) }
+            index += 3
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    public static func decode(_ text: String) -> [UInt8]? {
+        var value = 0, bits = 0
+        var out: [UInt8] = []
+        for character in text.utf8 {
+            if character == UInt8(ascii: "=") { break }
+            let digit: Int
+            switch character {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"): digit = Int(character) - 65
+            case UInt8(ascii: "a")...UInt8(ascii: "z"): digit = Int(character) - 97 + 26
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = Int(character) - 48 + 52
+            case UInt8(ascii: "-"), UInt8(ascii: "+"): digit = 62
+            case UInt8(ascii: "_"), UInt8(ascii: "/"): digit = 63
+            default: return nil
+            }
+            value = value << 6 | digit
+            bits += 6
+            if bits >= 8 {
+                bits -= 8
+                out.append(UInt8((value >> bits) & 0xFF))
+            }
+        }
+        return out
+    }
+}

@@ -1,0 +1,296 @@
+import CSystem
+import Reactor
+#if canImport(Glibc)
+@preconcurrency import Glibc
+#endif
+
+/// How a relay reaches a pod's port.
+public enum ConnectResult {
+    case connected(FileDescriptor)
+    /// The HTTP status to answer with (502 refused/unreachable, 504 timeout) and a one-line reason.
+    case failed(status: Int, reason: String)
+}
+
+public protocol ConnectAttempt: AnyObject {
+    /// The stream went away first: give up quietly (no result is delivered).
+    func cancel()
+}
+
+public protocol Connector: AnyObject {
+    var name: String { get }
+    func connect(pod: Pod, port: Int, done: @escaping (ConnectResult) -> Void) -> ConnectAttempt
+}
+
+public enum ConnectorChoice: String, CaseIterable, Sendable {
+    case native, nsenter
+}
+
+/// Enters the pod's network namespace only to create the socket (setns around `socket()`), then
+/// connects from the relay's own thread without blocking it: to 127.0.0.1:PORT, then [::1]:PORT.
+public final class NativeConnector: Connector {
+    public let name = "native"
+    let reactor: ReactorBackend
+    let timeout: UInt64
+    private let home: FileDescriptor
+
+    public init(reactor: ReactorBackend, timeoutSeconds: Double = 5) throws {
+        self.reactor = reactor
+        self.timeout = UInt64(timeoutSeconds * 1e9)
+        home = try check("open", subject: "/proc/self/ns/net") { open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC) }
+    }
+
+    deinit { Glibc.close(home) }
+
+    public func connect(pod: Pod, port: Int, done: @escaping (ConnectResult) -> Void) -> ConnectAttempt {
+        let attempt = NativeAttempt(connector: self, pod: pod, port: port, done: done)
+        attempt.start()
+        return attempt
+    }
+
+    /// A socket created inside `path`'s network namespace (nil: ours).
+    func socket(in path: String?, family: Int32) throws -> FileDescriptor {
+        guard let path else { return try check("socket") { pf_socket_nonblock(family, Int32(SOCK_STREAM.rawValue)) } }
+        let namespace = try check("cannot enter network namespace", subject: path) { open(path, O_RDONLY | O_CLOEXEC) }
+        defer { Glibc.close(namespace) }
+        _ = try check("cannot enter network namespace", subject: path) { pf_setns(namespace, pf_clone_newnet) }
+        defer {
+            if pf_setns(home, pf_clone_newnet) != 0 {
+                fatalError("cannot return to the relay's network namespace: \(SystemError("setns"))")
+            }
+        }
+        return try check("socket") { pf_socket_nonblock(family, Int32(SOCK_STREAM.rawValue)) }
+    }
+}
+
+final class NativeAttempt: ConnectAttempt, CompletionHandler {
+    let connector: NativeConnector
+    let pod: Pod
+    let port: Int
+    var done: ((ConnectResult) -> Void)?
+    var addresses: [SocketAddress]
+    var fd: FileDescriptor = -1
+    var timer: TimerID = 0
+    var firstError: String?
+
+    init(connector: NativeConnector, pod: Pod, port: Int, done: @escaping (ConnectResult) -> Void) {
+        self.connector = connector
+        self.pod = pod
+        self.port = port
+        self.done = done
+        addresses = [SocketAddress(ip: "127.0.0.1", port: port)!, SocketAddress(ip: "::1", port: port)!]
+    }
+
+    func start() {
+        timer = connector.reactor.timer(nanoseconds: connector.timeout, handler: self, tag: 2)
+        next()
+    }
+
+    private func next() {
+        while !addresses.isEmpty {
+            let address = addresses.removeFirst()
+            do {
+                fd = try connector.socket(in: pod.networkNamespacePath, family: address.family)
+            } catch let error as SystemError where error.call == "socket" {
+                if firstError == nil { firstError = "\(error)" }
+                continue
+            } catch {
+                return finish(.failed(status: 502, reason: "\(error)"))
+            }
+            connector.reactor.connect(fd, address: address, handler: self, tag: 1)
+            return
+        }
+        finish(.failed(status: 502, reason: firstError ?? "cannot connect"))
+    }
+
+    func complete(_ completion: Completion) {
+        guard done != nil else { return }
+        if completion.tag == 2 {
+            if fd >= 0 { connector.reactor.close(fd); fd = -1 }
+            let seconds = Double(connector.timeout) / 1e9
+            return finish(.failed(status: 504, reason: "timed out connecting to port \(port) after \(seconds.formatted1)s"))
+        }
+        if completion.result == 0 {
+            let connected = fd
+            fd = -1
+            return finish(.connected(connected))
+        }
+        connector.reactor.close(fd)
+        fd = -1
+        if firstError == nil { firstError = SystemError.reason(-completion.result) }
+        next()
+    }
+
+    private func finish(_ result: ConnectResult) {
+        connector.reactor.cancelTimer(timer)
+        let callback = done
+        done = nil
+        callback?(result)
+    }
+
+    func cancel() {
+        guard done != nil else { return }
+        done = nil
+        connector.reactor.cancelTimer(timer)
+        if fd >= 0 { connector.reactor.close(fd); fd = -1 }
+    }
+}
+
+extension Double {
+    var formatted1: String {
+        let tenths = Int((self * 10).rounded())
+        return tenths % 10 == 0 ? "\(tenths / 10)" : "\(tenths / 10).\(tenths % 10)"
+    }
+}
+
+/// The reference design: per stream, `nsenter --net=PATH socat STDIO TCP:localhost:PORT`. socat's
+/// standard input and output are one end of a socket pair, the tunnel holds the other; socat's
+/// diagnostics tell whether it connected, and its error line becomes the answer's text.
+public final class NsenterConnector: Connector {
+    public let name = "nsenter"
+    let reactor: ReactorBackend
+    let timeout: UInt64
+
+    public init(reactor: ReactorBackend, timeoutSeconds: Double = 5) {
+        self.reactor = reactor
+        self.timeout = UInt64(timeoutSeconds * 1e9)
+    }
+
+    public func connect(pod: Pod, port: Int, done: @escaping (ConnectResult) -> Void) -> ConnectAttempt {
+        let attempt = NsenterAttempt(connector: self, port: port, done: done)
+        var command: [String] = []
+        if let netns = pod.netns {
+            command = ["nsenter", "--net=\(netns)"]
+        } else if let pid = pod.pid {
+            command = ["nsenter", "-t", "\(pid)", "-n"]
+        }
+        // -d -d: socat says "starting data transfer loop" once connected. -t: after one side's
+        // end of file, wait for the other side as long as it takes (half-closed connections).
+        command += ["socat", "-d", "-d", "-t", "86400", "STDIO", "TCP:localhost:\(port)"]
+        attempt.start(command)
+        return attempt
+    }
+}
+
+final class NsenterAttempt: ConnectAttempt, CompletionHandler {
+    let connector: NsenterConnector
+    let port: Int
+    var done: ((ConnectResult) -> Void)?
+    var pid: pid_t = 0
+    var socket: FileDescriptor = -1
+    var diagnostics: FileDescriptor = -1
+    var timer: TimerID = 0
+    var text: [UInt8] = []
+    let chunk = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 1)
+
+    init(connector: NsenterConnector, port: Int, done: @escaping (ConnectResult) -> Void) {
+        self.connector = connector
+        self.port = port
+        self.done = done
+    }
+
+    deinit { chunk.deallocate() }
+
+    func start(_ command: [String]) {
+        var pair: [Int32] = [-1, -1]
+        var errors: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0,
+              pf_pipe2(&errors) == 0 else {
+            return finish(.failed(status: 502, reason: "\(SystemError("socketpair"))"))
+        }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, pair[1], 0)
+        posix_spawn_file_actions_adddup2(&actions, pair[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, errors[1], 2)
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        // The relay blocks signals for its signalfd and ignores SIGPIPE: the child gets defaults.
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        sigaddset(&defaults, SIGPIPE)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let argv: [UnsafeMutablePointer<CChar>?] = command.map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        let status = posix_spawnp(&pid, command[0], &actions, &attributes, argv, environ)
+        Glibc.close(pair[1])
+        Glibc.close(errors[1])
+        socket = pair[0]
+        diagnostics = errors[0]
+        if status != 0 {
+            Glibc.close(socket)
+            Glibc.close(diagnostics)
+            socket = -1
+            diagnostics = -1
+            return finish(.failed(status: 502, reason: "cannot run \(command[0]): \(SystemError.reason(status))"))
+        }
+        Sockets.setBlocking(socket, false)
+        timer = connector.reactor.timer(nanoseconds: connector.timeout, handler: self, tag: 2)
+        readDiagnostics()
+    }
+
+    private func readDiagnostics() {
+        connector.reactor.read(diagnostics, into: chunk, count: 4096, handler: self, tag: 1)
+    }
+
+    func complete(_ completion: Completion) {
+        if completion.tag == 2 {
+            guard done != nil else { return }
+            kill(pid, SIGKILL)
+            return finish(.failed(status: 504, reason: "timed out connecting to port \(port) after \((Double(connector.timeout) / 1e9).formatted1)s"))
+        }
+        if completion.result > 0 {
+            if done != nil {
+                text.append(contentsOf: UnsafeRawBufferPointer(start: chunk, count: Int(completion.result)))
+                if String(decoding: text, as: UTF8.self).contains("starting data transfer loop") {
+                    let connected = socket
+                    socket = -1
+                    text = []
+                    finish(.connected(connected))
+                }
+            }
+            // Keep draining socat's diagnostics so that it never blocks on them.
+            readDiagnostics()
+            return
+        }
+        // socat exited.
+        connector.reactor.close(diagnostics)
+        diagnostics = -1
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        if done != nil {
+            if socket >= 0 { Glibc.close(socket); socket = -1 }
+            finish(.failed(status: 502, reason: reason()))
+        }
+    }
+
+    /// socat's error line without its time stamp: "E connect(5, AF=2 127.0.0.1:80, 16): Connection refused".
+    private func reason() -> String {
+        let lines = String(decoding: text, as: UTF8.self).split(separator: "\n")
+        if let error = lines.last(where: { $0.contains(" E ") }), let range = error.range(of: " E ") {
+            return String(error[range.upperBound...])
+        }
+        if let last = lines.last { return String(last) }
+        return "socat exited before connecting"
+    }
+
+    private func finish(_ result: ConnectResult) {
+        connector.reactor.cancelTimer(timer)
+        let callback = done
+        done = nil
+        callback?(result)
+    }
+
+    func cancel() {
+        guard done != nil else { return }
+        done = nil
+        connector.reactor.cancelTimer(timer)
+        if socket >= 0 { Glibc.close(socket); socket = -1 }
+        if pid > 0 { kill(pid, SIGKILL) }
+    }
+}

@@ -1,0 +1,300 @@
+import CNGHTTP2
+import CSystem
+import HTTP2
+import Reactor
+#if canImport(Glibc)
+@preconcurrency import Glibc
+#endif
+
+/// What `portforward forward` was asked to do.
+public struct ForwardOptions: Sendable {
+    public var server: String
+    public var target: ForwardPath
+    public var ports: [PortSpec]
+    /// `localhost` (127.0.0.1 and ::1) or numeric addresses.
+    public var addresses: [String]
+    public var connectTimeoutSeconds: Double = 5
+
+    public init(server: String, target: ForwardPath, ports: [PortSpec], addresses: [String] = ["localhost"]) {
+        self.server = server
+        self.target = target
+        self.ports = ports
+        self.addresses = addresses
+    }
+}
+
+public struct ForwardError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// `http://host:port` split up.
+public struct ServerURL: Sendable {
+    public var host: String
+    public var port: Int
+
+    public init(parsing text: String) throws {
+        var rest = Substring(text)
+        if rest.hasPrefix("https://") {
+            throw ForwardError("\(text): https is not supported; the relay speaks h2c (http://)")
+        }
+        if rest.hasPrefix("http://") { rest = rest.dropFirst(7) }
+        if let slash = rest.firstIndex(of: "/") { rest = rest[..<slash] }
+        guard !rest.isEmpty else { throw ForwardError("invalid server URL \"\(text)\"") }
+        if rest.hasPrefix("["), let close = rest.firstIndex(of: "]") {
+            host = String(rest[rest.index(after: rest.startIndex)..<close])
+            let after = rest[rest.index(after: close)...]
+            port = after.hasPrefix(":") ? Int(after.dropFirst()) ?? -1 : 80
+        } else if let colon = rest.lastIndex(of: ":") {
+            host = String(rest[..<colon])
+            port = Int(rest[rest.index(after: colon)...]) ?? -1
+        } else {
+            host = String(rest)
+            port = 80
+        }
+        guard (1...65535).contains(port) else { throw ForwardError("invalid server URL \"\(text)\": bad port") }
+    }
+
+    public var authority: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+/// The client: listens on local ports and tunnels each accepted connection as one stream of a
+/// single HTTP/2 connection to the relay.
+public final class Forwarder: SessionDelegate, CompletionHandler {
+    public let options: ForwardOptions
+    public let reactor: ReactorBackend
+    private let server: ServerURL
+    private var connection: Connection!
+    private var listeners: [(fd: FileDescriptor, spec: PortSpec)] = []
+    private var tunnels: [StreamID: Tunnel] = [:]
+    private var signals: FileDescriptor = -1
+    private let signalBuffer = UnsafeMutableRawPointer.allocate(byteCount: 128, alignment: 8)
+    private var stopping = false
+    /// 0 after a clean stop, 1 when the relay went away.
+    public private(set) var exitCode: Int32 = 0
+    public var print: (String) -> Void = { line in
+        Swift.print(line)
+        fflush(stdout)
+    }
+    public var printError: (String) -> Void = { line in
+        fputs(line + "\n", stderr)
+    }
+
+    public init(options: ForwardOptions, reactor: ReactorBackend) throws {
+        self.options = options
+        self.reactor = reactor
+        server = try ServerURL(parsing: options.server)
+    }
+
+    deinit { signalBuffer.deallocate() }
+
+    /// Connects and upgrades (blocking: nothing else is going on yet), then opens the listeners.
+    /// Throws with the one line to show when the relay cannot be reached or refuses the pod.
+    public func start() throws {
+        let fd = try dial()
+        let settings = SessionSettings()
+        let (leftover, _) = try upgrade(fd, settings: settings)
+        let session = try Session(role: .client, settings: settings)
+        try session.upgrade(settingsPayload: HTTPText.settingsPayload(settings))
+        connection = Connection(fd: fd, session: session, reactor: reactor)
+        session.delegate = self
+        connection.onClose = { [unowned self] reason in self.connectionClosed(reason) }
+        try openListeners()
+        leftover.withUnsafeBytes { connection.start(initial: $0) }
+        var caught: [Int32] = [SIGINT, SIGTERM, SIGHUP]
+        signals = pf_signalfd(&caught, Int32(caught.count))
+        if signals >= 0 { reactor.read(signals, into: signalBuffer, count: 128, handler: self, tag: Self.signalTag) }
+    }
+
+    private static let signalTag: UInt32 = .max
+
+    private func dial() throws -> FileDescriptor {
+        let addresses = SocketAddress.resolve(server.host, port: server.port)
+        guard !addresses.isEmpty else { throw ForwardError("cannot reach relay at \(options.server): cannot resolve \(server.host)") }
+        var lastError = "unreachable"
+        for address in addresses {
+            guard let fd = try? Sockets.socket(for: address) else { continue }
+            let result = address.withSockaddr { Glibc.connect(fd, $0, $1) }
+            if result == 0 || pf_errno() == EINPROGRESS {
+                var probe = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                let ready = poll(&probe, 1, Int32(options.connectTimeoutSeconds * 1000))
+                let code = ready > 0 ? Sockets.socketError(fd) : ETIMEDOUT
+                if code == 0 { return fd }
+                lastError = SystemError.reason(code)
+            } else {
+                lastError = SystemError.reason(pf_errno())
+            }
+            Glibc.close(fd)
+        }
+        throw ForwardError("cannot reach relay at \(options.server): \(lastError)")
+    }
+
+    /// The HTTP/1.1 request that names the pod and asks for h2c; returns bytes read past the answer.
+    private func upgrade(_ fd: FileDescriptor, settings: SessionSettings) throws -> ([UInt8], ResponseHead) {
+        Sockets.setBlocking(fd, true)
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let request = HTTPText.upgradeRequest(path: options.target.path, authority: server.authority,
+                                              settings: HTTPText.settingsPayload(settings))
+        let sent = Array(request.utf8).withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        guard sent == request.utf8.count else {
+            Glibc.close(fd)
+            throw ForwardError("cannot reach relay at \(options.server): \(SystemError.reason(pf_errno()))")
+        }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = Glibc.read(fd, &chunk, chunk.count)
+            if count <= 0 {
+                Glibc.close(fd)
+                throw ForwardError("relay at \(options.server) closed the connection during the upgrade")
+            }
+            bytes.append(contentsOf: chunk[..<count])
+            guard let head = bytes.withUnsafeBytes({ ResponseHead.parse($0) }) else { continue }
+            if head.status == 101 {
+                Sockets.setBlocking(fd, false)
+                return (Array(bytes[head.length...]), head)
+            }
+            // An error answer: read its one-line body.
+            let length = Int(head.header("content-length") ?? "") ?? 0
+            while bytes.count < head.length + length {
+                let more = Glibc.read(fd, &chunk, chunk.count)
+                if more <= 0 { break }
+                bytes.append(contentsOf: chunk[..<more])
+            }
+            Glibc.close(fd)
+            let body = String(decoding: bytes[head.length...].prefix(length), as: UTF8.self).trimmed
+                .split(separator: "\n").first.map(String.init) ?? ""
+            throw ForwardError(body.isEmpty ? "relay at \(options.server) answered \(head.status) to the upgrade" : body)
+        }
+    }
+
+    private func openListeners() throws {
+        for spec in options.ports {
+            var chosen = spec.local
+            var bound = 0
+            var failures: [String] = []
+            for host in options.addresses {
+                for ip in host == "localhost" ? ["127.0.0.1", "::1"] : [host] {
+                    guard let address = SocketAddress(ip: ip, port: chosen) else {
+                        throw ForwardError("invalid address \"\(ip)\": expected localhost or a numeric IP address")
+                    }
+                    do {
+                        let fd = try Sockets.listen(address)
+                        let local = Sockets.localAddress(fd)
+                        chosen = local.port
+                        listeners.append((fd, spec))
+                        bound += 1
+                        self.print("Forwarding from \(local) -> \(spec.remote)")
+                    } catch {
+                        if host == "localhost" {
+                            failures.append("\(error)")
+                        } else {
+                            throw ForwardError("unable to listen on port \(spec.local == 0 ? chosen : spec.local): \(error)")
+                        }
+                    }
+                }
+            }
+            if bound == 0 {
+                throw ForwardError("unable to listen on port \(spec.local): \(failures.joined(separator: "; "))")
+            }
+            for failure in failures { printError("warning: \(failure)") }
+        }
+        for (index, listener) in listeners.enumerated() {
+            reactor.accept(listener.fd, handler: self, tag: UInt32(index))
+        }
+    }
+
+    // MARK: completions: accepted connections and signals
+
+    public func complete(_ completion: Completion) {
+        if completion.tag == Self.signalTag {
+            shutdown()
+            return
+        }
+        guard completion.result >= 0 else {
+            printError("error: accept: \(SystemError.reason(-completion.result))")
+            return
+        }
+        let client = completion.result
+        if stopping || connection.isClosed {
+            reactor.close(client)
+            return
+        }
+        let spec = listeners[Int(completion.tag)].spec
+        self.print("Handling connection for \(spec.remote)")
+        let tunnel = Tunnel(connection: connection)
+        do {
+            tunnel.stream = try connection.session.submitRequest([
+                (":method", "POST"), (":scheme", "http"), (":authority", server.authority),
+                (":path", options.target.path), ("port", "\(spec.remote)"),
+            ], body: tunnel)
+        } catch {
+            printError("error: forwarding port \(spec.remote) to pod \(podName): \(error)")
+            reactor.close(client)
+            return
+        }
+        tunnels[tunnel.stream] = tunnel
+        tunnel.onFinish = { [unowned self] finished in
+            if self.tunnels[finished.stream] === finished { self.tunnels[finished.stream] = nil }
+        }
+        tunnel.onRejected = { [unowned self] _, reason in
+            self.printError("error: forwarding port \(spec.remote) to pod \(self.podName): \(reason)")
+        }
+        tunnel.attach(client)
+        connection.flushSoon()
+    }
+
+    private var podName: String { "\(options.target.namespace)/\(options.target.pod)" }
+
+    // MARK: session events
+
+    public func session(_ session: Session, headers: HeaderList, stream: StreamID, endStream: Bool) {
+        guard let tunnel = tunnels[stream] else { return }
+        tunnel.responded(status: Int(headers[":status"] ?? "") ?? 0)
+        if endStream { tunnel.peerFinished() }
+    }
+
+    public func session(_ session: Session, data: UnsafeRawBufferPointer, stream: StreamID) {
+        if let tunnel = tunnels[stream] { tunnel.received(data) } else { session.consume(stream, data.count) }
+    }
+
+    public func session(_ session: Session, endOfStream stream: StreamID) {
+        tunnels[stream]?.peerFinished()
+    }
+
+    public func session(_ session: Session, closed stream: StreamID, errorCode: UInt32) {
+        tunnels[stream]?.streamClosed(errorCode: errorCode)
+    }
+
+    // MARK: ending
+
+    /// Ctrl-C or SIGTERM: close the listeners and every stream, say GOAWAY, close the connection.
+    public func shutdown() {
+        if stopping { return }
+        stopping = true
+        for listener in listeners { reactor.close(listener.fd) }
+        listeners.removeAll()
+        for tunnel in Array(tunnels.values) { tunnel.abort() }
+        connection.session.terminate()
+        connection.flushSoon()
+        // Should the relay not read the GOAWAY, stop anyway.
+        _ = reactor.timer(nanoseconds: 2_000_000_000, handler: StopTimer(reactor), tag: 0)
+    }
+
+    private func connectionClosed(_ reason: String?) {
+        for tunnel in Array(tunnels.values) { tunnel.connectionLost() }
+        tunnels.removeAll()
+        if !stopping {
+            printError("error: lost connection to relay at \(options.server): \(reason ?? "closed")")
+            exitCode = 1
+        }
+        reactor.stop()
+    }
+}
+
+private final class StopTimer: CompletionHandler {
+    let reactor: ReactorBackend
+    init(_ reactor: ReactorBackend) { self.reactor = reactor }
+    func complete(_ completion: Completion) { reactor.stop() }
+}

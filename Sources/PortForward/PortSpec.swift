@@ -1,0 +1,89 @@
+/// `[LOCAL:]REMOTE`, as `oc port-forward` takes it: `5000`, `6000:5000`, `:5000`, `0:5000`.
+public struct PortSpec: Equatable, Sendable, CustomStringConvertible {
+    /// 0: pick a free port.
+    public var local: Int
+    public var remote: Int
+
+    public init(local: Int, remote: Int) {
+        self.local = local
+        self.remote = remote
+    }
+
+    public struct ParseError: Error, CustomStringConvertible, Sendable {
+        public var description: String
+    }
+
+    public init(parsing text: String) throws {
+        func port(_ part: Substring, _ what: String, allowZero: Bool) throws -> Int {
+            guard !part.isEmpty, part.allSatisfy({ $0.isASCII && $0.isNumber }), part.count <= 5, let value = Int(part) else {
+                throw ParseError(description: "invalid port specification \"\(text)\": \(what) port \"\(part)\" is not a number")
+            }
+            guard value <= 65535, value > 0 || allowZero else {
+                throw ParseError(description: "invalid port specification \"\(text)\": \(what) port \(value) is out of range (1-65535)")
+            }
+            return value
+        }
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        switch parts.count {
+        case 1:
+            let remote = try port(parts[0], "remote", allowZero: false)
+            self.init(local: remote, remote: remote)
+        case 2:
+            let local = parts[0].isEmpty ? 0 : try port(parts[0], "local", allowZero: true)
+            self.init(local: local, remote: try port(parts[1], "remote", allowZero: false))
+        default:
+            throw ParseError(description: "invalid port specification \"\(text)\": expected [LOCAL:]REMOTE")
+        }
+    }
+
+    /// Parses every spec and refuses a local port named twice.
+    public static func parseAll(_ texts: [String]) throws -> [PortSpec] {
+        if texts.isEmpty { throw ParseError(description: "at least one port specification is required, e.g. 8080 or 6000:5000") }
+        let specs = try texts.map(PortSpec.init(parsing:))
+        var seen = Set<Int>()
+        for spec in specs where spec.local != 0 {
+            if !seen.insert(spec.local).inserted {
+                throw ParseError(description: "local port \(spec.local) is given more than once")
+            }
+        }
+        return specs
+    }
+
+    public var description: String { "\(local):\(remote)" }
+}
+
+/// The target of a port-forward request, as its path names it:
+/// `/proxy/nodes/<node>/portForward/<namespace>/<pod>` (the API server's path) or
+/// `/portForward/<namespace>/<pod>` (the node's own).
+public struct ForwardPath: Equatable, Sendable, CustomStringConvertible {
+    public var node: String?
+    public var namespace: String
+    public var pod: String
+
+    public init(node: String? = nil, namespace: String, pod: String) {
+        self.node = node
+        self.namespace = namespace
+        self.pod = pod
+    }
+
+    public init?(parsing path: String) {
+        let withoutQuery = path.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? path
+        let parts = withoutQuery.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        // "" "proxy" "nodes" node "portForward" ns pod, or "" "portForward" ns pod
+        if parts.count == 7, parts[0].isEmpty, parts[1] == "proxy", parts[2] == "nodes", parts[4] == "portForward",
+           !parts[3].isEmpty, !parts[5].isEmpty, !parts[6].isEmpty {
+            self.init(node: parts[3], namespace: parts[5], pod: parts[6])
+        } else if parts.count == 4, parts[0].isEmpty, parts[1] == "portForward", !parts[2].isEmpty, !parts[3].isEmpty {
+            self.init(node: nil, namespace: parts[2], pod: parts[3])
+        } else {
+            return nil
+        }
+    }
+
+    public var path: String {
+        if let node { return "/proxy/nodes/\(node)/portForward/\(namespace)/\(pod)" }
+        return "/portForward/\(namespace)/\(pod)"
+    }
+
+    public var description: String { path }
+}

@@ -1,0 +1,297 @@
+import CNGHTTP2
+import HTTP2
+import Reactor
+
+/// One forwarded TCP connection: a socket joined to one HTTP/2 stream. The relay joins a pod's
+/// socket to a stream a client opened; the client joins an accepted local socket to a stream it
+/// opened. The bytes move the same way on both sides:
+///
+/// - socket -> stream: a receive lands in a pooled buffer; the stream's DATA frames point into it
+///   (NO_COPY); when the frames have been written, the buffer goes back and the next receive is
+///   issued. End of file becomes END_STREAM.
+/// - stream -> socket: DATA is copied into pooled buffers and written to the socket; the stream's
+///   window is opened (`Session.consume`) only by what the socket took. END_STREAM becomes
+///   `shutdown(SHUT_WR)` once everything before it is written.
+///
+/// So a socket that stops reading stops its own stream, and holds at most one stream window of
+/// buffered bytes.
+public final class Tunnel: DataSource, CompletionHandler {
+    /// Set once the stream is opened (client side) or from the request (relay side).
+    public var stream: StreamID
+    public let connection: Connection
+    public private(set) var fd: FileDescriptor = -1
+    private var reactor: ReactorBackend { connection.reactor }
+    private var buffers: BufferPool { connection.reactor.buffers }
+    private var session: Session { connection.session }
+
+    // socket -> stream
+    private var upBuffer = BufferPool.none
+    private var upCount = 0
+    private var upTaken = 0
+    private var upSent = 0
+    private var upReceiving = false
+    private var upEnded = false
+    private var upEndTaken = false
+
+    // stream -> socket
+    private struct Chunk {
+        var buffer: BufferID
+        var start: Int
+        var end: Int
+    }
+    private var chunks: [Chunk] = []
+    private var chunkHead = 0
+    private var writing = false
+    private var peerEnded = false
+    private var shutDown = false
+    /// Bytes received for the stream and not yet written to the socket.
+    public private(set) var downQueued = 0
+
+    private var streamClosed = false
+    public private(set) var finished = false
+    /// Received bytes are dropped (and their window opened) instead of written.
+    public var discarding = false
+    /// Received bytes count against the stream's window (false for an upgraded request's body,
+    /// which came before HTTP/2 did).
+    public var windowed = true
+    /// Called once when the tunnel is done with its socket and its stream.
+    public var onFinish: ((Tunnel) -> Void)?
+    /// Client side: the relay answered with an error status; the body is the reason.
+    public private(set) var rejection: (status: Int, text: [UInt8])?
+    public var onRejected: ((Int, String) -> Void)?
+
+    private enum Tag: UInt32 { case receive = 1, write }
+
+    public init(stream: StreamID = -1, connection: Connection) {
+        self.stream = stream
+        self.connection = connection
+        super.init()
+        chunks.reserveCapacity(4)
+    }
+
+    /// The socket is connected: start moving bytes both ways.
+    public func attach(_ fd: FileDescriptor) {
+        self.fd = fd
+        Sockets.noDelay(fd)
+        receiveNext()
+        writeNext()
+    }
+
+    // MARK: socket -> stream (DataSource)
+
+    private func receiveNext() {
+        guard fd >= 0, !finished, !upReceiving, !upEnded, upBuffer == BufferPool.none else { return }
+        upReceiving = true
+        reactor.receive(fd, handler: self, tag: Tag.receive.rawValue)
+    }
+
+    public override func pendingBytes(limit: Int) -> (count: Int, endsBody: Bool) {
+        if upBuffer != BufferPool.none {
+            let ready = min(limit, upCount - upTaken)
+            return (ready, false)
+        }
+        if upEnded && !upEndTaken { return (0, true) }
+        return (0, false)
+    }
+
+    public override func takePayload(count: Int) -> Payload {
+        if count == 0 {
+            // The empty DATA frame that carries END_STREAM.
+            upEndTaken = true
+            return .memory(UnsafeRawPointer(bitPattern: 1)!)
+        }
+        defer { upTaken += count }
+        return .memory(UnsafeRawPointer(buffers.pointer(upBuffer) + upTaken))
+    }
+
+    public override func payloadSent(count: Int) {
+        upSent += count
+        // After an abort the rest of the buffer will never be taken: what was taken is enough.
+        guard upBuffer != BufferPool.none, upSent == upCount || (finished && upSent == upTaken) else { return }
+        buffers.release(upBuffer)
+        upBuffer = BufferPool.none
+        upCount = 0
+        upTaken = 0
+        upSent = 0
+        receiveNext()
+        finishIfDone()
+    }
+
+    // MARK: stream -> socket
+
+    /// DATA for this stream arrived.
+    public func received(_ bytes: UnsafeRawBufferPointer) {
+        if discarding || finished {
+            if windowed { session.consume(stream, bytes.count) }
+            if rejection != nil, rejection!.text.count < 4096 { rejection!.text.append(contentsOf: bytes) }
+            return
+        }
+        var offset = 0
+        let size = buffers.bufferSize
+        while offset < bytes.count {
+            if chunks.count == chunkHead || chunks[chunks.count - 1].end == size {
+                chunks.append(Chunk(buffer: buffers.take(), start: 0, end: 0))
+            }
+            let last = chunks.count - 1
+            let step = min(size - chunks[last].end, bytes.count - offset)
+            (buffers.pointer(chunks[last].buffer) + chunks[last].end).copyMemory(from: bytes.baseAddress! + offset, byteCount: step)
+            chunks[last].end += step
+            offset += step
+        }
+        downQueued += bytes.count
+        writeNext()
+    }
+
+    /// The peer sent END_STREAM.
+    public func peerFinished() {
+        peerEnded = true
+        if let rejection {
+            let text = String(decoding: rejection.text, as: UTF8.self).trimmed
+            onRejected?(rejection.status, text.isEmpty ? "status \(rejection.status)" : text)
+            onRejected = nil
+            abort()
+            return
+        }
+        writeNext()
+    }
+
+    /// Client side: the response head arrived.
+    public func responded(status: Int) {
+        guard status != 200 else { return }
+        rejection = (status, [])
+        dropQueued()
+    }
+
+    /// Relay side: the request is answered with an error; whatever the client sends is dropped.
+    public func reject() { dropQueued() }
+
+    private func dropQueued() {
+        discarding = true
+        if windowed { session.consume(stream, downQueued) }
+        downQueued = 0
+        for index in chunkHead..<chunks.count { buffers.release(chunks[index].buffer) }
+        chunks.removeAll(keepingCapacity: true)
+        chunkHead = 0
+    }
+
+    private func writeNext() {
+        guard fd >= 0, !writing, !finished else { return }
+        if chunkHead < chunks.count {
+            let chunk = chunks[chunkHead]
+            writing = true
+            reactor.write(fd, from: buffers.pointer(chunk.buffer) + chunk.start, count: chunk.end - chunk.start,
+                          handler: self, tag: Tag.write.rawValue)
+            return
+        }
+        if peerEnded && !shutDown {
+            shutDown = true
+            Sockets.shutdownWrite(fd)
+            finishIfDone()
+        }
+    }
+
+    // MARK: completions
+
+    public func complete(_ completion: Completion) {
+        if finished {
+            if completion.buffer != BufferPool.none { buffers.release(completion.buffer) }
+            return
+        }
+        switch Tag(rawValue: completion.tag) {
+        case .receive:
+            upReceiving = false
+            if completion.result > 0 {
+                upBuffer = completion.buffer
+                upCount = Int(completion.result)
+            } else if completion.result == 0 {
+                upEnded = true
+            } else {
+                abort(code: NGHTTP2_CANCEL.rawValue)
+                return
+            }
+            session.resume(stream)
+            connection.flushSoon()
+        case .write:
+            writing = false
+            if completion.result < 0 {
+                abort(code: NGHTTP2_CANCEL.rawValue)
+                return
+            }
+            let written = Int(completion.result)
+            chunks[chunkHead].start += written
+            downQueued -= written
+            if chunks[chunkHead].start == chunks[chunkHead].end {
+                buffers.release(chunks[chunkHead].buffer)
+                chunkHead += 1
+                if chunkHead == chunks.count {
+                    chunks.removeAll(keepingCapacity: true)
+                    chunkHead = 0
+                }
+            }
+            if windowed { session.consume(stream, written) }
+            connection.flushSoon()
+            writeNext()
+            finishIfDone()
+        case nil:
+            break
+        }
+    }
+
+    // MARK: ending
+
+    /// nghttp2 closed the stream: 0 when both sides ended it, else the peer's (or our) RST code.
+    public func streamClosed(errorCode: UInt32) {
+        streamClosed = true
+        if errorCode != 0 {
+            resetSocket()
+            return
+        }
+        finishIfDone()
+    }
+
+    /// A socket error, or the end of the tunnel's purpose: reset both the stream and the socket.
+    public func abort(code: UInt32 = NGHTTP2_CANCEL.rawValue) {
+        if !streamClosed { session.reset(stream, code: code) }
+        connection.flushSoon()
+        resetSocket()
+    }
+
+    /// The connection under the stream is gone: nothing queued for it will be sent.
+    public func connectionLost() {
+        upTaken = 0
+        upSent = 0
+        streamClosed = true
+        resetSocket()
+    }
+
+    private func resetSocket() {
+        if fd >= 0 { Sockets.resetOnClose(fd) }
+        finish()
+    }
+
+    private func finishIfDone() {
+        guard streamClosed, !finished else { return }
+        if rejection != nil { return finish() }
+        // Both directions ended cleanly: the last written byte closes the socket.
+        if writing || chunkHead < chunks.count { return }
+        if upBuffer != BufferPool.none && upTaken > upSent { return }
+        finish()
+    }
+
+    private func finish() {
+        if finished { return }
+        finished = true
+        if fd >= 0 { reactor.close(fd) }
+        // Buffers the output queue still points into go back when their bytes are sent.
+        if upBuffer != BufferPool.none && upTaken == upSent {
+            buffers.release(upBuffer)
+            upBuffer = BufferPool.none
+        }
+        for index in chunkHead..<chunks.count { buffers.release(chunks[index].buffer) }
+        chunks.removeAll()
+        chunkHead = 0
+        let callback = onFinish
+        onFinish = nil
+        callback?(self)
+    }
+}

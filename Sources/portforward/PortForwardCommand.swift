@@ -1,0 +1,201 @@
+import ArgumentParser
+import CSystem
+import PortForward
+import Reactor
+#if canImport(Glibc)
+@preconcurrency import Glibc
+#endif
+
+@main
+struct PortForwardCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "portforward",
+        abstract: "Forward local ports to pods through an HTTP/2 relay, in the style of `oc port-forward`.",
+        subcommands: [Forward.self, RelayCommand.self, Bench.self])
+}
+
+extension IOBackendChoice: ExpressibleByArgument {}
+extension ConnectorChoice: ExpressibleByArgument {}
+
+struct IOOptions: ParsableArguments {
+    @Option(name: .customLong("io"), help: "Reactor backend: auto (io_uring when a ring can be set up), uring or epoll.")
+    var backend: IOBackendChoice = .auto
+
+    @Flag(name: .shortAndLong, help: "Say more: which backend was taken, connections and errors.")
+    var verbose = false
+
+    func makeReactor() throws -> ReactorBackend {
+        let reactor = try Reactors.make(backend)
+        if verbose { standardError("io: \(reactor.name)") }
+        return reactor
+    }
+}
+
+func standardError(_ line: String) {
+    fputs(line + "\n", stderr)
+}
+
+/// Prints `error: ...` and exits 1: the one line a user sees for a failure at start.
+func fail(_ message: String) -> Never {
+    standardError(message.hasPrefix("error:") ? message : "error: \(message)")
+    exit(1)
+}
+
+struct Forward: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Listen on local ports and forward each connection to a port of a pod.",
+        discussion: """
+        Port specifications: 5000 (local 5000 to pod 5000), 6000:5000 (local 6000 to pod 5000), \
+        :5000 or 0:5000 (a free local port to pod 5000).
+        """)
+
+    @Option(help: "The relay's URL (default: $PORTFORWARD_SERVER, then http://127.0.0.1:10250).")
+    var server: String?
+
+    @Option(help: "Go through the API server's path for this node (/proxy/nodes/NODE/portForward/...).")
+    var node: String?
+
+    @Option(name: [.customShort("n"), .long], help: "The pod's namespace.")
+    var namespace = "default"
+
+    @Option(help: "Addresses to listen on, comma-separated: localhost (127.0.0.1 and ::1) or IP addresses.")
+    var address = "localhost"
+
+    @OptionGroup var io: IOOptions
+
+    @Argument(help: "The pod's name.")
+    var pod: String
+
+    @Argument(help: "[LOCAL:]REMOTE port specifications.")
+    var ports: [String] = []
+
+    func validate() throws {
+        do { _ = try PortSpec.parseAll(ports) } catch { throw ValidationError("\(error)") }
+        if pod.isEmpty || pod.contains("/") { throw ValidationError("invalid pod name \"\(pod)\"") }
+        if address.split(separator: ",").isEmpty { throw ValidationError("--address needs at least one address") }
+    }
+
+    func run() throws {
+        Process.ignoreBrokenPipes()
+        Process.raiseOpenFileLimit()
+        let specs = try PortSpec.parseAll(ports)
+        let environment = getenv("PORTFORWARD_SERVER").map { String(cString: $0) }
+        let options = ForwardOptions(
+            server: server ?? environment ?? "http://127.0.0.1:10250",
+            target: ForwardPath(node: node, namespace: namespace, pod: pod),
+            ports: specs,
+            addresses: address.split(separator: ",").map { String($0).trimmed })
+        do {
+            let reactor = try io.makeReactor()
+            let forwarder = try Forwarder(options: options, reactor: reactor)
+            try forwarder.start()
+            try reactor.run()
+            if forwarder.exitCode != 0 { throw ExitCode(forwarder.exitCode) }
+        } catch let exit as ExitCode {
+            throw exit
+        } catch {
+            fail("\(error)")
+        }
+    }
+}
+
+struct RelayCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "relay",
+        abstract: "Serve port-forward requests: enter each pod's network and copy bytes both ways.")
+
+    @Option(help: "HOST:PORT to listen on.")
+    var listen = "127.0.0.1:10250"
+
+    @Option(help: "This node's name, as /proxy/nodes/NODE/... names it (default: the host name).")
+    var node: String?
+
+    @Option(help: "The pod registry, a YAML file.")
+    var pods: String
+
+    @Option(help: "How to reach a pod: native (setns + socket) or nsenter (nsenter + socat per connection).")
+    var connector: ConnectorChoice = .native
+
+    @Option(help: "Seconds to wait for a pod's port to accept.")
+    var connectTimeout: Double = 5
+
+    @OptionGroup var io: IOOptions
+
+    func run() throws {
+        Process.ignoreBrokenPipes()
+        let limits = Process.raiseOpenFileLimit()
+        do {
+            let registry = try loadRegistry(pods)
+            guard let address = parseListen(listen) else {
+                throw ValidationError("invalid --listen \"\(listen)\": expected HOST:PORT")
+            }
+            let reactor = try io.makeReactor()
+            let connectorObject: Connector = connector == .native
+                ? try NativeConnector(reactor: reactor, timeoutSeconds: connectTimeout)
+                : NsenterConnector(reactor: reactor, timeoutSeconds: connectTimeout)
+            let relay = try Relay(listen: address, node: node ?? hostName(), registry: registry,
+                                  connector: connectorObject, reactor: reactor)
+            if io.verbose { relay.log = standardError }
+            relay.start()
+            let stopper = SignalStop(reactor: reactor)
+            stopper.arm()
+            print("Relay listening on \(relay.address) (node \(relay.node), \(registry.pods.count) pods, connector \(connectorObject.name), io \(reactor.name), open files \(limits.soft))")
+            fflush(stdout)
+            try reactor.run()
+        } catch let error as ValidationError {
+            throw error
+        } catch {
+            fail("\(error)")
+        }
+    }
+
+    private func parseListen(_ text: String) -> SocketAddress? {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+              (0...65535).contains(port) else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        if host.isEmpty || host == "localhost" { host = "127.0.0.1" }
+        return SocketAddress(ip: host, port: port)
+    }
+}
+
+func loadRegistry(_ path: String) throws -> PodRegistry {
+    guard let file = fopen(path, "r") else { throw SystemError("cannot read pods file", subject: path) }
+    defer { fclose(file) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let count = fread(&chunk, 1, chunk.count, file)
+        if count <= 0 { break }
+        bytes.append(contentsOf: chunk[..<count])
+    }
+    return try PodRegistry(yaml: String(decoding: bytes, as: UTF8.self), source: path)
+}
+
+func hostName() -> String {
+    var name = [CChar](repeating: 0, count: 256)
+    gethostname(&name, name.count)
+    return String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
+/// SIGINT/SIGTERM end the loop (read from a signalfd, like any other descriptor).
+final class SignalStop: CompletionHandler {
+    let reactor: ReactorBackend
+    let buffer = UnsafeMutableRawPointer.allocate(byteCount: 128, alignment: 8)
+    var fd: FileDescriptor = -1
+
+    init(reactor: ReactorBackend) { self.reactor = reactor }
+
+    func arm() {
+        var signals: [Int32] = [SIGINT, SIGTERM]
+        fd = pf_signalfd(&signals, Int32(signals.count))
+        if fd >= 0 { reactor.read(fd, into: buffer, count: 128, handler: self, tag: 0) }
+    }
+
+    func complete(_ completion: Completion) { reactor.stop() }
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Measure a relay's throughput and stream fan-out.")
+    func run() throws { fail("bench is not implemented yet") }
+}
