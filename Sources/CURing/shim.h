@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <sys/syscall.h>
 #include <linux/swab.h>
 #include <liburing.h>
 
@@ -36,4 +37,15 @@ static const unsigned pf_ioring_setup_submit_all = IORING_SETUP_SUBMIT_ALL;
 static const unsigned pf_ioring_timeout_multishot = 1U << 6; /* IORING_TIMEOUT_MULTISHOT, newer than liburing 2.3 headers */
 static const unsigned pf_ioring_async_cancel_all = IORING_ASYNC_CANCEL_ALL;
 static const unsigned pf_ioring_async_cancel_fd = IORING_ASYNC_CANCEL_FD;
+static const unsigned pf_ioring_async_cancel_any = IORING_ASYNC_CANCEL_ANY;
+static const unsigned pf_ioring_setup_r_disabled = IORING_SETUP_R_DISABLED;
+static const unsigned pf_ioring_setup_cqsize = IORING_SETUP_CQSIZE;
+static const unsigned pf_ioring_feat_cqe_skip = IORING_FEAT_CQE_SKIP;
+/* accept4 flags for accepted sockets (SOCK_* import into Swift as enum cases). */
+static const int pf_accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC;
+/* liburing 2.3 declares io_uring_enable_rings but leaves it out of its symbol map. */
+static inline int pf_io_uring_enable_rings(struct io_uring *ring) {
+    long result = syscall(__NR_io_uring_register, ring->ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0);
+    return result < 0 ? -errno : 0;
+}
 #endif
