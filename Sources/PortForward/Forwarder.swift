@@ -70,6 +70,8 @@ public final class Forwarder: SessionDelegate, CompletionHandler {
     private var signals: FileDescriptor = -1
     private let signalBuffer = UnsafeMutableRawPointer.allocate(byteCount: 128, alignment: 8)
     private var stopping = false
+    /// Splice mode: local bytes go socket -> pipe -> relay connection (nil: pooled buffers).
+    public var pipes: PipePool?
     /// 0 after a clean stop, 1 when the relay went away.
     public private(set) var exitCode: Int32 = 0
     public var print: (String) -> Void = { line in
@@ -223,7 +225,7 @@ public final class Forwarder: SessionDelegate, CompletionHandler {
         }
         let spec = listeners[Int(completion.tag)].spec
         self.print("Handling connection for \(spec.remote)")
-        let tunnel = Tunnel(connection: connection)
+        let tunnel = Tunnel(connection: connection, pipes: pipes)
         do {
             tunnel.stream = try connection.session.submitRequest([
                 (":method", "POST"), (":scheme", "http"), (":authority", server.authority),

@@ -18,6 +18,8 @@ public final class Relay: CompletionHandler {
     var sessions: [ObjectIdentifier: RelaySession] = [:]
     var handshakes: [ObjectIdentifier: Handshake] = [:]
     public var log: (String) -> Void = { _ in }
+    /// Splice mode: pod bytes go socket -> pipe -> client connection (nil: pooled buffers).
+    public var pipes: PipePool?
 
     public init(listen: SocketAddress, node: String, registry: PodRegistry, connector: Connector, reactor: ReactorBackend) throws {
         self.reactor = reactor
@@ -242,7 +244,7 @@ final class RelaySession: SessionDelegate {
             answer(stream, status: 400, "invalid port \"\(portText)\": expected a number from 1 to 65535")
             return nil
         }
-        let tunnel = Tunnel(stream: stream, connection: connection)
+        let tunnel = Tunnel(stream: stream, connection: connection, pipes: relay.pipes)
         tunnels[stream] = tunnel
         tunnel.onFinish = { [unowned self] finished in
             if self.tunnels[finished.stream] === finished { self.tunnels[finished.stream] = nil }

@@ -1,6 +1,9 @@
 import CNGHTTP2
 import HTTP2
 import Reactor
+#if canImport(Glibc)
+@preconcurrency import Glibc
+#endif
 
 /// One forwarded TCP connection: a socket joined to one HTTP/2 stream. The relay joins a pod's
 /// socket to a stream a client opened; the client joins an accepted local socket to a stream it
@@ -60,11 +63,16 @@ public final class Tunnel: DataSource, CompletionHandler {
     public private(set) var rejection: (status: Int, text: [UInt8])?
     public var onRejected: ((Int, String) -> Void)?
 
-    private enum Tag: UInt32 { case receive = 1, write }
+    private enum Tag: UInt32 { case receive = 1, write, readable, spliceIn }
 
-    public init(stream: StreamID = -1, connection: Connection) {
+    /// Splice mode: socket -> pipe -> connection, the payload never in user space.
+    private let pipes: PipePool?
+    private var pipe: Pipe?
+
+    public init(stream: StreamID = -1, connection: Connection, pipes: PipePool? = nil) {
         self.stream = stream
         self.connection = connection
+        self.pipes = pipes
         super.init()
         chunks.reserveCapacity(4)
     }
@@ -80,13 +88,29 @@ public final class Tunnel: DataSource, CompletionHandler {
     // MARK: socket -> stream (DataSource)
 
     private func receiveNext() {
-        guard fd >= 0, !finished, !upReceiving, !upEnded, upBuffer == BufferPool.none else { return }
+        guard fd >= 0, !finished, !upReceiving, !upEnded, upCount == 0 else { return }
         upReceiving = true
-        reactor.receive(fd, handler: self, tag: Tag.receive.rawValue)
+        if pipes != nil {
+            // Wait for bytes before taking a pipe: a quiet socket holds none.
+            reactor.pollReadable(fd, handler: self, tag: Tag.readable.rawValue)
+        } else {
+            reactor.receive(fd, handler: self, tag: Tag.receive.rawValue)
+        }
+    }
+
+    private func spliceIn() {
+        guard let pipes else { return }
+        if pipe == nil {
+            do { pipe = try pipes.take() } catch {
+                abort()
+                return
+            }
+        }
+        reactor.splice(from: fd, to: pipe!.write, count: pipes.capacity, socket: fd, handler: self, tag: Tag.spliceIn.rawValue)
     }
 
     public override func pendingBytes(limit: Int) -> (count: Int, endsBody: Bool) {
-        if upBuffer != BufferPool.none {
+        if upCount > upTaken {
             let ready = min(limit, upCount - upTaken)
             return (ready, false)
         }
@@ -101,15 +125,21 @@ public final class Tunnel: DataSource, CompletionHandler {
             return .memory(UnsafeRawPointer(bitPattern: 1)!)
         }
         defer { upTaken += count }
+        if let pipe { return .pipe(pipe.read) }
         return .memory(UnsafeRawPointer(buffers.pointer(upBuffer) + upTaken))
     }
 
     public override func payloadSent(count: Int) {
         upSent += count
         // After an abort the rest of the buffer will never be taken: what was taken is enough.
-        guard upBuffer != BufferPool.none, upSent == upCount || (finished && upSent == upTaken) else { return }
-        buffers.release(upBuffer)
-        upBuffer = BufferPool.none
+        guard upCount > 0, upSent == upCount || (finished && upSent == upTaken) else { return }
+        if let pipe {
+            if upSent == upCount { pipes!.give(pipe) } else { pipes!.discard(pipe) }
+            self.pipe = nil
+        } else {
+            buffers.release(upBuffer)
+            upBuffer = BufferPool.none
+        }
         upCount = 0
         upTaken = 0
         upSent = 0
@@ -211,6 +241,25 @@ public final class Tunnel: DataSource, CompletionHandler {
             }
             session.resume(stream)
             connection.flushSoon()
+        case .readable:
+            spliceIn()
+        case .spliceIn:
+            upReceiving = false
+            if completion.result > 0 {
+                upCount = Int(completion.result)
+            } else if completion.result == 0 {
+                pipes!.give(pipe!)
+                pipe = nil
+                upEnded = true
+            } else if completion.result == -EAGAIN {
+                receiveNext()
+                return
+            } else {
+                abort(code: NGHTTP2_CANCEL.rawValue)
+                return
+            }
+            session.resume(stream)
+            connection.flushSoon()
         case .write:
             writing = false
             if completion.result < 0 {
@@ -258,8 +307,7 @@ public final class Tunnel: DataSource, CompletionHandler {
 
     /// The connection under the stream is gone: nothing queued for it will be sent.
     public func connectionLost() {
-        upTaken = 0
-        upSent = 0
+        upTaken = upSent
         streamClosed = true
         resetSocket()
     }
@@ -274,7 +322,7 @@ public final class Tunnel: DataSource, CompletionHandler {
         if rejection != nil { return finish() }
         // Both directions ended cleanly: the last written byte closes the socket.
         if writing || chunkHead < chunks.count { return }
-        if upBuffer != BufferPool.none && upTaken > upSent { return }
+        if upCount > 0 && upTaken > upSent { return }
         finish()
     }
 
@@ -282,10 +330,16 @@ public final class Tunnel: DataSource, CompletionHandler {
         if finished { return }
         finished = true
         if fd >= 0 { reactor.close(fd) }
-        // Buffers the output queue still points into go back when their bytes are sent.
-        if upBuffer != BufferPool.none && upTaken == upSent {
-            buffers.release(upBuffer)
-            upBuffer = BufferPool.none
+        // Buffers and pipes the output queue still points into go back when their bytes are sent.
+        if upTaken == upSent {
+            if upBuffer != BufferPool.none {
+                buffers.release(upBuffer)
+                upBuffer = BufferPool.none
+            }
+            if let pipe {
+                pipes!.discard(pipe)
+                self.pipe = nil
+            }
         }
         for index in chunkHead..<chunks.count { buffers.release(chunks[index].buffer) }
         chunks.removeAll()

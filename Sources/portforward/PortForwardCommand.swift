@@ -16,13 +16,24 @@ struct PortForwardCommand: ParsableCommand {
 
 extension IOBackendChoice: ExpressibleByArgument {}
 extension ConnectorChoice: ExpressibleByArgument {}
+extension CopyMode: ExpressibleByArgument {}
 
 struct IOOptions: ParsableArguments {
     @Option(name: .customLong("io"), help: "Reactor backend: auto (io_uring when a ring can be set up), uring or epoll.")
     var backend: IOBackendChoice = .auto
 
+    @Option(help: "How a stream's bytes move: auto, splice (socket -> pipe -> socket) or buffers (pooled buffers).")
+    var copy: CopyMode = .auto
+
     @Flag(name: .shortAndLong, help: "Say more: which backend was taken, connections and errors.")
     var verbose = false
+
+    /// The pipe pool for splice mode; nil for buffers.
+    func makePipes() -> PipePool? {
+        let mode = copy.resolved
+        if verbose { standardError("copy: \(mode.rawValue)") }
+        return mode == .splice ? PipePool() : nil
+    }
 
     func makeReactor() throws -> ReactorBackend {
         let reactor = try Reactors.make(backend)
@@ -88,6 +99,7 @@ struct Forward: ParsableCommand {
         do {
             let reactor = try io.makeReactor()
             let forwarder = try Forwarder(options: options, reactor: reactor)
+            forwarder.pipes = io.makePipes()
             try forwarder.start()
             try reactor.run()
             if forwarder.exitCode != 0 { throw ExitCode(forwarder.exitCode) }
@@ -136,6 +148,7 @@ struct RelayCommand: ParsableCommand {
             let relay = try Relay(listen: address, node: node ?? hostName(), registry: registry,
                                   connector: connectorObject, reactor: reactor)
             if io.verbose { relay.log = standardError }
+            relay.pipes = io.makePipes()
             relay.start()
             let stopper = SignalStop(reactor: reactor)
             stopper.arm()
