@@ -41,6 +41,8 @@ public final class Tunnel: DataSource, CompletionHandler {
         var buffer: BufferID
         var start: Int
         var end: Int
+        /// A received buffer shared with the connection (and other streams): written from, never into.
+        var shared = false
     }
     private var chunks: [Chunk] = []
     private var chunkHead = 0
@@ -156,10 +158,19 @@ public final class Tunnel: DataSource, CompletionHandler {
             if rejection != nil, rejection!.text.count < 4096 { rejection!.text.append(contentsOf: bytes) }
             return
         }
+        downQueued += bytes.count
+        // Nothing queued: write straight from the buffer the bytes were received into.
+        if chunks.count == chunkHead, fd >= 0, let buffer = buffers.buffer(containing: bytes.baseAddress!) {
+            let start = bytes.baseAddress! - UnsafeRawPointer(buffers.pointer(buffer))
+            buffers.retain(buffer)
+            chunks.append(Chunk(buffer: buffer, start: start, end: start + bytes.count, shared: true))
+            writeNext()
+            return
+        }
         var offset = 0
         let size = buffers.bufferSize
         while offset < bytes.count {
-            if chunks.count == chunkHead || chunks[chunks.count - 1].end == size {
+            if chunks.count == chunkHead || chunks[chunks.count - 1].shared || chunks[chunks.count - 1].end == size {
                 chunks.append(Chunk(buffer: buffers.take(), start: 0, end: 0))
             }
             let last = chunks.count - 1
@@ -168,7 +179,6 @@ public final class Tunnel: DataSource, CompletionHandler {
             chunks[last].end += step
             offset += step
         }
-        downQueued += bytes.count
         writeNext()
     }
 

@@ -15,6 +15,8 @@ public final class BufferPool {
     public let bufferSize: Int
     private var slabs: [UnsafeMutableRawPointer] = []
     private var free: [BufferID] = []
+    /// Holders per buffer: a received buffer may be shared by the streams whose DATA it holds.
+    private var holders: [UInt32] = []
     public private(set) var inUse = 0
     /// Called when the first buffer of a new slab is made, so a backend can learn of it.
     public var onSlab: ((Int, UnsafeMutableRawPointer) -> Void)?
@@ -41,13 +43,32 @@ public final class BufferPool {
     public func take() -> BufferID {
         if free.isEmpty { grow() }
         inUse += 1
-        return free.removeLast()
+        let id = free.removeLast()
+        holders[Int(id)] = 1
+        return id
+    }
+
+    /// One more holder; the buffer goes back when the last one releases it.
+    @inline(__always)
+    public func retain(_ id: BufferID) {
+        holders[Int(id)] += 1
     }
 
     public func release(_ id: BufferID) {
         precondition(id != Self.none)
+        holders[Int(id)] -= 1
+        if holders[Int(id)] > 0 { return }
         inUse -= 1
         free.append(id)
+    }
+
+    /// The buffer `pointer` lies in, if it is one of ours.
+    public func buffer(containing pointer: UnsafeRawPointer) -> BufferID? {
+        let bytes = bufferSize * Self.buffersPerSlab
+        for (index, slab) in slabs.enumerated() where pointer >= UnsafeRawPointer(slab) && pointer < UnsafeRawPointer(slab + bytes) {
+            return BufferID(index * Self.buffersPerSlab + (pointer - UnsafeRawPointer(slab)) / bufferSize)
+        }
+        return nil
     }
 
     private func grow() {
@@ -58,6 +79,7 @@ public final class BufferPool {
         }
         let first = slabs.count * Self.buffersPerSlab
         slabs.append(memory)
+        holders.append(contentsOf: repeatElement(0, count: Self.buffersPerSlab))
         // Lowest ids last, so they are taken first and the same few buffers stay warm.
         for index in stride(from: first + Self.buffersPerSlab - 1, through: first, by: -1) {
             free.append(BufferID(index))
