@@ -22,24 +22,77 @@ public final class Connection: CompletionHandler, DeferredTask {
     /// How much may be queued for one write.
     public static let outputLimit = 2 << 20
 
-    private enum Tag: UInt32 { case receive = 1, write, splice }
+    private enum Tag: UInt32 { case receive = 1, write, splice, spliceIn, header }
+
+    // Receiving DATA payloads by splice: the payload goes socket -> pipe, and nghttp2 is fed as
+    // many placeholder bytes (zeros) for its framing and flow control; the stream's tunnel
+    // claims the pipe when nghttp2 hands it the placeholders.
+    /// Whether a stream's DATA may be spliced to it; nil: never splice.
+    public weak var spliceReceiver: SpliceReceiver?
+    public var pipes: PipePool?
+    private var tracker: FrameTracker
+    private var inPipe: Pipe?
+    private var placeholderPipe: Pipe?
+    /// After a spliced payload, the next frame header is read alone, so that the payload after it
+    /// can be spliced whole instead of half read by a greedy receive.
+    private var headerNext = false
+    private let header = UnsafeMutableRawPointer.allocate(byteCount: 16, alignment: 8)
+    /// Payloads smaller than this are read: a splice costs two system calls.
+    public static let spliceThreshold = 16 * 1024
 
     public init(fd: FileDescriptor, session: Session, reactor: ReactorBackend) {
         self.fd = fd
         self.session = session
         self.reactor = reactor
+        tracker = FrameTracker(expectsPreface: session.role == .server)
         Sockets.noDelay(fd)
+    }
+
+    /// Whether `pointer` lies in the placeholder bytes of a spliced payload.
+    @inline(__always)
+    public func isPlaceholder(_ pointer: UnsafeRawPointer) -> Bool {
+        pointer >= UnsafeRawPointer(Placeholder.bytes) && pointer < UnsafeRawPointer(Placeholder.bytes + Placeholder.count)
+    }
+
+    /// The pipe holding the payload nghttp2 is delivering as placeholders; the first claim takes it.
+    public func claimSplicedPipe() -> Pipe? {
+        defer { placeholderPipe = nil }
+        return placeholderPipe
+    }
+
+    deinit { header.deallocate() }
+
+    private func receiveNext() {
+        if headerNext, tracker.headerMissing > 0 {
+            reactor.read(fd, into: header, count: tracker.headerMissing, handler: self, tag: Tag.header.rawValue)
+            return
+        }
+        // Mid-payload after a splice, the rest is spliced too, however small.
+        let midSplice = headerNext
+        headerNext = false
+        let remaining = tracker.dataRemaining
+        if remaining >= Self.spliceThreshold || (midSplice && remaining > 0), let pipes, let receiver = spliceReceiver,
+           receiver.acceptsSplice(stream: tracker.stream) {
+            if inPipe == nil { inPipe = try? pipes.take() }
+            if let pipe = inPipe {
+                reactor.splice(from: fd, to: pipe.write, count: min(remaining, pipes.capacity, Placeholder.count),
+                               socket: fd, handler: self, tag: Tag.spliceIn.rawValue)
+                return
+            }
+        }
+        reactor.receive(fd, handler: self, tag: Tag.receive.rawValue)
     }
 
     /// Starts reading; `initial` holds bytes already read from the socket (after an upgrade).
     public func start(initial: UnsafeRawBufferPointer? = nil) {
         if let initial, initial.count > 0 {
+            tracker.advance(initial)
             do { try session.receive(initial) } catch {
                 close(reason: "\(error)")
                 return
             }
         }
-        reactor.receive(fd, handler: self, tag: Tag.receive.rawValue)
+        receiveNext()
         flushSoon()
     }
 
@@ -83,6 +136,7 @@ public final class Connection: CompletionHandler, DeferredTask {
                 return
             }
             let bytes = UnsafeRawBufferPointer(start: reactor.buffers.pointer(completion.buffer), count: Int(completion.result))
+            tracker.advance(bytes)
             do { try session.receive(bytes) } catch {
                 reactor.buffers.release(completion.buffer)
                 close(reason: "\(error)")
@@ -90,7 +144,45 @@ public final class Connection: CompletionHandler, DeferredTask {
             }
             reactor.buffers.release(completion.buffer)
             if isClosed { return }
-            reactor.receive(fd, handler: self, tag: Tag.receive.rawValue)
+            receiveNext()
+            flushSoon()
+        case .spliceIn:
+            if completion.result <= 0 {
+                if completion.result == -EAGAIN { return receiveNext() }
+                close(reason: completion.result == 0 ? "connection closed by peer" : SystemError.reason(-completion.result))
+                return
+            }
+            let count = Int(completion.result)
+            tracker.skip(count)
+            headerNext = true
+            placeholderPipe = inPipe
+            inPipe = nil
+            do { try session.receive(UnsafeRawBufferPointer(start: Placeholder.bytes, count: count)) } catch {
+                close(reason: "\(error)")
+                return
+            }
+            if let unclaimed = placeholderPipe {
+                // The stream was gone: nghttp2 dropped its DATA, and the pipe is not reused.
+                placeholderPipe = nil
+                pipes?.discard(unclaimed)
+            }
+            if isClosed { return }
+            receiveNext()
+            flushSoon()
+        case .header:
+            if completion.result <= 0 {
+                if completion.result == -EAGAIN { return receiveNext() }
+                close(reason: completion.result == 0 ? "connection closed by peer" : SystemError.reason(-completion.result))
+                return
+            }
+            let bytes = UnsafeRawBufferPointer(start: header, count: Int(completion.result))
+            tracker.advance(bytes)
+            do { try session.receive(bytes) } catch {
+                close(reason: "\(error)")
+                return
+            }
+            if isClosed { return }
+            receiveNext()
             flushSoon()
         case .write, .splice:
             writing = false
@@ -110,9 +202,25 @@ public final class Connection: CompletionHandler, DeferredTask {
         if isClosed { return }
         isClosed = true
         output.discard()
+        if let pipe = inPipe { pipes?.discard(pipe); inPipe = nil }
         reactor.close(fd)
         let callback = onClose
         onClose = nil
         callback?(reason)
     }
+}
+
+public protocol SpliceReceiver: AnyObject {
+    /// Whether DATA of `stream` may arrive spliced (as a pipe) rather than in memory.
+    func acceptsSplice(stream: StreamID) -> Bool
+}
+
+/// Zeros fed to nghttp2 in place of a spliced payload. Never written after start-up.
+enum Placeholder {
+    static let count = 1 << 20
+    nonisolated(unsafe) static let bytes: UnsafeMutableRawPointer = {
+        let memory = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 4096)
+        memory.initializeMemory(as: UInt8.self, repeating: 0, count: count)
+        return memory
+    }()
 }

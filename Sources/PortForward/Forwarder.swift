@@ -60,7 +60,7 @@ public struct ServerURL: Sendable {
 
 /// The client: listens on local ports and tunnels each accepted connection as one stream of a
 /// single HTTP/2 connection to the relay.
-public final class Forwarder: SessionDelegate, CompletionHandler {
+public final class Forwarder: SessionDelegate, CompletionHandler, SpliceReceiver {
     public let options: ForwardOptions
     public let reactor: ReactorBackend
     private let server: ServerURL
@@ -100,6 +100,8 @@ public final class Forwarder: SessionDelegate, CompletionHandler {
         try session.upgrade(settingsPayload: HTTPText.settingsPayload(settings))
         connection = Connection(fd: fd, session: session, reactor: reactor)
         session.delegate = self
+        connection.pipes = pipes
+        connection.spliceReceiver = self
         connection.onClose = { [unowned self] reason in self.connectionClosed(reason) }
         try openListeners()
         leftover.withUnsafeBytes { connection.start(initial: $0) }
@@ -246,6 +248,8 @@ public final class Forwarder: SessionDelegate, CompletionHandler {
         tunnel.attach(client)
         connection.flushSoon()
     }
+
+    public func acceptsSplice(stream: StreamID) -> Bool { tunnels[stream]?.acceptsSplice ?? false }
 
     private var podName: String { "\(options.target.namespace)/\(options.target.pod)" }
 

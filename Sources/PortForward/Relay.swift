@@ -195,7 +195,7 @@ final class Handshake: CompletionHandler {
 
 /// One HTTP/2 connection on the relay: each stream with a `port` header becomes a tunnel to that
 /// port of the pod its path names.
-final class RelaySession: SessionDelegate {
+final class RelaySession: SessionDelegate, SpliceReceiver {
     let connection: Connection
     unowned let relay: Relay
     var tunnels: [StreamID: Tunnel] = [:]
@@ -206,8 +206,12 @@ final class RelaySession: SessionDelegate {
         let session = try Session(role: .server)
         connection = Connection(fd: fd, session: session, reactor: relay.reactor)
         session.delegate = self
+        connection.pipes = relay.pipes
+        connection.spliceReceiver = self
         connection.onClose = { [unowned self] reason in self.closed(reason) }
     }
+
+    func acceptsSplice(stream: StreamID) -> Bool { tunnels[stream]?.acceptsSplice ?? false }
 
     /// Stream 1 of an upgraded connection: the HTTP/1.1 request, its body already read.
     func upgraded(headers: HeaderList, body: [UInt8]) {

@@ -43,6 +43,8 @@ public final class Tunnel: DataSource, CompletionHandler {
         var end: Int
         /// A received buffer shared with the connection (and other streams): written from, never into.
         var shared = false
+        /// Bytes spliced from the connection, waiting in a pipe (then `buffer` is none).
+        var pipe: Pipe? = nil
     }
     private var chunks: [Chunk] = []
     private var chunkHead = 0
@@ -159,6 +161,16 @@ public final class Tunnel: DataSource, CompletionHandler {
             return
         }
         downQueued += bytes.count
+        if connection.isPlaceholder(bytes.baseAddress!) {
+            // The payload was spliced into a pipe; these are its stand-ins.
+            if let pipe = connection.claimSplicedPipe() {
+                chunks.append(Chunk(buffer: BufferPool.none, start: 0, end: bytes.count, pipe: pipe))
+            } else {
+                chunks[chunks.count - 1].end += bytes.count
+            }
+            writeNext()
+            return
+        }
         // Nothing queued: write straight from the buffer the bytes were received into.
         if chunks.count == chunkHead, fd >= 0, let buffer = buffers.buffer(containing: bytes.baseAddress!) {
             let start = bytes.baseAddress! - UnsafeRawPointer(buffers.pointer(buffer))
@@ -170,7 +182,8 @@ public final class Tunnel: DataSource, CompletionHandler {
         var offset = 0
         let size = buffers.bufferSize
         while offset < bytes.count {
-            if chunks.count == chunkHead || chunks[chunks.count - 1].shared || chunks[chunks.count - 1].end == size {
+            if chunks.count == chunkHead || chunks[chunks.count - 1].shared || chunks[chunks.count - 1].pipe != nil
+                || chunks[chunks.count - 1].end == size {
                 chunks.append(Chunk(buffer: buffers.take(), start: 0, end: 0))
             }
             let last = chunks.count - 1
@@ -209,9 +222,17 @@ public final class Tunnel: DataSource, CompletionHandler {
         discarding = true
         if windowed { session.consume(stream, downQueued) }
         downQueued = 0
-        for index in chunkHead..<chunks.count { buffers.release(chunks[index].buffer) }
+        for index in chunkHead..<chunks.count { releaseChunk(chunks[index], empty: false) }
         chunks.removeAll(keepingCapacity: true)
         chunkHead = 0
+    }
+
+    private func releaseChunk(_ chunk: Chunk, empty: Bool) {
+        if let pipe = chunk.pipe {
+            if empty { connection.pipes?.give(pipe) } else { connection.pipes?.discard(pipe) }
+        } else {
+            buffers.release(chunk.buffer)
+        }
     }
 
     private func writeNext() {
@@ -219,6 +240,11 @@ public final class Tunnel: DataSource, CompletionHandler {
         if chunkHead < chunks.count {
             let chunk = chunks[chunkHead]
             writing = true
+            if let pipe = chunk.pipe {
+                reactor.splice(from: pipe.read, to: fd, count: chunk.end - chunk.start, socket: fd,
+                               handler: self, tag: Tag.write.rawValue)
+                return
+            }
             reactor.write(fd, from: buffers.pointer(chunk.buffer) + chunk.start, count: chunk.end - chunk.start,
                           handler: self, tag: Tag.write.rawValue)
             return
@@ -229,6 +255,9 @@ public final class Tunnel: DataSource, CompletionHandler {
             finishIfDone()
         }
     }
+
+    /// Whether DATA may arrive spliced: the socket is there and bytes will be written to it.
+    public var acceptsSplice: Bool { fd >= 0 && !finished && !discarding && pipes != nil }
 
     // MARK: completions
 
@@ -280,7 +309,7 @@ public final class Tunnel: DataSource, CompletionHandler {
             chunks[chunkHead].start += written
             downQueued -= written
             if chunks[chunkHead].start == chunks[chunkHead].end {
-                buffers.release(chunks[chunkHead].buffer)
+                releaseChunk(chunks[chunkHead], empty: true)
                 chunkHead += 1
                 if chunkHead == chunks.count {
                     chunks.removeAll(keepingCapacity: true)
@@ -351,7 +380,7 @@ public final class Tunnel: DataSource, CompletionHandler {
                 self.pipe = nil
             }
         }
-        for index in chunkHead..<chunks.count { buffers.release(chunks[index].buffer) }
+        for index in chunkHead..<chunks.count { releaseChunk(chunks[index], empty: false) }
         chunks.removeAll()
         chunkHead = 0
         let callback = onFinish
