@@ -19,7 +19,7 @@ let package = Package(
         // The reactor: one thread, completion-style operations, epoll and io_uring backends.
         .target(name: "Reactor", dependencies: ["CSystem", "CURing"]),
         // HTTP/2 sessions over libnghttp2: no I/O of their own.
-        .target(name: "HTTP2", dependencies: ["CNGHTTP2", "Reactor"]),
+        .target(name: "HTTP2", dependencies: ["CNGHTTP2", "CSystem", "Reactor"]),
         // The port-forward protocol, the relay and the client.
         .target(name: "PortForward", dependencies: ["Reactor", "HTTP2", "CSystem", "CNGHTTP2",
                                                     .product(name: "Yams", package: "Yams")]),

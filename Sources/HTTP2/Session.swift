@@ -1,5 +1,9 @@
 import CNGHTTP2
+import CSystem
 import Reactor
+#if canImport(Glibc)
+@preconcurrency import Glibc
+#endif
 
 public typealias StreamID = Int32
 
@@ -29,7 +33,17 @@ public struct SessionSettings: Sendable {
     public var maxFrameSize: Int32 = 1 << 17
     public var maxConcurrentStreams: UInt32 = 1 << 20
 
-    public init() {}
+    /// Defaults, or the tuning knobs PORTFORWARD_STREAM_WINDOW, PORTFORWARD_CONNECTION_WINDOW
+    /// and PORTFORWARD_FRAME_SIZE (bytes) when set: docs/PERFORMANCE.md says how they were chosen.
+    public init() {
+        func knob(_ name: String) -> Int32? {
+            guard let text = getenv(name), let value = Int32(String(cString: text)), value > 0 else { return nil }
+            return value
+        }
+        if let value = knob("PORTFORWARD_STREAM_WINDOW") { streamWindow = min(value, Int32.max) }
+        if let value = knob("PORTFORWARD_CONNECTION_WINDOW") { connectionWindow = value }
+        if let value = knob("PORTFORWARD_FRAME_SIZE") { maxFrameSize = min(max(value, 16384), 16_777_215) }
+    }
 
     public var entries: [nghttp2_settings_entry] {
         [
@@ -56,6 +70,7 @@ public final class Session {
     public let role: Role
     public weak var delegate: SessionDelegate?
     let raw: OpaquePointer
+    private let cache: OpaquePointer?
     var output: OutputQueue?
     private var pendingHeaders: [StreamID: HeaderList] = [:]
     /// nghttp2 holds a stream's body as a raw pointer: the session keeps it alive until the
@@ -84,9 +99,15 @@ public final class Session {
 
         var session: OpaquePointer?
         let placeholder = UnsafeMutableRawPointer(bitPattern: 1)
+        // nghttp2 allocates per WINDOW_UPDATE and regrows its frame buffer for large DATA
+        // frames: a cache of freed blocks makes the steady state allocation-free.
+        cache = pf_block_cache_new()
+        var memory = nghttp2_mem(mem_user_data: UnsafeMutableRawPointer(cache),
+                                 malloc: pf_cache_malloc, free: pf_cache_free,
+                                 calloc: pf_cache_calloc, realloc: pf_cache_realloc)
         let result = role == .server
-            ? nghttp2_session_server_new2(&session, callbacks, placeholder, options)
-            : nghttp2_session_client_new2(&session, callbacks, placeholder, options)
+            ? nghttp2_session_server_new3(&session, callbacks, placeholder, options, &memory)
+            : nghttp2_session_client_new3(&session, callbacks, placeholder, options, &memory)
         guard result == 0, let session else { throw HTTP2Error("nghttp2_session_new", Int(result)) }
         raw = session
         nghttp2_session_set_user_data(raw, Unmanaged.passUnretained(self).toOpaque())
@@ -96,7 +117,10 @@ public final class Session {
         nghttp2_session_set_local_window_size(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, settings.connectionWindow)
     }
 
-    deinit { nghttp2_session_del(raw) }
+    deinit {
+        nghttp2_session_del(raw)
+        pf_block_cache_delete(cache)
+    }
 
     // MARK: input and output
 

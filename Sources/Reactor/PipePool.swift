@@ -19,6 +19,8 @@ public final class PipePool {
 
     public init(capacity: Int = 1 << 20, keep: Int = 64) {
         self.keep = keep
+        var capacity = capacity
+        if let text = getenv("PORTFORWARD_PIPE_SIZE"), let value = Int(String(cString: text)), value >= 4096 { capacity = value }
         // The kernel may refuse a size above /proc/sys/fs/pipe-max-size for non-root users.
         var size = capacity
         var probe: [Int32] = [-1, -1]

@@ -38,4 +38,13 @@ extern const unsigned pf_splice_move, pf_splice_nonblock, pf_splice_more;
 extern const uint32_t pf_epollin, pf_epollout, pf_epollerr, pf_epollhup, pf_epollrdhup, pf_epollet;
 extern const int pf_epoll_ctl_add, pf_epoll_ctl_mod, pf_epoll_ctl_del;
 extern const int pf_clone_newnet;
+
+/* A per-user cache of freed small blocks (block_cache.c), for nghttp2_mem. Single-threaded. */
+typedef struct pf_block_cache pf_block_cache;
+pf_block_cache *pf_block_cache_new(void);
+void pf_block_cache_delete(pf_block_cache *cache);
+void *pf_cache_malloc(size_t size, void *cache);
+void pf_cache_free(void *ptr, void *cache);
+void *pf_cache_calloc(size_t count, size_t size, void *cache);
+void *pf_cache_realloc(void *ptr, size_t size, void *cache);
 #endif
