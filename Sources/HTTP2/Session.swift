@@ -181,10 +181,10 @@ public final class Session {
         nghttp2_session_resume_data(raw, stream)
     }
 
-    /// `count` received bytes of `stream` have left for their destination: open the windows.
+    /// `count` received bytes of `stream` have left for their destination: open its window.
     public func consume(_ stream: StreamID, _ count: Int) {
         guard count > 0 else { return }
-        nghttp2_session_consume(raw, stream, count)
+        nghttp2_session_consume_stream(raw, stream, count)
     }
 
     public func reset(_ stream: StreamID, code: UInt32 = NGHTTP2_CANCEL.rawValue) {
@@ -289,8 +289,12 @@ private let onFrameReceive: nghttp2_on_frame_recv_callback = { _, frame, userDat
     return 0
 }
 
-private let onDataChunk: nghttp2_on_data_chunk_recv_callback = { _, _, stream, data, length, userData in
+private let onDataChunk: nghttp2_on_data_chunk_recv_callback = { raw, _, stream, data, length, userData in
     let owner = session(userData)
+    // The connection window opens at once: were it held until the bytes are written, a few
+    // streams whose readers stopped would stall every other stream of the connection. What one
+    // stream may make this side hold is bounded by its own window, opened by `consume`.
+    nghttp2_session_consume_connection(raw, length)
     owner.delegate?.session(owner, data: UnsafeRawBufferPointer(start: data, count: length), stream: stream)
     return 0
 }

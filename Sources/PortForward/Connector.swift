@@ -165,7 +165,9 @@ public final class NsenterConnector: Connector {
         }
         // -d -d: socat says "starting data transfer loop" once connected. -t: after one side's
         // end of file, wait for the other side as long as it takes (half-closed connections).
-        command += ["socat", "-d", "-d", "-t", "86400", "STDIO", "TCP:localhost:\(port)"]
+        // shut-down: when the pod ends its side, socat shuts the socket pair down for writing (its
+        // stdin, the same socket, would otherwise keep it open and no end of file would arrive).
+        command += ["socat", "-d", "-d", "-t", "86400", "STDIO,shut-down", "TCP:localhost:\(port)"]
         attempt.start(command)
         return attempt
     }

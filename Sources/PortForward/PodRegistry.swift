@@ -53,7 +53,8 @@ public struct PodRegistry: Sendable {
             throw LoadError(description: "\(source): expected a top-level 'pods:' list")
         }
         guard let entries = list as? [Any] else {
-            if list is NSNullLike { self.init(); return }
+            // `pods:` with nothing after it: no pods yet.
+            if "\(type(of: list))".contains("Null") { self.init(); return }
             throw LoadError(description: "\(source): 'pods' must be a list")
         }
         var pods: [Pod] = []
@@ -92,4 +93,3 @@ public struct PodRegistry: Sendable {
     public func pod(namespace: String, name: String) -> Pod? { pods["\(namespace)/\(name)"] }
 }
 
-private protocol NSNullLike {}

@@ -89,6 +89,7 @@ final class Handshake: CompletionHandler {
     unowned let relay: Relay
     var bytes: [UInt8] = []
     var head: RequestHead?
+    var continued = false
     static let maxHead = 16 * 1024
     static let maxBody = 16 << 20
 
@@ -136,7 +137,6 @@ final class Handshake: CompletionHandler {
         }
         let bodyLength = request.contentLength ?? 0
         if bodyLength > Self.maxBody { return refuse(413, "Content Too Large", "request body larger than 16 MiB") }
-        if bytes.count < request.length + bodyLength { return start() }
         if request.target != "*" {
             if case .refused(let status, let reason) = relay.resolve(request.target) {
                 return refuse(status, status == 404 ? "Not Found" : "Bad Request", reason)
@@ -144,6 +144,14 @@ final class Handshake: CompletionHandler {
         }
         guard request.asksForH2C, let settings = request.header("http2-settings").flatMap(Base64URL.decode) else {
             return refuse(426, "Upgrade Required", "this relay speaks HTTP/2: send Upgrade: h2c with HTTP2-Settings, or use prior knowledge")
+        }
+        if bytes.count < request.length + bodyLength {
+            // curl holds back a large body until it is told to go on.
+            if !continued, request.header("expect")?.lowercased() == "100-continue" {
+                continued = true
+                guard writeAll(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)) else { return refuse(400, "Bad Request", "write failed") }
+            }
+            return start()
         }
         let switching = Array(HTTPText.switchingProtocols.utf8)
         guard writeAll(switching) else {

@@ -221,7 +221,7 @@ public final class EpollReactor: ReactorBackend {
         case .writev:
             result = Glibc.writev(fd, pending.pointer!.assumingMemoryBound(to: iovec.self), Int32(pending.count))
         case .splice:
-            result = pf_splice(pending.source, pending.destination, pending.count, pf_splice_move | pf_splice_nonblock | pf_splice_more)
+            result = pf_splice(pending.source, pending.destination, pending.count, pf_splice_move | pf_splice_nonblock)
         default:
             return
         }

@@ -1,0 +1,172 @@
+import Testing
+@testable import HTTP2
+
+private func parseRequest(_ text: String) -> RequestHead.ParseResult {
+    Array(text.utf8).withUnsafeBytes { RequestHead.parse($0) }
+}
+
+private func parseResponse(_ text: String) -> ResponseHead? {
+    Array(text.utf8).withUnsafeBytes { ResponseHead.parse($0) }
+}
+
+private func completeRequest(_ text: String) throws -> RequestHead {
+    guard case .complete(let head) = parseRequest(text) else {
+        Issue.record("not a complete request head: \(text.debugDescription)")
+        throw CancellationError()
+    }
+    return head
+}
+
+@Suite("HTTP/1.1 heads and the h2c upgrade")
+struct HTTPTextTests {
+    @Test("A request head: line, headers, length")
+    func requestHead() throws {
+        let text = "POST /portForward/default/web HTTP/1.1\r\nHost: relay:10250\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            + "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nContent-Length: 5\r\nPort:  8080 \r\n\r\nhello"
+        let head = try completeRequest(text)
+        #expect(head.method == "POST")
+        #expect(head.target == "/portForward/default/web")
+        #expect(head.version == "HTTP/1.1")
+        #expect(head.length == text.utf8.count - 5)
+        #expect(head.header("host") == "relay:10250")
+        #expect(head.header("PORT") == "8080")
+        #expect(head.header("Upgrade") == "h2c")
+        #expect(head.contentLength == 5)
+        #expect(head.asksForH2C)
+        #expect(head.header("x-missing") == nil)
+    }
+
+    @Test("asksForH2C", arguments: [
+        ("Upgrade: h2c\r\n", true),
+        ("Upgrade: H2C\r\n", true),
+        ("Upgrade: websocket, h2c\r\n", true),
+        ("Upgrade:h2c\r\n", true),
+        ("Upgrade: websocket\r\n", false),
+        ("Upgrade: h2\r\n", false),
+        ("Upgrade: h2cx\r\n", false),
+        ("", false),
+    ])
+    func asksForH2C(_ upgrade: String, _ expected: Bool) throws {
+        let head = try completeRequest("GET / HTTP/1.1\r\nHost: x\r\n\(upgrade)\r\n")
+        #expect(head.asksForH2C == expected)
+    }
+
+    @Test("An incomplete head asks for more bytes",
+          arguments: ["", "POST / HTTP/1.1", "POST / HTTP/1.1\r\nHost: x\r\n", "POST / HTTP/1.1\r\nHost: x\r\n\r"])
+    func incomplete(_ text: String) {
+        guard case .incomplete = parseRequest(text) else {
+            Issue.record("\(text.debugDescription) was not incomplete")
+            return
+        }
+    }
+
+    @Test("Malformed heads are invalid",
+          arguments: ["GARBAGE\r\n\r\n", "GET /\r\n\r\n", "GET / HTTP/2.0\r\n\r\n", "GET / HTTP/1.1\r\nno colon here\r\n\r\n",
+                      "GET / extra HTTP/1.1\r\n\r\n"])
+    func invalid(_ text: String) {
+        guard case .invalid = parseRequest(text) else {
+            Issue.record("\(text.debugDescription) was not refused")
+            return
+        }
+    }
+
+    @Test("The response heads the client reads")
+    func responseHead() throws {
+        let switching = try #require(parseResponse(HTTPText.switchingProtocols + "PRI"))
+        #expect(switching.status == 101)
+        #expect(switching.length == HTTPText.switchingProtocols.utf8.count)
+        #expect(switching.header("upgrade") == "h2c")
+        #expect(switching.header("Connection") == "Upgrade")
+
+        let notFound = HTTPText.response(status: 404, reason: "Not Found", body: "pod \"default/web\" not found")
+        let head = try #require(parseResponse(notFound))
+        #expect(head.status == 404)
+        let body = String(notFound.utf8.dropFirst(head.length))!
+        #expect(body == "pod \"default/web\" not found\n")
+        #expect(head.header("content-length") == "\(body.utf8.count)")
+        #expect(head.header("content-type")?.hasPrefix("text/plain") == true)
+
+        #expect(parseResponse("HTTP/1.1 200 OK\r\n") == nil)
+        #expect(parseResponse("HTTP/1.1 abc OK\r\n\r\n") == nil)
+    }
+
+    @Test("The client's upgrade request is one the relay accepts")
+    func upgradeRequest() throws {
+        let settings = HTTPText.settingsPayload(SessionSettings())
+        let text = HTTPText.upgradeRequest(path: "/portForward/default/web", authority: "127.0.0.1:10250", settings: settings)
+        let head = try completeRequest(text)
+        #expect(head.length == text.utf8.count)
+        #expect(head.method == "POST")
+        #expect(head.target == "/portForward/default/web")
+        #expect(head.asksForH2C)
+        #expect(head.header("host") == "127.0.0.1:10250")
+        #expect(head.contentLength == 0)
+        let connection = try #require(head.header("connection")).lowercased()
+        #expect(connection.contains("upgrade") && connection.contains("http2-settings"))
+        let encoded = try #require(head.header("http2-settings"))
+        #expect(!encoded.contains("=") && !encoded.contains("+") && !encoded.contains("/"))
+        #expect(Base64URL.decode(encoded) == settings)
+    }
+
+    @Test("The SETTINGS payload holds the session's settings, 6 bytes each")
+    func settingsPayload() {
+        let settings = SessionSettings()
+        let payload = HTTPText.settingsPayload(settings)
+        #expect(!payload.isEmpty)
+        #expect(payload.count == settings.entries.count * 6)
+        // INITIAL_WINDOW_SIZE (4) = the stream window.
+        var found: UInt32?
+        for index in stride(from: 0, to: payload.count, by: 6) where payload[index] == 0 && payload[index + 1] == 4 {
+            found = payload[(index + 2)..<(index + 6)].reduce(0) { $0 << 8 | UInt32($1) }
+        }
+        #expect(found == UInt32(settings.streamWindow))
+    }
+
+    @Test("endOfHead")
+    func endOfHead() {
+        #expect(Array("ab\r\n\r\ncd".utf8).withUnsafeBytes { HTTPText.endOfHead($0) } == 2)
+        #expect(Array("\r\n\r".utf8).withUnsafeBytes { HTTPText.endOfHead($0) } == nil)
+    }
+
+    @Test("String helpers")
+    func helpers() {
+        #expect(" \t a b \t".trimmed == "a b")
+        #expect("a\r\nb\r\n\r\nc".httpLines == ["a", "b", "", "c"])
+        #expect("a\rb\r\nc".httpLines == ["a\rb", "c"])
+    }
+}
+
+@Suite("base64url")
+struct Base64URLTests {
+    @Test("Known values, no padding")
+    func known() {
+        #expect(Base64URL.encode([]) == "")
+        #expect(Base64URL.encode(Array("M".utf8)) == "TQ")
+        #expect(Base64URL.encode(Array("Ma".utf8)) == "TWE")
+        #expect(Base64URL.encode(Array("Man".utf8)) == "TWFu")
+        #expect(Base64URL.encode([0xFB, 0xFF, 0xBF]) == "-_-_")
+        #expect(Base64URL.decode("TWFu") == Array("Man".utf8))
+        // Padding and the standard alphabet are tolerated on input.
+        #expect(Base64URL.decode("TWE=") == Array("Ma".utf8))
+        #expect(Base64URL.decode("+/+/") == [0xFB, 0xFF, 0xBF])
+    }
+
+    @Test("Round trips for every length up to 64 and every byte value")
+    func roundTrips() {
+        var generator = SystemRandomNumberGenerator()
+        for length in 0...64 {
+            let bytes = (0..<length).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            let encoded = Base64URL.encode(bytes)
+            #expect(encoded.utf8.allSatisfy { $0 != UInt8(ascii: "=") && $0 != UInt8(ascii: "+") && $0 != UInt8(ascii: "/") })
+            #expect(encoded.utf8.count == (length * 4 + 2) / 3)
+            #expect(Base64URL.decode(encoded) == bytes, "length \(length)")
+        }
+        let all = (0...255).map { UInt8($0) }
+        #expect(Base64URL.decode(Base64URL.encode(all)) == all)
+    }
+
+    @Test("Characters outside the alphabet are refused", arguments: ["ab*c", "a b", "é", "AA\n"])
+    func invalid(_ text: String) {
+        #expect(Base64URL.decode(text) == nil)
+    }
+}
