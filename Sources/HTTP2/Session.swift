@@ -28,9 +28,9 @@ public protocol SessionDelegate: AnyObject {
 public struct SessionSettings: Sendable {
     /// The window the peer may fill per stream before the bytes have left for their destination:
     /// the bound on what one stream can make this side buffer.
-    public var streamWindow: Int32 = 1 << 20
+    public var streamWindow: Int32 = 2 << 20
     public var connectionWindow: Int32 = 64 << 20
-    public var maxFrameSize: Int32 = 1 << 17
+    public var maxFrameSize: Int32 = 1 << 18
     public var maxConcurrentStreams: UInt32 = 1 << 20
 
     /// Defaults, or the tuning knobs PORTFORWARD_STREAM_WINDOW, PORTFORWARD_CONNECTION_WINDOW

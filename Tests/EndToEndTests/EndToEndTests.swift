@@ -146,7 +146,7 @@ struct EndToEndTests {
     /// A stalled reader must not grow memory beyond the stream window.
     /// The bound asserted: RSS growth < 16 MiB for the relay and for the forwarder, while ~2 s of
     /// endless data meets a reader that does not read. Per stream, each side holds at most one
-    /// stream window (1 MiB, docs/PROTOCOL.md) of received DATA, plus a few 128 KiB pool buffers
+    /// stream window (2 MiB, docs/PROTOCOL.md) of received DATA, plus a few 128 KiB pool buffers
     /// and nghttp2's bookkeeping; the kernel's socket buffers are not in RSS. A side that acked
     /// DATA before writing it would buffer hundreds of MiB in 2 s.
     @Test("A reader that stops reading does not grow the relay's or the client's memory", arguments: ConnectorKind.allCases)

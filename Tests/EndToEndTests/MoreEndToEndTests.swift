@@ -134,8 +134,8 @@ extension EndToEndTests {
 
     /// Flow control must stall a stream whose reader stopped, and nothing else: however many
     /// streams are stalled, a new stream on the same session still flows. (Each stalled stream
-    /// holds up to one stream window, 1 MiB, of unconsumed DATA; if the connection-level window
-    /// is only opened as bytes are written, some 64 stalled streams exhaust the 64 MiB
+    /// holds up to one stream window, 2 MiB, of unconsumed DATA; if the connection-level window
+    /// is only opened as bytes are written, some 32 stalled streams exhaust the 64 MiB
     /// connection window and stop every stream of the session.)
     @Test("Streams whose pod stopped reading stall only themselves, however many", arguments: ConnectorKind.allCases)
     func manyStalledStreams(_ connector: ConnectorKind) throws {
