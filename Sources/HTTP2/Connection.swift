@@ -129,72 +129,49 @@ public final class Connection: CompletionHandler, DeferredTask {
             if completion.buffer != BufferPool.none { reactor.buffers.release(completion.buffer) }
             return
         }
-        switch Tag(rawValue: completion.tag) {
-        case .receive:
-            if completion.result <= 0 {
-                close(reason: completion.result == 0 ? "connection closed by peer" : SystemError.reason(-completion.result))
-                return
-            }
-            let bytes = UnsafeRawBufferPointer(start: reactor.buffers.pointer(completion.buffer), count: Int(completion.result))
-            tracker.advance(bytes)
-            do { try session.receive(bytes) } catch {
-                reactor.buffers.release(completion.buffer)
-                close(reason: "\(error)")
-                return
-            }
-            reactor.buffers.release(completion.buffer)
-            if isClosed { return }
-            receiveNext()
-            flushSoon()
-        case .spliceIn:
-            if completion.result <= 0 {
+        let tag = Tag(rawValue: completion.tag)
+        switch tag {
+        case .receive, .header, .spliceIn:
+            guard completion.result > 0 else {
                 if completion.result == -EAGAIN { return receiveNext() }
-                close(reason: completion.result == 0 ? "connection closed by peer" : SystemError.reason(-completion.result))
-                return
+                return close(reason: completion.result == 0 ? "connection closed by peer" : SystemError.reason(-completion.result))
             }
             let count = Int(completion.result)
-            tracker.skip(count)
-            headerNext = true
-            placeholderPipe = inPipe
-            inPipe = nil
-            do { try session.receive(UnsafeRawBufferPointer(start: Placeholder.bytes, count: count)) } catch {
-                close(reason: "\(error)")
-                return
-            }
-            if let unclaimed = placeholderPipe {
-                // The stream was gone: nghttp2 dropped its DATA, and the pipe is not reused.
-                placeholderPipe = nil
-                pipes?.discard(unclaimed)
-            }
-            if isClosed { return }
-            receiveNext()
-            flushSoon()
-        case .header:
-            if completion.result <= 0 {
-                if completion.result == -EAGAIN { return receiveNext() }
-                close(reason: completion.result == 0 ? "connection closed by peer" : SystemError.reason(-completion.result))
-                return
-            }
-            let bytes = UnsafeRawBufferPointer(start: header, count: Int(completion.result))
-            tracker.advance(bytes)
-            do { try session.receive(bytes) } catch {
-                close(reason: "\(error)")
-                return
+            if tag == .spliceIn {
+                // The payload is in `inPipe`; nghttp2 gets as many placeholder bytes.
+                tracker.skip(count)
+                headerNext = true
+                placeholderPipe = inPipe
+                inPipe = nil
+                deliver(UnsafeRawBufferPointer(start: Placeholder.bytes, count: count))
+                if let unclaimed = placeholderPipe {
+                    // The stream was gone: nghttp2 dropped its DATA, and the pipe is not reused.
+                    placeholderPipe = nil
+                    pipes?.discard(unclaimed)
+                }
+            } else {
+                let start = tag == .header ? header : reactor.buffers.pointer(completion.buffer)
+                let bytes = UnsafeRawBufferPointer(start: start, count: count)
+                tracker.advance(bytes)
+                deliver(bytes)
+                if tag == .receive { reactor.buffers.release(completion.buffer) }
             }
             if isClosed { return }
             receiveNext()
             flushSoon()
         case .write, .splice:
             writing = false
-            if completion.result < 0 {
-                close(reason: SystemError.reason(-completion.result))
-                return
-            }
+            if completion.result < 0 { return close(reason: SystemError.reason(-completion.result)) }
             output.advance(Int(completion.result))
             flushSoon()
         case nil:
             break
         }
+    }
+
+    /// Feeds received bytes to the session; a protocol error closes the connection.
+    private func deliver(_ bytes: UnsafeRawBufferPointer) {
+        do { try session.receive(bytes) } catch { close(reason: "\(error)") }
     }
 
     /// Closes the socket; everything queued is dropped.
