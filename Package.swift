@@ -6,29 +6,35 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "portforward", targets: ["portforward"]),
+        // For Benchmarks/ (a package of its own, so that `swift build` here needs no package-benchmark).
+        .library(name: "PortForwardKit", targets: ["PortForward", "HTTP2", "Reactor"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
     ],
     targets: [
         // C layer: the system libraries and the Linux calls Swift's Glibc module leaves out.
         .systemLibrary(name: "CNGHTTP2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
         .systemLibrary(name: "CURing", pkgConfig: "liburing", providers: [.apt(["liburing-dev"])]),
-        .target(name: "CSystem"),
+        .target(name: "CLinuxShim"),
         // The reactor: one thread, completion-style operations, epoll and io_uring backends.
-        .target(name: "Reactor", dependencies: ["CSystem", "CURing"]),
+        .target(name: "Reactor", dependencies: ["CLinuxShim", "CURing"]),
         // HTTP/2 sessions over libnghttp2: no I/O of their own.
-        .target(name: "HTTP2", dependencies: ["CNGHTTP2", "CSystem", "Reactor"]),
+        .target(name: "HTTP2", dependencies: ["CNGHTTP2", "CLinuxShim", "Reactor"]),
         // The port-forward protocol, the relay and the client.
-        .target(name: "PortForward", dependencies: ["Reactor", "HTTP2", "CSystem", "CNGHTTP2",
+        .target(name: "PortForward", dependencies: ["Reactor", "HTTP2", "CLinuxShim", "CNGHTTP2",
                                                     .product(name: "Yams", package: "Yams")]),
+        // The load generator behind `portforward bench`: relay protocol clients, target servers, reports.
+        .target(name: "Bench", dependencies: ["Reactor", "HTTP2", "PortForward", "CLinuxShim", "CNGHTTP2",
+                                              .product(name: "Histogram", package: "hdrhistogram-swift")]),
         .executableTarget(name: "portforward", dependencies: [
-            "PortForward", "Reactor",
+            "PortForward", "Reactor", "Bench",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .testTarget(name: "ReactorTests", dependencies: ["Reactor", "CSystem"]),
+        .testTarget(name: "ReactorTests", dependencies: ["Reactor", "CLinuxShim"]),
         .testTarget(name: "PortForwardTests", dependencies: ["PortForward", "HTTP2", "Reactor"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["PortForward", "Reactor", "CSystem"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["PortForward", "Reactor", "CLinuxShim"]),
     ]
 )

@@ -1,5 +1,5 @@
 import CNGHTTP2
-import CSystem
+import CLinuxShim
 import Reactor
 #if canImport(Glibc)
 @preconcurrency import Glibc

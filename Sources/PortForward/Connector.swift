@@ -1,4 +1,4 @@
-import CSystem
+import CLinuxShim
 import Reactor
 #if canImport(Glibc)
 @preconcurrency import Glibc

@@ -105,10 +105,13 @@ public final class Tunnel: DataSource, CompletionHandler {
     private func spliceIn() {
         guard let pipes else { return }
         if pipe == nil {
-            do { pipe = try pipes.take() } catch {
-                abort()
+            guard let taken = try? pipes.take() else {
+                // Out of descriptors for pipes (thousands of busy streams): this chunk goes
+                // through a pooled buffer instead.
+                reactor.receive(fd, handler: self, tag: Tag.receive.rawValue)
                 return
             }
+            pipe = taken
         }
         reactor.splice(from: fd, to: pipe!.write, count: pipes.capacity, socket: fd, handler: self, tag: Tag.spliceIn.rawValue)
     }

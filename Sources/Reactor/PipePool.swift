@@ -1,4 +1,4 @@
-import CSystem
+import CLinuxShim
 #if canImport(Glibc)
 @preconcurrency import Glibc
 #endif
@@ -39,10 +39,13 @@ public final class PipePool {
     }
 
     public func take() throws -> Pipe {
-        inUse += 1
-        if let pipe = free.popLast() { return pipe }
+        if let pipe = free.popLast() {
+            inUse += 1
+            return pipe
+        }
         var fds: [Int32] = [-1, -1]
         _ = try check("pipe2") { pf_pipe2(&fds) }
+        inUse += 1
         _ = pf_set_pipe_size(fds[1], Int32(capacity))
         return Pipe(read: fds[0], write: fds[1])
     }

@@ -1,4 +1,4 @@
-import CSystem
+import CLinuxShim
 #if canImport(Glibc)
 @preconcurrency import Glibc
 #endif

@@ -1,4 +1,4 @@
-import CSystem
+import CLinuxShim
 import CURing
 #if canImport(Glibc)
 @preconcurrency import Glibc

@@ -1,5 +1,5 @@
 import ArgumentParser
-import CSystem
+import CLinuxShim
 import PortForward
 import Reactor
 #if canImport(Glibc)
@@ -11,7 +11,7 @@ struct PortForwardCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "portforward",
         abstract: "Forward local ports to pods through an HTTP/2 relay, in the style of `oc port-forward`.",
-        subcommands: [Forward.self, RelayCommand.self, Bench.self])
+        subcommands: [Forward.self, RelayCommand.self, BenchCommand.self])
 }
 
 extension IOBackendChoice: ExpressibleByArgument {}
@@ -206,9 +206,4 @@ final class SignalStop: CompletionHandler {
     }
 
     func complete(_ completion: Completion) { reactor.stop() }
-}
-
-struct Bench: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Measure a relay's throughput and stream fan-out.")
-    func run() throws { fail("bench is not implemented yet") }
 }

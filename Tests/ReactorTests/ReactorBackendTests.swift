@@ -1,6 +1,6 @@
 import Testing
 @testable import Reactor
-import CSystem
+import CLinuxShim
 #if canImport(Glibc)
 @preconcurrency import Glibc
 #endif

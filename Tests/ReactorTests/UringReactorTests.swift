@@ -1,6 +1,6 @@
 import Testing
 @testable import Reactor
-import CSystem
+import CLinuxShim
 import Foundation
 #if canImport(Glibc)
 @preconcurrency import Glibc

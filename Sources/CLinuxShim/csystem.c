@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
-#include "csystem.h"
+#include "clinuxshim.h"
 #include <errno.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
@@ -96,6 +97,17 @@ int pf_ignore_sigpipe(void) {
 int pf_raise_nofile_limit(uint64_t *soft, uint64_t *hard) {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return -1;
+    /* Root may lift the hard limit too, up to fs.nr_open; others keep theirs. */
+    FILE *f = fopen("/proc/sys/fs/nr_open", "r");
+    unsigned long long nr_open = 0;
+    if (f) {
+        if (fscanf(f, "%llu", &nr_open) != 1) nr_open = 0;
+        fclose(f);
+    }
+    if (nr_open > rl.rlim_max) {
+        struct rlimit higher = { .rlim_cur = nr_open, .rlim_max = nr_open };
+        if (setrlimit(RLIMIT_NOFILE, &higher) == 0) rl = higher;
+    }
     rl.rlim_cur = rl.rlim_max;
     int rc = setrlimit(RLIMIT_NOFILE, &rl);
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) { *soft = rl.rlim_cur; *hard = rl.rlim_max; }

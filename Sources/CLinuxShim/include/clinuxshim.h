@@ -1,5 +1,5 @@
-#ifndef PORTFORWARD_CSYSTEM_H
-#define PORTFORWARD_CSYSTEM_H
+#ifndef PORTFORWARD_CLINUXSHIM_H
+#define PORTFORWARD_CLINUXSHIM_H
 /* Linux calls that Swift's Glibc module does not import (they sit behind
    _GNU_SOURCE or in headers the module leaves out). Plain C types only. */
 #include <stddef.h>

@@ -1,7 +1,7 @@
 // A small-object cache for one single-threaded user (one nghttp2 session): freed blocks are
 // kept on a list per power-of-two size class and handed out again, so a session in steady state
 // (WINDOW_UPDATE items, frame buffers grown for large DATA frames) calls malloc no more.
-#include "csystem.h"
+#include "clinuxshim.h"
 #include <stdlib.h>
 #include <string.h>
 

@@ -1,0 +1,407 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark (`make bench`): the same loads through
+#   direct loopback (no relay), a socat relay, the reference design (socat -> nsenter + socat),
+#   ssh -L (aes128-gcm; when sshd can be installed), portforward (relay + forward) with epoll,
+#   and with io_uring,
+# interleaved (every round runs each figure on every row in turn, so machine drift hits all rows
+# alike), BENCH_ROUNDS rounds (3), and prints the medians with ratios to the reference design.
+#
+# Figures: iperf3 throughput with 1 and 8 connections; connection rate (connect, 4-byte echo,
+# close) serial and 4 in parallel, measured by `portforward bench connrate` through the row's
+# local port (for portforward rows: through the `portforward forward` client, a new TCP
+# connection and so a new stream each time); fan-out for portforward rows
+# (`portforward bench fanout` straight to the relay: 10,000 streams on one connection).
+# The target servers (iperf3 -s, and `portforward bench --serve echo`) run in a network
+# namespace. Rows that are a single plain hop (direct, socat, ssh -L) run client, relay and
+# server on the namespace's loopback; the reference design and portforward cross from the host
+# into the namespace, as they do in real use.
+#
+# Needs root (network namespaces). Writes bench-results/bench-<time>.{txt,json} and
+# bench-results/latest.{txt,json}.
+#
+# Knobs: PORTFORWARD (binary), BENCH_ROUNDS (3), BENCH_SECONDS (3, per iperf3 run),
+# BENCH_RATE_SECONDS (2, per connection-rate run), BENCH_FANOUT (10000 streams),
+# BENCH_ROWS (space-separated subset of: direct socat reference ssh pf-epoll pf-uring),
+# BENCH_COPY (the relay's and client's --copy; default: their own default).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+bin=${PORTFORWARD:-.build/release/portforward}
+rounds=${BENCH_ROUNDS:-3}
+seconds=${BENCH_SECONDS:-3}
+rate_seconds=${BENCH_RATE_SECONDS:-2}
+fanout_streams=${BENCH_FANOUT:-10000}
+rows=(${BENCH_ROWS:-direct socat reference ssh pf-epoll pf-uring})
+copy_args=()
+[ -n "${BENCH_COPY:-}" ] && copy_args=(--copy "$BENCH_COPY")
+out_dir=bench-results
+ns=pf-bench-side
+iperf_port=5201
+echo_port=7300
+
+fail() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+note() { printf 'bench: %s\n' "$*" >&2; }
+
+[ -x "$bin" ] || fail "$bin not found or not executable: run 'make build' first (or set PORTFORWARD)"
+bin=$(realpath "$bin")
+[ "$(id -u)" -eq 0 ] || fail "needs root: the target servers run in a network namespace"
+for tool in ip iperf3 socat nsenter python3 timeout; do
+    command -v "$tool" >/dev/null || fail "$tool is missing: run 'make deps'"
+done
+
+work=$(mktemp -d /tmp/pf-bench.XXXXXX)
+pids=()
+cleanup() {
+    local status=$?
+    for (( i=${#pids[@]}-1; i>=0; i-- )); do kill "${pids[i]}" 2>/dev/null || true; done
+    sleep 0.3
+    for (( i=${#pids[@]}-1; i>=0; i-- )); do kill -KILL "${pids[i]}" 2>/dev/null || true; wait "${pids[i]}" 2>/dev/null || true; done
+    ip netns delete "$ns" 2>/dev/null || true
+    rm -rf "$work"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# accepts PORT [prefix...]: true once a TCP connect to 127.0.0.1:PORT succeeds.
+accepts() {
+    local port=$1; shift
+    "$@" bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0"' "$port" 2>/dev/null
+}
+
+# wait_port PID PORT WHAT [prefix...]: up to 10 s.
+wait_port() {
+    local pid=$1 port=$2 what=$3; shift 3
+    for _ in $(seq 100); do
+        accepts "$port" "$@" && return 0
+        kill -0 "$pid" 2>/dev/null || fail "$what exited before it listened on $port"
+        sleep 0.1
+    done
+    fail "$what did not listen on $port within 10 s"
+}
+
+in_ns=(ip netns exec "$ns")
+
+# --- The pod: a network namespace with iperf3 and an echo server --------------------------------
+ip netns delete "$ns" 2>/dev/null || true
+ip netns add "$ns"
+"${in_ns[@]}" ip link set lo up
+"${in_ns[@]}" iperf3 -s -p "$iperf_port" >"$work/iperf3-server.log" 2>&1 &
+pids+=($!); wait_port $! "$iperf_port" "iperf3 -s" "${in_ns[@]}"
+"${in_ns[@]}" "$bin" bench --serve echo --port "$echo_port" --io epoll >"$work/echo.log" 2>&1 &
+pids+=($!); wait_port $! "$echo_port" "the echo server" "${in_ns[@]}"
+printf 'pods:\n  - {namespace: bench, name: target, netns: /run/netns/%s}\n' "$ns" >"$work/pods.yaml"
+
+# Per row: where the client runs ("ns" or "host"), and its local ports for iperf3 and echo.
+declare -A where iperf_at echo_at relay_at skip_reason
+
+# direct: no relay, inside the namespace.
+where[direct]=ns; iperf_at[direct]=$iperf_port; echo_at[direct]=$echo_port
+
+start_socat_relay() {
+    where[socat]=ns; iperf_at[socat]=15201; echo_at[socat]=17300
+    "${in_ns[@]}" socat TCP-LISTEN:15201,fork,reuseaddr TCP:127.0.0.1:$iperf_port 2>/dev/null &
+    pids+=($!); wait_port $! 15201 "socat" "${in_ns[@]}"
+    "${in_ns[@]}" socat TCP-LISTEN:17300,fork,reuseaddr TCP:127.0.0.1:$echo_port 2>/dev/null &
+    pids+=($!); wait_port $! 17300 "socat" "${in_ns[@]}"
+}
+
+start_reference() {
+    where[reference]=host; iperf_at[reference]=$(free_port); echo_at[reference]=$(free_port)
+    socat TCP-LISTEN:${iperf_at[reference]},fork,reuseaddr \
+        EXEC:"nsenter --net=/run/netns/$ns socat STDIO TCP\:localhost\:$iperf_port" 2>/dev/null &
+    pids+=($!); wait_port $! "${iperf_at[reference]}" "socat (reference design)"
+    socat TCP-LISTEN:${echo_at[reference]},fork,reuseaddr \
+        EXEC:"nsenter --net=/run/netns/$ns socat STDIO TCP\:localhost\:$echo_port" 2>/dev/null &
+    pids+=($!); wait_port $! "${echo_at[reference]}" "socat (reference design)"
+}
+
+# ssh -L: sshd and the ssh client in the namespace, aes128-gcm, a key made for this run.
+start_ssh() {
+    local sshd=/usr/sbin/sshd
+    if [ ! -x "$sshd" ]; then
+        note "installing openssh-server for the ssh -L row (no service is started)"
+        local policy_made=false
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; policy_made=true
+        fi
+        if ! (export DEBIAN_FRONTEND=noninteractive
+              timeout 300 apt-get install -y -q --no-install-recommends openssh-server >"$work/apt.log" 2>&1 \
+              || { timeout 120 apt-get update -q >>"$work/apt.log" 2>&1 &&
+                   timeout 300 apt-get install -y -q --no-install-recommends openssh-server >>"$work/apt.log" 2>&1; }); then
+            $policy_made && rm -f /usr/sbin/policy-rc.d
+            skip_reason[ssh]="openssh-server could not be installed (see apt-get install openssh-server)"
+            return 1
+        fi
+        $policy_made && rm -f /usr/sbin/policy-rc.d
+    fi
+    command -v ssh >/dev/null && command -v ssh-keygen >/dev/null \
+        || { skip_reason[ssh]="the ssh client is missing"; return 1; }
+    mkdir -p /run/sshd
+    ssh-keygen -q -t ed25519 -N '' -f "$work/host_key"
+    ssh-keygen -q -t ed25519 -N '' -f "$work/user_key"
+    cp "$work/user_key.pub" "$work/authorized_keys"
+    cat >"$work/sshd_config" <<EOF
+Port 2222
+ListenAddress 127.0.0.1
+HostKey $work/host_key
+PidFile $work/sshd.pid
+AuthorizedKeysFile $work/authorized_keys
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+AllowTcpForwarding yes
+Ciphers aes128-gcm@openssh.com
+EOF
+    "${in_ns[@]}" "$sshd" -D -e -f "$work/sshd_config" >"$work/sshd.log" 2>&1 &
+    local sshd_pid=$!
+    pids+=($sshd_pid)
+    for _ in $(seq 50); do accepts 2222 "${in_ns[@]}" && break; sleep 0.1; done
+    accepts 2222 "${in_ns[@]}" || { skip_reason[ssh]="sshd did not start: $(tail -n 1 "$work/sshd.log")"; return 1; }
+    where[ssh]=ns; iperf_at[ssh]=25201; echo_at[ssh]=27300
+    "${in_ns[@]}" ssh -N -F /dev/null -i "$work/user_key" -p 2222 -c aes128-gcm@openssh.com \
+        -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes \
+        -o ExitOnForwardFailure=yes -o LogLevel=ERROR \
+        -L 127.0.0.1:25201:127.0.0.1:$iperf_port -L 127.0.0.1:27300:127.0.0.1:$echo_port \
+        root@127.0.0.1 >"$work/ssh.log" 2>&1 &
+    local ssh_pid=$!
+    pids+=($ssh_pid)
+    for _ in $(seq 50); do accepts 27300 "${in_ns[@]}" && return 0; kill -0 $ssh_pid 2>/dev/null || break; sleep 0.1; done
+    skip_reason[ssh]="ssh -L did not come up: $(tail -n 1 "$work/ssh.log")"
+    return 1
+}
+
+# portforward: a relay that knows the pod, and `portforward forward` for both target ports.
+start_portforward() {
+    local row=$1 io=$2
+    local relay_port; relay_port=$(free_port)
+    "$bin" relay --listen "127.0.0.1:$relay_port" --node bench --pods "$work/pods.yaml" --io "$io" \
+        "${copy_args[@]}" >"$work/relay-$io.log" 2>&1 &
+    pids+=($!); wait_port $! "$relay_port" "portforward relay --io $io"
+    where[$row]=host; relay_at[$row]=$relay_port
+    iperf_at[$row]=$(free_port); echo_at[$row]=$(free_port)
+    # The per-connection "Handling connection" lines go to a file, as a user's terminal would take them.
+    "$bin" forward --server "http://127.0.0.1:$relay_port" --io "$io" "${copy_args[@]}" --address 127.0.0.1 \
+        -n bench target "${iperf_at[$row]}:$iperf_port" "${echo_at[$row]}:$echo_port" \
+        >"$work/forward-$io.log" 2>&1 &
+    pids+=($!); wait_port $! "${echo_at[$row]}" "portforward forward --io $io"
+}
+
+active=()
+for row in "${rows[@]}"; do
+    case $row in
+        direct) active+=(direct) ;;
+        socat) start_socat_relay && active+=(socat) ;;
+        reference) start_reference && active+=(reference) ;;
+        ssh) if start_ssh; then active+=(ssh); else note "skipping ssh -L: ${skip_reason[ssh]}"; fi ;;
+        pf-epoll) start_portforward pf-epoll epoll && active+=(pf-epoll) ;;
+        pf-uring) start_portforward pf-uring uring && active+=(pf-uring) ;;
+        *) fail "unknown row $row (BENCH_ROWS)" ;;
+    esac
+done
+
+results=$work/results.tsv
+: >"$results"
+
+# record ROW FIGURE ROUND VALUE
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$results"; }
+
+client() {  # client ROW COMMAND...: runs where the row's client runs
+    local row=$1; shift
+    if [ "${where[$row]}" = ns ]; then "${in_ns[@]}" "$@"; else "$@"; fi
+}
+
+run_iperf() {  # ROW PARALLEL ROUND
+    local row=$1 parallel=$2 round=$3 json=$work/iperf-$1-$2-$3.json
+    if client "$row" timeout $((seconds + 30)) iperf3 -c 127.0.0.1 -p "${iperf_at[$row]}" -P "$parallel" \
+            -t "$seconds" -O 1 -J >"$json" 2>"$json.err"; then
+        record "$row" "tput$parallel" "$round" "$(python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+print(d["end"]["sum_received"]["bits_per_second"] / 1e9)' "$json")"
+    else
+        note "iperf3 -P $parallel through $row failed: $(tail -n 3 "$json.err" "$json" 2>/dev/null | tr '\n' ' ' | cut -c1-200)"
+        record "$row" "tput$parallel" "$round" nan
+    fi
+    sleep 0.2
+}
+
+run_rate() {  # ROW PARALLEL ROUND
+    local row=$1 parallel=$2 round=$3 json=$work/rate-$1-$2-$3.json
+    if client "$row" timeout $((rate_seconds + 30)) "$bin" bench connrate --target "127.0.0.1:${echo_at[$row]}" \
+            -P "$parallel" -t "$rate_seconds" --warmup 0.5 -q --io epoll --json "$json" >"$json.out" 2>&1; then
+        record "$row" "rate$parallel" "$round" "$(python3 -c '
+import json, sys
+print(json.load(open(sys.argv[1]))["results"]["connections_per_s"])' "$json")"
+    else
+        note "connrate -P $parallel through $row failed: $(tail -n 3 "$json.out" | tr '\n' ' ')"
+        [ -s "$json" ] && record "$row" "rate$parallel" "$round" "$(python3 -c '
+import json, sys
+print(json.load(open(sys.argv[1]))["results"]["connections_per_s"])' "$json")" || record "$row" "rate$parallel" "$round" nan
+    fi
+}
+
+run_fanout() {  # ROW ROUND
+    local row=$1 round=$2 json=$work/fanout-$1-$2.json io=${1#pf-}
+    "$bin" bench fanout --server "http://127.0.0.1:${relay_at[$row]}" --pod bench/target --port "$echo_port" \
+        --io "$io" -s "$fanout_streams" -t 2 --hold 0.5 -q --json "$json" >"$json.out" 2>&1 || true
+    if [ -s "$json" ]; then
+        python3 - "$json" "$row" "$round" >>"$results" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))["results"]
+for key, name in (("open_rate_per_s", "fanout_rate"), ("streams_held", "fanout_held"),
+                  ("churn_rate_per_s", "churn_rate"), ("ttfb_p99_us", "fanout_ttfb_p99")):
+    print(f"{sys.argv[2]}\t{name}\t{sys.argv[3]}\t{d.get(key, 'nan')}")
+EOF
+    else
+        note "fanout through $row failed: $(tail -n 3 "$json.out" | tr '\n' ' ')"
+    fi
+}
+
+note "rows: ${active[*]}; $rounds rounds; iperf3 ${seconds}s (+1s omitted), connection rate ${rate_seconds}s"
+started=$SECONDS
+for round in $(seq "$rounds"); do
+    for parallel in 1 8; do
+        for row in "${active[@]}"; do note "round $round/$rounds: throughput -P $parallel: $row"; run_iperf "$row" "$parallel" "$round"; done
+    done
+    for parallel in 1 4; do
+        for row in "${active[@]}"; do note "round $round/$rounds: connection rate x$parallel: $row"; run_rate "$row" "$parallel" "$round"; done
+    done
+    for row in "${active[@]}"; do
+        case $row in pf-*) note "round $round/$rounds: fan-out: $row"; run_fanout "$row" "$round" ;; esac
+    done
+done
+elapsed=$((SECONDS - started))
+
+# --- The table and the JSON --------------------------------------------------------------------------
+mkdir -p "$out_dir"
+stamp=$(date -u +%Y%m%d-%H%M%S)
+skipped=""
+for row in "${rows[@]}"; do
+    [ -n "${skip_reason[$row]:-}" ] && skipped+="$row=${skip_reason[$row]}"$'\n'
+done
+# The environment (kernel, cores, versions) as `portforward bench` reports it in its JSON.
+env_json=$(python3 -c '
+import glob, json, sys
+for path in sorted(glob.glob(sys.argv[1] + "/rate-*.json")):
+    try:
+        print(json.dumps(json.load(open(path))["environment"])); break
+    except Exception:
+        pass
+else:
+    print("{}")' "$work")
+python3 - "$results" "$out_dir/bench-$stamp" "$rounds" "$seconds" "$rate_seconds" "$fanout_streams" "$elapsed" \
+    "$env_json" "$skipped" "${copy_args[*]:-}" "${active[*]}" <<'EOF'
+import json, math, os, platform, subprocess, sys, statistics
+(results, base, rounds, seconds, rate_seconds, fanout_streams, elapsed,
+ env_json, skipped, copy, active) = sys.argv[1:12]
+rows_order = ["direct", "socat", "reference", "ssh", "pf-epoll", "pf-uring"]
+labels = {"direct": "direct loopback (no relay)", "socat": "socat relay",
+          "reference": "reference design (socat -> nsenter + socat)", "ssh": "ssh -L (aes128-gcm)",
+          "pf-epoll": "portforward, epoll", "pf-uring": "portforward, io_uring"}
+samples = {}
+for line in open(results):
+    row, figure, rnd, value = line.rstrip("\n").split("\t")
+    try:
+        v = float(value)
+    except ValueError:
+        v = float("nan")
+    samples.setdefault((row, figure), []).append(v)
+
+def median(row, figure):
+    values = [v for v in samples.get((row, figure), []) if not math.isnan(v)]
+    return statistics.median(values) if values else None
+
+figures = [("tput1", "Gbit/s, 1 conn"), ("tput8", "Gbit/s, 8 conn"), ("rate1", "conn/s serial"),
+           ("rate4", "conn/s x4"), ("fanout_rate", "fan-out streams/s")]
+rows = [r for r in rows_order if r in active.split()]
+ref = {f: median("reference", f) for f, _ in figures}
+# Fan-out has no reference row of its own: its ratio is to the reference design's serial
+# connection rate (what the issue's target compares it with).
+ref["fanout_rate"] = ref["rate1"]
+
+def fmt(v):
+    if v is None: return "-"
+    if v >= 1000: return f"{v:,.0f}"
+    if v >= 100: return f"{v:.0f}"
+    if v >= 10: return f"{v:.1f}"
+    return f"{v:.2f}"
+
+def ratio(v, r):
+    if v is None or not r: return ""
+    x = v / r
+    return f"({x:.1f}x)" if x < 100 else f"({x:,.0f}x)"
+
+width = max(len(labels[r]) for r in rows) + 2
+cells = []
+for r in rows:
+    line = [labels[r]]
+    for f, _ in figures:
+        v = median(r, f)
+        line.append(f"{fmt(v)} {ratio(v, ref[f])}".strip())
+    cells.append(line)
+headers = ["", *[t for _, t in figures]]
+colw = [max(len(headers[i]), *(len(c[i]) for c in cells)) for i in range(len(headers))]
+out = []
+out.append("  ".join(h.ljust(colw[i]) if i == 0 else h.rjust(colw[i]) for i, h in enumerate(headers)))
+for c in cells:
+    out.append("  ".join(x.ljust(colw[i]) if i == 0 else x.rjust(colw[i]) for i, x in enumerate(c)))
+held = [f"{r}: {fmt(median(r, 'fanout_held'))}/{int(fanout_streams):,} held, churn {fmt(median(r, 'churn_rate'))} streams/s, "
+        f"open TTFB p99 {fmt((median(r, 'fanout_ttfb_p99') or 0) / 1000)} ms" for r in rows if r.startswith("pf-")]
+env = json.loads(env_json or "{}")
+def version(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.splitlines()[0] \
+            or subprocess.run(cmd, capture_output=True, text=True, timeout=5).stderr.splitlines()[0]
+    except Exception:
+        return "unknown"
+tools = {"iperf3": version(["iperf3", "--version"]), "socat": version(["socat", "-V"])[:80]}
+try:
+    tools["ssh"] = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+except Exception:
+    pass
+notes = [
+    f"medians of {rounds} interleaved rounds; iperf3 {seconds} s per run (+1 s omitted), client -> server;",
+    f"connection rate: connect, 4-byte echo, close ({rate_seconds} s per run); ratios vs the reference design",
+    "(fan-out: vs its serial connection rate). Fan-out: portforward bench fanout, "
+    f"{int(fanout_streams):,} streams on one connection, 100 opening at a time.",
+]
+text = "\n".join(out + [""] + held + [""] + notes)
+if skipped.strip():
+    text += "\nskipped: " + "; ".join(s for s in skipped.strip().split("\n"))
+text += (f"\n{env.get('kernel', platform.release())}, {env.get('cores', os.cpu_count())} cores, "
+         f"{env.get('cpu', '')}; relay copy mode: {copy or 'default'}; {int(elapsed)} s")
+print(text)
+open(base + ".txt", "w").write(text + "\n")
+doc = {
+    "tool": "scripts/bench.sh",
+    "rounds": int(rounds), "iperf3_seconds": int(seconds), "rate_seconds": float(rate_seconds),
+    "fanout_streams": int(fanout_streams), "elapsed_s": int(elapsed),
+    "rows": {r: {"label": labels[r],
+                 "medians": {f: median(r, f) for f in
+                             ["tput1", "tput8", "rate1", "rate4", "fanout_rate", "fanout_held", "churn_rate", "fanout_ttfb_p99"]
+                             if (r, f) in samples},
+                 "samples": {f: samples[(r, f)] for (rr, f) in samples if rr == r},
+                 "ratio_to_reference": {f: (median(r, f) / ref[f]) if median(r, f) is not None and ref[f] else None
+                                        for f, _ in figures}}
+             for r in rows},
+    "units": {"tput1": "Gbit/s", "tput8": "Gbit/s", "rate1": "connections/s", "rate4": "connections/s",
+              "fanout_rate": "streams/s", "fanout_held": "streams", "churn_rate": "streams/s",
+              "fanout_ttfb_p99": "us"},
+    "skipped": {s.split("=", 1)[0]: s.split("=", 1)[1] for s in skipped.strip().split("\n") if "=" in s},
+    "relay_copy": copy or "default",
+    "environment": env, "tools": tools,
+}
+json.dump(doc, open(base + ".json", "w"), indent=2)
+EOF
+cp "$out_dir/bench-$stamp.txt" "$out_dir/latest.txt"
+cp "$out_dir/bench-$stamp.json" "$out_dir/latest.json"
+note "wrote $out_dir/bench-$stamp.txt and .json (and latest.*)"
