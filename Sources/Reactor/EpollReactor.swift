@@ -184,14 +184,15 @@ public final class EpollReactor: ReactorBackend {
         case .receive:
             let buffer = buffers.take()
             let result = Glibc.read(fd, buffers.pointer(buffer), buffers.bufferSize)
-            if result < 0 && (pf_errno() == EAGAIN || pf_errno() == EINTR) {
+            let code = result < 0 ? pf_errno() : 0
+            if code == EAGAIN || code == EINTR {
                 buffers.release(buffer)
                 return
             }
             slots[index].reader = nil
             if result <= 0 {
                 buffers.release(buffer)
-                core.post(pending.handler, Completion(operation: .receive, tag: pending.tag, result: result < 0 ? -pf_errno() : 0))
+                core.post(pending.handler, Completion(operation: .receive, tag: pending.tag, result: -code))
             } else {
                 core.post(pending.handler, Completion(operation: .receive, tag: pending.tag, result: Int32(result), buffer: buffer))
             }
