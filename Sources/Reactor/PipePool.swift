@@ -17,8 +17,15 @@ public final class PipePool {
     private let keep: Int
     public private(set) var inUse = 0
 
+    /// Pipes in use at most: a quarter of the open-file limit, so that pipes never take the
+    /// descriptors that sockets need; past it, `take` fails and callers use buffers.
+    public let limit: Int
+
     public init(capacity: Int = 1 << 20, keep: Int = 64) {
         self.keep = keep
+        var files = rlimit()
+        getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &files)
+        limit = max(16, Int(min(files.rlim_cur, 1 << 22)) / 8)
         var capacity = capacity
         if let text = getenv("PORTFORWARD_PIPE_SIZE"), let value = Int(String(cString: text)), value >= 4096 { capacity = value }
         // The kernel may refuse a size above /proc/sys/fs/pipe-max-size for non-root users.
@@ -43,6 +50,7 @@ public final class PipePool {
             inUse += 1
             return pipe
         }
+        if inUse >= limit { throw SystemError("pipe2", errno: EMFILE, subject: "(pipe pool limit \(limit))") }
         var fds: [Int32] = [-1, -1]
         _ = try check("pipe2") { pf_pipe2(&fds) }
         inUse += 1
