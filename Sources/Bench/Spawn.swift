@@ -30,33 +30,15 @@ final class Child {
         guard pf_pipe2(&out) == 0 else { throw SystemError("pipe") }
         guard pf_pipe2(&inp) == 0 else { throw SystemError("pipe") }
         Sockets.setBlocking(out[1], true)
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, inp[0], 0)
-        posix_spawn_file_actions_adddup2(&actions, out[1], 1)
-        // The bench blocks and ignores signals for its own loop; a child starts clean.
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for signal in [SIGPIPE, SIGINT, SIGTERM, SIGHUP] { sigaddset(&defaults, signal) }
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-        defer { for pointer in argv { free(pointer) } }
-        var pid: pid_t = 0
-        let result = posix_spawnp(&pid, arguments[0], &actions, &attributes, argv, environ)
-        close(out[1])
-        close(inp[0])
-        guard result == 0 else {
+        defer {
+            close(out[1])
+            close(inp[0])
+        }
+        let pid: pid_t
+        do { pid = try ChildProcess.spawn(arguments, stdin: inp[0], stdout: out[1]) } catch {
             close(out[0])
             close(inp[1])
-            throw SystemError("cannot start \(arguments[0])", errno: result)
+            throw error
         }
         return Child(pid: pid, name: name, output: out[0], input: inp[1])
     }

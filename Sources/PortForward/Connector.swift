@@ -199,37 +199,20 @@ final class NsenterAttempt: ConnectAttempt, CompletionHandler {
               pf_pipe2(&errors) == 0 else {
             return finish(.failed(status: 502, reason: "\(SystemError("socketpair"))"))
         }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, pair[1], 0)
-        posix_spawn_file_actions_adddup2(&actions, pair[1], 1)
-        posix_spawn_file_actions_adddup2(&actions, errors[1], 2)
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        // The relay blocks signals for its signalfd and ignores SIGPIPE: the child gets defaults.
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        sigaddset(&defaults, SIGPIPE)
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let argv: [UnsafeMutablePointer<CChar>?] = command.map { strdup($0) } + [nil]
-        defer { for pointer in argv { free(pointer) } }
-        let status = posix_spawnp(&pid, command[0], &actions, &attributes, argv, environ)
+        let spawned = Result { try ChildProcess.spawn(command, stdin: pair[1], stdout: pair[1], stderr: errors[1]) }
         Glibc.close(pair[1])
         Glibc.close(errors[1])
         socket = pair[0]
         diagnostics = errors[0]
-        if status != 0 {
+        switch spawned {
+        case .success(let child):
+            pid = child
+        case .failure(let error):
             Glibc.close(socket)
             Glibc.close(diagnostics)
             socket = -1
             diagnostics = -1
-            return finish(.failed(status: 502, reason: "cannot run \(command[0]): \(SystemError.reason(status))"))
+            return finish(.failed(status: 502, reason: "\(error)"))
         }
         Sockets.setBlocking(socket, false)
         timer = connector.reactor.timer(nanoseconds: connector.timeout, handler: self, tag: 2)
