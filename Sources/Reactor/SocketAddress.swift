@@ -61,7 +61,7 @@ public struct SocketAddress: CustomStringConvertible, Sendable {
                 _ = inet_ntop(AF_INET, raw.baseAddress! + 4, &text, socklen_t(text.count))
             }
         }
-        return String(cString: text)
+        return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// `127.0.0.1:5000` or `[::1]:5000`.
