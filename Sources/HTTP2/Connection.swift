@@ -17,6 +17,9 @@ public final class Connection: CompletionHandler, DeferredTask {
     public private(set) var isClosed = false
 
     private let output = OutputQueue()
+    /// The pooled buffer whose bytes the session is being fed (none otherwise): a stream may take
+    /// a hold on it to write its DATA straight from it.
+    public private(set) var receiving = BufferPool.none
     private var writing = false
     private var scheduled = false
     /// How much may be queued for one write.
@@ -153,7 +156,9 @@ public final class Connection: CompletionHandler, DeferredTask {
                 let start = tag == .header ? header : reactor.buffers.pointer(completion.buffer)
                 let bytes = UnsafeRawBufferPointer(start: start, count: count)
                 tracker.advance(bytes)
+                if tag == .receive { receiving = completion.buffer }
                 deliver(bytes)
+                receiving = BufferPool.none
                 if tag == .receive { reactor.buffers.release(completion.buffer) }
             }
             if isClosed { return }

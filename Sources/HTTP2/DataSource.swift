@@ -21,6 +21,8 @@ open class DataSource {
     open func takePayload(count: Int) -> Payload { fatalError("takePayload not implemented") }
     /// `count` bytes of taken payload have been written to the socket.
     open func payloadSent(count: Int) {}
+    /// `count` bytes of taken payload will never be written: the connection is gone.
+    open func payloadDropped(count: Int) {}
 }
 
 /// A short body held in memory: the one-line text of an error response.

@@ -128,8 +128,16 @@ public final class OutputQueue {
         }
     }
 
-    /// Drops everything (the connection is gone); sources are not told.
+    /// Drops everything (the connection is gone); sources are told what of theirs was dropped.
     public func discard() {
+        for index in head..<segments.count {
+            let skip = index == head ? headWritten : 0
+            switch segments[index] {
+            case .bytes: break
+            case .memory(let source, _, let count), .pipe(let source, _, let count):
+                source.payloadDropped(count: count - skip)
+            }
+        }
         segments.removeAll(keepingCapacity: true)
         head = 0
         headWritten = 0

@@ -150,8 +150,10 @@ public final class Forwarder: SessionDelegate, CompletionHandler, SpliceReceiver
         while true {
             let count = Glibc.read(fd, &chunk, chunk.count)
             if count <= 0 {
+                let timedOut = count < 0 && (pf_errno() == EAGAIN || pf_errno() == EWOULDBLOCK)
                 Glibc.close(fd)
-                throw ForwardError("relay at \(options.server) closed the connection during the upgrade")
+                throw ForwardError(timedOut ? "\(options.server) did not answer the upgrade within 10 s"
+                                            : "\(options.server) closed the connection during the upgrade")
             }
             bytes.append(contentsOf: chunk[..<count])
             guard let head = bytes.withUnsafeBytes({ ResponseHead.parse($0) }) else { continue }
@@ -169,7 +171,11 @@ public final class Forwarder: SessionDelegate, CompletionHandler, SpliceReceiver
             Glibc.close(fd)
             let body = String(decoding: bytes[head.length...].prefix(length), as: UTF8.self).trimmed
                 .split(separator: "\n").first.map(String.init) ?? ""
-            throw ForwardError(body.isEmpty ? "relay at \(options.server) answered \(head.status) to the upgrade" : body)
+            // A relay's refusals are one line of text/plain; anything else is not a relay.
+            let plain = head.header("content-type")?.hasPrefix("text/plain") ?? false
+            if plain && !body.isEmpty && head.status == 404 { throw ForwardError(body) }
+            throw ForwardError("\(options.server) answered \(head.status) to the upgrade"
+                               + (plain && !body.isEmpty ? ": \(body)" : " (is it a portforward relay?)"))
         }
     }
 

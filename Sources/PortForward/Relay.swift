@@ -98,12 +98,27 @@ final class Handshake: CompletionHandler {
         self.relay = relay
     }
 
-    func start() { relay.reactor.receive(fd, handler: self, tag: 0) }
+    /// A connection must say what it is (preface, or request head and body) within this time.
+    static let timeoutNanoseconds: UInt64 = 10_000_000_000
+    var timer: TimerID = 0
+    var done = false
+
+    func start() {
+        if timer == 0 { timer = relay.reactor.timer(nanoseconds: Self.timeoutNanoseconds, handler: self, tag: 1) }
+        relay.reactor.receive(fd, handler: self, tag: 0)
+    }
 
     func complete(_ completion: Completion) {
+        if done {
+            if completion.buffer != BufferPool.none { relay.reactor.buffers.release(completion.buffer) }
+            return
+        }
+        if completion.tag == 1 {
+            return refuse(408, "Request Timeout", "no HTTP/2 preface or complete request within 10 s")
+        }
         guard completion.result > 0 else {
+            finish()
             relay.reactor.close(fd)
-            relay.handshakeDone(self)
             return
         }
         let pool = relay.reactor.buffers
@@ -155,16 +170,22 @@ final class Handshake: CompletionHandler {
         }
         let switching = Array(HTTPText.switchingProtocols.utf8)
         guard writeAll(switching) else {
+            finish()
             relay.reactor.close(fd)
-            relay.handshakeDone(self)
             return
         }
         become(upgrade: (request, settings, Array(bytes[request.length..<(request.length + bodyLength)])),
                initial: bytes[(request.length + bodyLength)...])
     }
 
-    private func become(upgrade: (RequestHead, [UInt8], [UInt8])?, initial: ArraySlice<UInt8>) {
+    private func finish() {
+        done = true
+        relay.reactor.cancelTimer(timer)
         relay.handshakeDone(self)
+    }
+
+    private func become(upgrade: (RequestHead, [UInt8], [UInt8])?, initial: ArraySlice<UInt8>) {
+        finish()
         do {
             let session = try RelaySession(fd: fd, relay: relay)
             relay.adopt(session)
@@ -182,9 +203,11 @@ final class Handshake: CompletionHandler {
     }
 
     private func refuse(_ status: Int, _ phrase: String, _ reason: String) {
+        finish()
         _ = writeAll(Array(HTTPText.response(status: status, reason: phrase, body: reason).utf8))
+        // Unread request bytes would turn the close into a reset that loses the answer.
+        Sockets.shutdownWrite(fd)
         relay.reactor.close(fd)
-        relay.handshakeDone(self)
     }
 
     /// A few hundred bytes on a fresh socket: the kernel takes them at once.
@@ -223,7 +246,7 @@ final class RelaySession: SessionDelegate, SpliceReceiver {
 
     /// Stream 1 of an upgraded connection: the HTTP/1.1 request, its body already read.
     func upgraded(headers: HeaderList, body: [UInt8]) {
-        if headers["port"] == nil {
+        if headers["port"] == nil || headers[":path"] == "*" {
             // The request only opened the session.
             try? connection.session.submitResponse(1, headers: [(":status", "200")], body: nil)
             return

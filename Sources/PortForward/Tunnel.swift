@@ -154,6 +154,22 @@ public final class Tunnel: DataSource, CompletionHandler {
         finishIfDone()
     }
 
+    public override func payloadDropped(count: Int) {
+        // The connection is gone with these bytes still queued: nothing will take them now.
+        upSent += count
+        guard upCount > 0, upSent == upTaken else { return }
+        if let pipe {
+            pipes!.discard(pipe)
+            self.pipe = nil
+        } else if upBuffer != BufferPool.none {
+            buffers.release(upBuffer)
+            upBuffer = BufferPool.none
+        }
+        upCount = 0
+        upTaken = 0
+        upSent = 0
+    }
+
     // MARK: stream -> socket
 
     /// DATA for this stream arrived.
@@ -168,14 +184,22 @@ public final class Tunnel: DataSource, CompletionHandler {
             // The payload was spliced into a pipe; these are its stand-ins.
             if let pipe = connection.claimSplicedPipe() {
                 chunks.append(Chunk(buffer: BufferPool.none, start: 0, end: bytes.count, pipe: pipe))
-            } else {
+            } else if chunks.count > chunkHead, chunks[chunks.count - 1].pipe != nil {
+                // nghttp2 handed the same spliced payload over in two pieces.
                 chunks[chunks.count - 1].end += bytes.count
+            } else {
+                downQueued -= bytes.count
+                abort()
+                return
             }
             writeNext()
             return
         }
         // Nothing queued: write straight from the buffer the bytes were received into.
-        if chunks.count == chunkHead, fd >= 0, let buffer = buffers.buffer(containing: bytes.baseAddress!) {
+        let buffer = connection.receiving
+        if chunks.count == chunkHead, fd >= 0, buffer != BufferPool.none,
+           bytes.baseAddress! >= UnsafeRawPointer(buffers.pointer(buffer)),
+           bytes.baseAddress! + bytes.count <= UnsafeRawPointer(buffers.pointer(buffer) + buffers.bufferSize) {
             let start = bytes.baseAddress! - UnsafeRawPointer(buffers.pointer(buffer))
             buffers.retain(buffer)
             chunks.append(Chunk(buffer: buffer, start: start, end: start + bytes.count, shared: true))
@@ -294,6 +318,9 @@ public final class Tunnel: DataSource, CompletionHandler {
                 pipe = nil
                 upEnded = true
             } else if completion.result == -EAGAIN {
+                // Nothing there after all: a quiet socket holds no pipe.
+                pipes!.give(pipe!)
+                pipe = nil
                 receiveNext()
                 return
             } else {

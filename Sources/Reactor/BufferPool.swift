@@ -62,15 +62,6 @@ public final class BufferPool {
         free.append(id)
     }
 
-    /// The buffer `pointer` lies in, if it is one of ours.
-    public func buffer(containing pointer: UnsafeRawPointer) -> BufferID? {
-        let bytes = bufferSize * Self.buffersPerSlab
-        for (index, slab) in slabs.enumerated() where pointer >= UnsafeRawPointer(slab) && pointer < UnsafeRawPointer(slab + bytes) {
-            return BufferID(index * Self.buffersPerSlab + (pointer - UnsafeRawPointer(slab)) / bufferSize)
-        }
-        return nil
-    }
-
     private func grow() {
         let bytes = bufferSize * Self.buffersPerSlab
         guard let memory = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),

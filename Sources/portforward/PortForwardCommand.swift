@@ -151,6 +151,7 @@ struct RelayCommand: ParsableCommand {
             relay.pipes = io.makePipes()
             relay.start()
             let stopper = SignalStop(reactor: reactor)
+            stopper.onSignal = { relay.stop() }
             stopper.arm()
             print("Relay listening on \(relay.address) (node \(relay.node), \(registry.pods.count) pods, connector \(connectorObject.name), io \(reactor.name), open files \(limits.soft))")
             fflush(stdout)
@@ -205,5 +206,14 @@ final class SignalStop: CompletionHandler {
         if fd >= 0 { reactor.read(fd, into: buffer, count: 128, handler: self, tag: 0) }
     }
 
-    func complete(_ completion: Completion) { reactor.stop() }
+    /// Runs first; the loop then stops after a short grace period, so that what it queued
+    /// (GOAWAY frames) is written.
+    var onSignal: (() -> Void)?
+
+    func complete(_ completion: Completion) {
+        guard let onSignal else { return reactor.stop() }
+        self.onSignal = nil
+        onSignal()
+        _ = reactor.timer(nanoseconds: 200_000_000, handler: self, tag: 1)
+    }
 }
