@@ -62,22 +62,56 @@ public final class NativeConnector: Connector {
     }
 }
 
-final class NativeAttempt: ConnectAttempt, CompletionHandler {
+/// What both connectors' attempts share: the caller's callback, delivered once, and the
+/// connect deadline.
+class Attempt: ConnectAttempt {
+    let reactor: ReactorBackend
+    let port: Int
+    let timeout: UInt64
+    var done: ((ConnectResult) -> Void)?
+    var timer: TimerID = 0
+
+    init(reactor: ReactorBackend, port: Int, timeout: UInt64, done: @escaping (ConnectResult) -> Void) {
+        self.reactor = reactor
+        self.port = port
+        self.timeout = timeout
+        self.done = done
+    }
+
+    var timeoutResult: ConnectResult {
+        .failed(status: 504, reason: "timed out connecting to port \(port) after \((Double(timeout) / 1e9).formatted1)s")
+    }
+
+    func finish(_ result: ConnectResult) {
+        reactor.cancelTimer(timer)
+        let callback = done
+        done = nil
+        callback?(result)
+    }
+
+    func cancel() {
+        guard done != nil else { return }
+        done = nil
+        reactor.cancelTimer(timer)
+        releaseResources()
+    }
+
+    /// What a cancelled attempt must give up (its socket, its child process).
+    func releaseResources() {}
+}
+
+final class NativeAttempt: Attempt, CompletionHandler {
     let connector: NativeConnector
     let pod: Pod
-    let port: Int
-    var done: ((ConnectResult) -> Void)?
     var addresses: [SocketAddress]
     var fd: FileDescriptor = -1
-    var timer: TimerID = 0
     var firstError: String?
 
     init(connector: NativeConnector, pod: Pod, port: Int, done: @escaping (ConnectResult) -> Void) {
         self.connector = connector
         self.pod = pod
-        self.port = port
-        self.done = done
         addresses = [SocketAddress(ip: "127.0.0.1", port: port)!, SocketAddress(ip: "::1", port: port)!]
+        super.init(reactor: connector.reactor, port: port, timeout: connector.timeout, done: done)
     }
 
     func start() {
@@ -105,9 +139,8 @@ final class NativeAttempt: ConnectAttempt, CompletionHandler {
     func complete(_ completion: Completion) {
         guard done != nil else { return }
         if completion.tag == 2 {
-            if fd >= 0 { connector.reactor.close(fd); fd = -1 }
-            let seconds = Double(connector.timeout) / 1e9
-            return finish(.failed(status: 504, reason: "timed out connecting to port \(port) after \(seconds.formatted1)s"))
+            releaseResources()
+            return finish(timeoutResult)
         }
         if completion.result == 0 {
             let connected = fd
@@ -120,17 +153,7 @@ final class NativeAttempt: ConnectAttempt, CompletionHandler {
         next()
     }
 
-    private func finish(_ result: ConnectResult) {
-        connector.reactor.cancelTimer(timer)
-        let callback = done
-        done = nil
-        callback?(result)
-    }
-
-    func cancel() {
-        guard done != nil else { return }
-        done = nil
-        connector.reactor.cancelTimer(timer)
+    override func releaseResources() {
         if fd >= 0 { connector.reactor.close(fd); fd = -1 }
     }
 }
@@ -173,21 +196,17 @@ public final class NsenterConnector: Connector {
     }
 }
 
-final class NsenterAttempt: ConnectAttempt, CompletionHandler {
+final class NsenterAttempt: Attempt, CompletionHandler {
     let connector: NsenterConnector
-    let port: Int
-    var done: ((ConnectResult) -> Void)?
     var pid: pid_t = 0
     var socket: FileDescriptor = -1
     var diagnostics: FileDescriptor = -1
-    var timer: TimerID = 0
     var text: [UInt8] = []
     let chunk = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 1)
 
     init(connector: NsenterConnector, port: Int, done: @escaping (ConnectResult) -> Void) {
         self.connector = connector
-        self.port = port
-        self.done = done
+        super.init(reactor: connector.reactor, port: port, timeout: connector.timeout, done: done)
     }
 
     deinit { chunk.deallocate() }
@@ -227,7 +246,7 @@ final class NsenterAttempt: ConnectAttempt, CompletionHandler {
         if completion.tag == 2 {
             guard done != nil else { return }
             kill(pid, SIGKILL)
-            return finish(.failed(status: 504, reason: "timed out connecting to port \(port) after \((Double(connector.timeout) / 1e9).formatted1)s"))
+            return finish(timeoutResult)
         }
         if completion.result > 0 {
             if done != nil {
@@ -264,17 +283,7 @@ final class NsenterAttempt: ConnectAttempt, CompletionHandler {
         return "socat exited before connecting"
     }
 
-    private func finish(_ result: ConnectResult) {
-        connector.reactor.cancelTimer(timer)
-        let callback = done
-        done = nil
-        callback?(result)
-    }
-
-    func cancel() {
-        guard done != nil else { return }
-        done = nil
-        connector.reactor.cancelTimer(timer)
+    override func releaseResources() {
         if socket >= 0 { Glibc.close(socket); socket = -1 }
         if pid > 0 { kill(pid, SIGKILL) }
     }
