@@ -1,3 +1,4 @@
+import CLinuxShim
 import CNGHTTP2
 import HTTP2
 import Reactor
@@ -141,7 +142,12 @@ public final class Tunnel: DataSource, CompletionHandler {
         // After an abort the rest of the buffer will never be taken: what was taken is enough.
         guard upCount > 0, upSent == upCount || (finished && upSent == upTaken) else { return }
         if let pipe {
-            if upSent == upCount { pipes!.give(pipe) } else { pipes!.discard(pipe) }
+            let emptied = upSent == upCount
+            upCount = 0
+            upTaken = 0
+            upSent = 0
+            if emptied && refill(pipe) { return }
+            if emptied { pipes!.give(pipe) } else { pipes!.discard(pipe) }
             self.pipe = nil
         } else {
             buffers.release(upBuffer)
@@ -152,6 +158,31 @@ public final class Tunnel: DataSource, CompletionHandler {
         upSent = 0
         receiveNext()
         finishIfDone()
+    }
+
+    /// A busy socket usually has more bytes waiting when its last ones have left: splice them
+    /// into the (now empty) pipe at once, without waiting for readiness first. Only when nothing
+    /// is there does the pipe go back and the tunnel wait.
+    private func refill(_ pipe: Pipe) -> Bool {
+        guard fd >= 0, !finished, !streamClosed, !upEnded else { return false }
+        let moved = pf_splice(fd, pipe.write, pipes!.capacity, pf_splice_move | pf_splice_nonblock)
+        if moved > 0 {
+            upCount = moved
+        } else if moved == 0 {
+            pipes!.give(pipe)
+            self.pipe = nil
+            upEnded = true
+        } else {
+            let code = pf_errno()
+            if code == EAGAIN || code == EINTR { return false }
+            pipes!.give(pipe)
+            self.pipe = nil
+            abort(code: NGHTTP2_CANCEL.rawValue)
+            return true
+        }
+        session.resume(stream)
+        connection.flushSoon()
+        return true
     }
 
     public override func payloadDropped(count: Int) {
