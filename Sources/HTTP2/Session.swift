@@ -204,8 +204,6 @@ public final class Session {
         if result != 0 { throw HTTP2Error("nghttp2_session_upgrade2", Int(result)) }
     }
 
-    public var streamCount: Int { Int(nghttp2_session_get_next_stream_id(raw)) }
-
     // MARK: helpers
 
     private func dataProvider(_ body: DataSource) -> nghttp2_data_provider {

@@ -39,8 +39,6 @@ public final class Relay: CompletionHandler {
         for session in sessions.values { session.connection.session.terminate(); session.connection.flushSoon() }
     }
 
-    public var activeStreams: Int { sessions.values.reduce(0) { $0 + $1.tunnels.count } }
-
     public func complete(_ completion: Completion) {
         guard completion.result >= 0 else {
             log("accept: \(SystemError.reason(-completion.result))")

@@ -58,7 +58,7 @@ public final class Tunnel: DataSource, CompletionHandler {
     private var streamClosed = false
     public private(set) var finished = false
     /// Received bytes are dropped (and their window opened) instead of written.
-    public var discarding = false
+    public private(set) var discarding = false
     /// Received bytes count against the stream's window (false for an upgraded request's body,
     /// which came before HTTP/2 did).
     public var windowed = true
