@@ -6,13 +6,18 @@ PORTFORWARD ?= .build/release/portforward
 
 # Debian packages the build, the tests, the demo and the bench use.
 DEB_PACKAGES := libnghttp2-dev liburing-dev pkg-config socat iproute2 curl nghttp2-client \
-                iperf3 python3 util-linux procps
+                iperf3 python3 python3-venv util-linux procps
+
+# Python packages the tests' independent peers use (Tests/Peers), in a virtual environment of the
+# project's own: never the system Python's site-packages.
+VENV := .venv
+PYTHON_PACKAGES := h2==4.1.0
 
 # `make test FILTER=Reactor` runs only the matching tests.
 FILTER ?=
 TEST_FLAGS := $(if $(FILTER),--filter '$(FILTER)')
 
-.PHONY: deps build test demo bench clean
+.PHONY: deps build test demo bench clean venv
 
 deps:
 	@missing=""; \
@@ -32,11 +37,18 @@ deps:
 	    echo "error: '$(SWIFT)' not found: install a Swift 6 toolchain (swift.org/install) and put it on PATH" >&2; \
 	    exit 1; }
 
+$(VENV)/.ready: Makefile
+	@python3 -m venv $(VENV) 2>/dev/null || { rm -rf $(VENV); echo "error: python3 -m venv failed (apt-get install python3-venv)" >&2; exit 1; }
+	$(VENV)/bin/pip install -q --disable-pip-version-check $(PYTHON_PACKAGES)
+	@touch $@
+
+venv: $(VENV)/.ready
+
 build: deps
 	$(SWIFT) build -c release
 
 # Debug build; the suite runs once per reactor backend. Tests read PORTFORWARD_IO.
-test: deps
+test: deps venv
 	$(SWIFT) build --build-tests
 	PORTFORWARD_IO=epoll $(SWIFT) test --skip-build $(TEST_FLAGS)
 	PORTFORWARD_IO=uring $(SWIFT) test --skip-build $(TEST_FLAGS)

@@ -30,7 +30,7 @@ let package = Package(
         .target(name: "Bench", dependencies: ["Reactor", "HTTP2", "PortForward", "CLinuxShim", "CNGHTTP2",
                                               .product(name: "Histogram", package: "hdrhistogram-swift")]),
         .executableTarget(name: "portforward", dependencies: [
-            "PortForward", "Reactor", "Bench",
+            "PortForward", "HTTP2", "Reactor", "Bench",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "ReactorTests", dependencies: ["Reactor", "CLinuxShim"]),

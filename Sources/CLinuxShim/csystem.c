@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "clinuxshim.h"
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <fcntl.h>
 #include <sched.h>
@@ -123,3 +124,5 @@ int pf_tcp_nodelay(int fd) {
     int one = 1;
     return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
+
+int pf_malloc_trim(size_t pad) { return malloc_trim(pad); }

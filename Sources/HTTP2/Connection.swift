@@ -19,13 +19,35 @@ public final class Connection: CompletionHandler, DeferredTask {
     private let output = OutputQueue()
     /// The pooled buffer whose bytes the session is being fed (none otherwise): a stream may take
     /// a hold on it to write its DATA straight from it.
-    public private(set) var receiving = BufferPool.none
+    public private(set) var receivingBuffer = BufferPool.none
     private var writing = false
     private var scheduled = false
     /// How much may be queued for one write.
     public static let outputLimit = 2 << 20
 
-    private enum Tag: UInt32 { case receive = 1, write, splice, spliceIn, header }
+    private enum Tag: UInt32 { case receive = 1, write, splice, spliceIn, header, tick }
+
+    // Liveness and bounds.
+    /// PING after `interval` seconds without a byte from the peer; close when no answer came
+    /// within `timeout` (nil: never).
+    public var keepalive: Keepalive?
+    /// Close (after GOAWAY) when the session has had no stream for this long (0: never);
+    /// `hasStreams` says whether it has one.
+    public var idleTimeoutSeconds: Double = 0
+    public var hasStreams: (() -> Bool)?
+    /// Stop reading while nghttp2 holds more frames than this for a peer that does not read them.
+    public var maxQueuedFrames = 4096
+    /// Bytes the connection's streams hold in memory or pipes (received and not yet written to
+    /// their sockets, or read from them and not yet sent): over the limit, the connection stops
+    /// reading, and streams stop reading their sockets.
+    public let held: HeldBytes
+    private var lastReceived: UInt64 = 0
+    private var pingSent: UInt64 = 0
+    private var idleSince: UInt64 = 0
+    private var tickTimer: TimerID = 0
+    /// A receive is not issued while the peer is not taking what it was sent.
+    private var receivePaused = false
+    private var receiving = false
 
     // Receiving DATA payloads by splice: the payload goes socket -> pipe, and nghttp2 is fed as
     // many placeholder bytes (zeros) for its framing and flow control; the stream's tunnel
@@ -43,12 +65,15 @@ public final class Connection: CompletionHandler, DeferredTask {
     /// Payloads smaller than this are read: a splice costs two system calls.
     public static let spliceThreshold = 16 * 1024
 
-    public init(fd: FileDescriptor, session: Session, reactor: ReactorBackend) {
+    public init(fd: FileDescriptor, session: Session, reactor: ReactorBackend, maxHeldBytes: Int = 256 << 20) {
         self.fd = fd
         self.session = session
         self.reactor = reactor
+        held = HeldBytes(limit: maxHeldBytes)
         tracker = FrameTracker(expectsPreface: session.role == .server)
         Sockets.noDelay(fd)
+        held.onBelowLimit = { [unowned self] in self.resumeReceiving() }
+        session.onPingAcknowledged = { [unowned self] in self.pingSent = 0 }
     }
 
     /// Whether `pointer` lies in the placeholder bytes of a spliced payload.
@@ -66,6 +91,13 @@ public final class Connection: CompletionHandler, DeferredTask {
     deinit { header.deallocate() }
 
     private func receiveNext() {
+        if receiving || isClosed { return }
+        if held.isOver || session.queuedFrames > maxQueuedFrames {
+            receivePaused = true
+            return
+        }
+        receivePaused = false
+        receiving = true
         if headerNext, tracker.headerMissing > 0 {
             reactor.read(fd, into: header, count: tracker.headerMissing, handler: self, tag: Tag.header.rawValue)
             return
@@ -97,7 +129,55 @@ public final class Connection: CompletionHandler, DeferredTask {
         }
         receiveNext()
         flushSoon()
+        lastReceived = Clock.nanoseconds()
+        if keepalive != nil || idleTimeoutSeconds > 0 { armTick() }
     }
+
+    private func resumeReceiving() {
+        if receivePaused { receiveNext() }
+    }
+
+    /// The keepalive and idle checks run on a tick, a quarter of the shortest interval: a silent
+    /// peer is noticed within interval + timeout + two ticks.
+    private var tickNanoseconds: UInt64 {
+        var seconds = idleTimeoutSeconds > 0 ? idleTimeoutSeconds : .infinity
+        if let keepalive { seconds = min(seconds, keepalive.interval, keepalive.timeout) }
+        return UInt64(max(seconds / 4, 0.05) * 1e9)
+    }
+
+    private func armTick() {
+        tickTimer = reactor.timer(nanoseconds: tickNanoseconds, handler: self, tag: Tag.tick.rawValue)
+    }
+
+    private func tick() {
+        let now = Clock.nanoseconds()
+        if let keepalive {
+            if pingSent != 0, now - pingSent >= UInt64(keepalive.timeout * 1e9) {
+                return close(reason: "no answer to PING within \(keepalive.timeout.formatted1) s")
+            }
+            if pingSent == 0, now - lastReceived >= UInt64(keepalive.interval * 1e9) {
+                pingSent = now
+                session.ping()
+                flushSoon()
+            }
+        }
+        if idleTimeoutSeconds > 0, let hasStreams {
+            if hasStreams() {
+                idleSince = 0
+            } else if idleSince == 0 {
+                idleSince = now
+            } else if now - idleSince >= UInt64(idleTimeoutSeconds * 1e9) {
+                onIdle?()
+                session.terminate()
+                flushSoon()
+                return
+            }
+        }
+        armTick()
+    }
+
+    /// Said once before an idle session is ended.
+    public var onIdle: (() -> Void)?
 
     /// Asks for a write at the end of this loop turn.
     @inline(__always)
@@ -135,11 +215,13 @@ public final class Connection: CompletionHandler, DeferredTask {
         let tag = Tag(rawValue: completion.tag)
         switch tag {
         case .receive, .header, .spliceIn:
+            receiving = false
             guard completion.result > 0 else {
                 if completion.result == -EAGAIN { return receiveNext() }
                 return close(reason: completion.result == 0 ? "connection closed by peer" : SystemError.reason(-completion.result))
             }
             let count = Int(completion.result)
+            lastReceived = Clock.nanoseconds()
             if tag == .spliceIn {
                 // The payload is in `inPipe`; nghttp2 gets as many placeholder bytes.
                 tracker.skip(count)
@@ -156,9 +238,9 @@ public final class Connection: CompletionHandler, DeferredTask {
                 let start = tag == .header ? header : reactor.buffers.pointer(completion.buffer)
                 let bytes = UnsafeRawBufferPointer(start: start, count: count)
                 tracker.advance(bytes)
-                if tag == .receive { receiving = completion.buffer }
+                if tag == .receive { receivingBuffer = completion.buffer }
                 deliver(bytes)
-                receiving = BufferPool.none
+                receivingBuffer = BufferPool.none
                 if tag == .receive { reactor.buffers.release(completion.buffer) }
             }
             if isClosed { return }
@@ -169,6 +251,9 @@ public final class Connection: CompletionHandler, DeferredTask {
             if completion.result < 0 { return close(reason: SystemError.reason(-completion.result)) }
             output.advance(Int(completion.result))
             flushSoon()
+            resumeReceiving()
+        case .tick:
+            tick()
         case nil:
             break
         }
@@ -183,6 +268,7 @@ public final class Connection: CompletionHandler, DeferredTask {
     public func close(reason: String?) {
         if isClosed { return }
         isClosed = true
+        reactor.cancelTimer(tickTimer)
         output.discard()
         if let pipe = inPipe { pipes?.discard(pipe); inPipe = nil }
         reactor.close(fd)
@@ -195,6 +281,52 @@ public final class Connection: CompletionHandler, DeferredTask {
 public protocol SpliceReceiver: AnyObject {
     /// Whether DATA of `stream` may arrive spliced (as a pipe) rather than in memory.
     func acceptsSplice(stream: StreamID) -> Bool
+}
+
+/// PING keepalive settings (seconds).
+public struct Keepalive: Sendable {
+    public var interval: Double
+    public var timeout: Double
+    public init(interval: Double = 10, timeout: Double = 10) {
+        self.interval = interval
+        self.timeout = timeout
+    }
+}
+
+/// What a bound on held bytes needs: a count, a limit, and someone to tell when the count falls
+/// back under it. Single-threaded, like everything on a reactor.
+public final class HeldBytes {
+    public let limit: Int
+    public private(set) var count = 0
+    /// Called when the count falls back below the limit after having reached it.
+    public var onBelowLimit: (() -> Void)?
+    private var waiters: [() -> Void] = []
+    private var reached = false
+
+    public init(limit: Int) { self.limit = limit }
+
+    @inline(__always) public var isOver: Bool { count >= limit }
+
+    @inline(__always) public func add(_ bytes: Int) {
+        count += bytes
+        if count >= limit { reached = true }
+    }
+
+    @inline(__always) public func remove(_ bytes: Int) {
+        count -= bytes
+        if reached && count < limit { wake() }
+    }
+
+    /// `waiter` runs once, when the count falls below the limit.
+    public func wait(_ waiter: @escaping () -> Void) { waiters.append(waiter) }
+
+    private func wake() {
+        reached = false
+        onBelowLimit?()
+        let woken = waiters
+        waiters.removeAll()
+        for waiter in woken { waiter() }
+    }
 }
 
 /// Zeros fed to nghttp2 in place of a spliced payload. Never written after start-up.

@@ -10,8 +10,20 @@ public typealias StreamID = Int32
 /// A header block as it arrived: lower-case names, in order.
 public struct HeaderList: Sendable {
     public var fields: [(name: String, value: String)] = []
-    public init(_ fields: [(name: String, value: String)] = []) { self.fields = fields }
+    /// Bytes the list counts for, as SETTINGS_MAX_HEADER_LIST_SIZE counts them (RFC 9113 6.5.2).
+    public private(set) var size = 0
+    public init(_ fields: [(name: String, value: String)] = []) {
+        self.fields = fields
+        size = fields.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 32 }
+    }
     public subscript(_ name: String) -> String? { fields.first { $0.name == name }?.value }
+    /// Every value of `name`, in order.
+    public func all(_ name: String) -> [String] { fields.filter { $0.name == name }.map(\.value) }
+
+    mutating func append(_ name: String, _ value: String, size fieldSize: Int) {
+        fields.append((name, value))
+        size += fieldSize
+    }
 }
 
 /// What a session tells the layer above. Every call comes from inside `receive` or `produce`.
@@ -19,7 +31,7 @@ public protocol SessionDelegate: AnyObject {
     /// A request (server side) or response (client side) header block.
     func session(_ session: Session, headers: HeaderList, stream: StreamID, endStream: Bool)
     func session(_ session: Session, data: UnsafeRawBufferPointer, stream: StreamID)
-    /// The peer ended its side of the stream (END_STREAM on DATA).
+    /// The peer ended its side of the stream (END_STREAM on DATA, or on trailers).
     func session(_ session: Session, endOfStream stream: StreamID)
     /// The stream is gone: `errorCode` 0 when both sides ended, else the RST_STREAM code.
     func session(_ session: Session, closed stream: StreamID, errorCode: UInt32)
@@ -31,7 +43,11 @@ public struct SessionSettings: Sendable {
     public var streamWindow: Int32 = 2 << 20
     public var connectionWindow: Int32 = 64 << 20
     public var maxFrameSize: Int32 = 1 << 18
-    public var maxConcurrentStreams: UInt32 = 1 << 20
+    /// How many streams the peer may have open at once (the relay's `--max-streams-per-connection`).
+    public var maxConcurrentStreams: UInt32 = 16_384
+    /// The largest header list accepted (`--max-header-list-size`): advertised as
+    /// SETTINGS_MAX_HEADER_LIST_SIZE and enforced while decoding, before any field is kept.
+    public var maxHeaderListSize: UInt32 = 64 * 1024
 
     /// Defaults, or the tuning knobs PORTFORWARD_STREAM_WINDOW, PORTFORWARD_CONNECTION_WINDOW
     /// and PORTFORWARD_FRAME_SIZE (bytes) when set: docs/PERFORMANCE.md says how they were chosen.
@@ -50,6 +66,7 @@ public struct SessionSettings: Sendable {
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue), value: maxConcurrentStreams),
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: UInt32(streamWindow)),
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_FRAME_SIZE.rawValue), value: UInt32(maxFrameSize)),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue), value: maxHeaderListSize),
         ]
     }
 }
@@ -73,12 +90,21 @@ public final class Session {
     private let cache: OpaquePointer?
     var output: OutputQueue?
     private var pendingHeaders: [StreamID: HeaderList] = [:]
+    /// Streams whose header block went over `maxHeaderListSize`: the rest of it is decoded (HPACK
+    /// state must stay in step) but not kept.
+    private var oversized: Set<StreamID> = []
+    private let maxHeaderListSize: Int
+    /// One line per protocol problem the session handled itself (an oversized header list).
+    public var log: ((String) -> Void)?
+    /// A PING this side sent was acknowledged.
+    public var onPingAcknowledged: (() -> Void)?
     /// nghttp2 holds a stream's body as a raw pointer: the session keeps it alive until the
     /// stream closes.
     private var bodies: [StreamID: DataSource] = [:]
 
     public init(role: Role, settings: SessionSettings = SessionSettings()) throws {
         self.role = role
+        maxHeaderListSize = Int(settings.maxHeaderListSize)
         var callbacks: OpaquePointer?
         nghttp2_session_callbacks_new(&callbacks)
         defer { nghttp2_session_callbacks_del(callbacks) }
@@ -191,6 +217,15 @@ public final class Session {
         nghttp2_submit_rst_stream(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, code)
     }
 
+    /// Frames nghttp2 holds for sending (HEADERS, RST_STREAM, SETTINGS, PING and WINDOW_UPDATE; not
+    /// DATA, which is pulled from its source): what a peer that does not read makes this side hold.
+    public var queuedFrames: Int { nghttp2_session_get_outbound_queue_size(raw) }
+
+    /// Sends a PING; `onPingAcknowledged` says when its answer came.
+    public func ping() {
+        nghttp2_submit_ping(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil)
+    }
+
     /// GOAWAY; the session wants no more I/O once it is sent.
     public func terminate(code: UInt32 = NGHTTP2_NO_ERROR.rawValue) {
         nghttp2_session_terminate_session(raw, code)
@@ -238,16 +273,43 @@ public final class Session {
     fileprivate func streamClosed(_ stream: StreamID) {
         bodies[stream] = nil
         pendingHeaders[stream] = nil
+        oversized.remove(stream)
     }
 
     fileprivate func beginHeaders(_ stream: StreamID) { pendingHeaders[stream] = HeaderList() }
 
-    fileprivate func header(_ stream: StreamID, _ name: String, _ value: String) {
-        pendingHeaders[stream, default: HeaderList()].fields.append((name, value))
+    /// Keeps one decoded field, unless the list has outgrown the limit: the size is checked
+    /// before any string is made, so a block that expands (an HPACK bomb) costs no memory.
+    fileprivate func header(_ stream: StreamID, _ name: UnsafePointer<UInt8>?, _ nameLength: Int,
+                            _ value: UnsafePointer<UInt8>?, _ valueLength: Int) {
+        if !oversized.isEmpty && oversized.contains(stream) { return }
+        let fieldSize = nameLength + valueLength + 32
+        let size = pendingHeaders[stream]?.size ?? 0
+        if size + fieldSize > maxHeaderListSize {
+            if pendingHeaders.removeValue(forKey: stream) != nil { oversized.insert(stream) }
+            return
+        }
+        pendingHeaders[stream, default: HeaderList()].append(text(name, nameLength), text(value, valueLength), size: fieldSize)
     }
 
-    fileprivate func headersDone(_ stream: StreamID, endStream: Bool) {
+    fileprivate func headersDone(_ stream: StreamID, category: UInt32, endStream: Bool) {
         let headers = pendingHeaders.removeValue(forKey: stream) ?? HeaderList()
+        if oversized.remove(stream) != nil {
+            log?("stream \(stream): header list larger than \(maxHeaderListSize) bytes")
+            if role == .server {
+                try? submitResponse(stream, headers: [(":status", "431"), ("content-type", "text/plain; charset=utf-8")],
+                                    body: StaticBody("header list larger than \(maxHeaderListSize) bytes\n"))
+            } else {
+                reset(stream, code: NGHTTP2_PROTOCOL_ERROR.rawValue)
+            }
+            return
+        }
+        // Trailers (a HEADERS frame after the request's, RFC 9113 8.1): only their END_STREAM
+        // matters, which ends the upload like END_STREAM on DATA.
+        if role == .server && category == NGHTTP2_HCAT_HEADERS.rawValue {
+            if endStream { delegate?.session(self, endOfStream: stream) }
+            return
+        }
         delegate?.session(self, headers: headers, stream: stream, endStream: endStream)
     }
 }
@@ -268,7 +330,7 @@ private let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, user
 }
 
 private let onHeader: nghttp2_on_header_callback = { _, frame, name, nameLength, value, valueLength, _, userData in
-    session(userData).header(frame!.pointee.hd.stream_id, text(name, nameLength), text(value, valueLength))
+    session(userData).header(frame!.pointee.hd.stream_id, name, nameLength, value, valueLength)
     return 0
 }
 
@@ -278,7 +340,9 @@ private let onFrameReceive: nghttp2_on_frame_recv_callback = { _, frame, userDat
     let owner = session(userData)
     switch UInt32(header.type) {
     case NGHTTP2_HEADERS.rawValue:
-        owner.headersDone(header.stream_id, endStream: endStream)
+        owner.headersDone(header.stream_id, category: frame!.pointee.headers.cat.rawValue, endStream: endStream)
+    case NGHTTP2_PING.rawValue:
+        if header.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0 { owner.onPingAcknowledged?() }
     case NGHTTP2_DATA.rawValue:
         if endStream { owner.delegate?.session(owner, endOfStream: header.stream_id) }
     default:

@@ -7,19 +7,12 @@ extension StringProtocol {
         while let last = slice.last, last.isWhitespace { slice.removeLast() }
         return String(slice)
     }
+}
 
-    /// Split on CRLF.
-    public var httpLines: [String] {
-        var lines: [String] = []
-        var current = ""
-        var previousCR = false
-        for character in self {
-            if character == "\r\n" { lines.append(current); current = ""; previousCR = false; continue }
-            if previousCR { current.append("\r") }
-            previousCR = character == "\r"
-            if !previousCR { current.append(character) }
-        }
-        lines.append(current)
-        return lines
+extension Double {
+    /// At most one decimal: 5 -> "5", 2.5 -> "2.5".
+    public var formatted1: String {
+        let tenths = Int((self * 10).rounded())
+        return tenths % 10 == 0 ? "\(tenths / 10)" : "\(tenths / 10).\(tenths % 10)"
     }
 }

@@ -1,79 +1,12 @@
 import CNGHTTP2
 
-/// The HTTP/1.1 side of an h2c upgrade (RFC 7540 section 3.2) and of the answers a relay gives
-/// before it: a request head parsed from bytes, and the messages each side writes.
-public struct RequestHead: Sendable {
-    public var method: String
-    public var target: String
-    public var version: String
-    public var headers: [(name: String, value: String)]
-    /// Bytes the head took, the blank line included.
-    public var length: Int
-
-    public func header(_ name: String) -> String? {
-        headers.first { $0.name == name.lowercased() }?.value
-    }
-
-    /// True when `Connection` and `Upgrade` ask for h2c.
-    public var asksForH2C: Bool {
-        guard let upgrade = header("upgrade") else { return false }
-        return upgrade.lowercased().split(separator: ",").contains { (part: Substring) in part.trimmed == "h2c" }
-    }
-
-    public var contentLength: Int? { header("content-length").flatMap { Int($0.trimmed) } }
-
-    public enum ParseResult: Sendable {
-        case incomplete
-        case invalid(String)
-        case complete(RequestHead)
-    }
-
-    /// Parses a request head at the start of `bytes`.
-    public static func parse(_ bytes: UnsafeRawBufferPointer) -> ParseResult {
-        guard let end = HTTPText.endOfHead(bytes) else { return .incomplete }
-        let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[..<end]), as: UTF8.self)
-        var lines = text.httpLines
-        let parts = lines.removeFirst().split(separator: " ", omittingEmptySubsequences: true)
-        guard parts.count == 3, parts[2].hasPrefix("HTTP/1.") else { return .invalid("malformed request line") }
-        var headers: [(String, String)] = []
-        for line in lines where !line.isEmpty {
-            guard let colon = line.firstIndex(of: ":") else { return .invalid("malformed header line") }
-            headers.append((line[..<colon].lowercased(), line[line.index(after: colon)...].trimmed))
-        }
-        return .complete(RequestHead(method: String(parts[0]), target: String(parts[1]), version: String(parts[2]),
-                                     headers: headers, length: end + 4))
-    }
-}
-
-public struct ResponseHead: Sendable {
-    public var status: Int
-    public var headers: [(name: String, value: String)]
-    public var length: Int
-
-    public func header(_ name: String) -> String? {
-        headers.first { $0.name == name.lowercased() }?.value
-    }
-
-    public static func parse(_ bytes: UnsafeRawBufferPointer) -> ResponseHead? {
-        guard let end = HTTPText.endOfHead(bytes) else { return nil }
-        let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[..<end]), as: UTF8.self)
-        var lines = text.httpLines
-        let parts = lines.removeFirst().split(separator: " ", maxSplits: 2)
-        guard parts.count >= 2, let status = Int(parts[1]) else { return nil }
-        var headers: [(String, String)] = []
-        for line in lines {
-            guard let colon = line.firstIndex(of: ":") else { continue }
-            headers.append((line[..<colon].lowercased(), line[line.index(after: colon)...].trimmed))
-        }
-        return ResponseHead(status: status, headers: headers, length: end + 4)
-    }
-}
-
+/// The HTTP/1.1 side of an h2c upgrade (RFC 7540 section 3.2): the messages each side writes.
+/// Heads are parsed in HTTPHead.swift.
 public enum HTTPText {
-    /// Offset of "\r\n\r\n", if the head is complete.
-    public static func endOfHead(_ bytes: UnsafeRawBufferPointer) -> Int? {
-        guard bytes.count >= 4 else { return nil }
-        for index in 0...(bytes.count - 4)
+    /// Offset of "\r\n\r\n", if the head is complete; the search starts at `from`.
+    public static func endOfHead(_ bytes: UnsafeRawBufferPointer, from: Int = 0) -> Int? {
+        guard bytes.count >= 4, from <= bytes.count - 4 else { return nil }
+        for index in max(from, 0)...(bytes.count - 4)
         where bytes[index] == 13 && bytes[index + 1] == 10 && bytes[index + 2] == 13 && bytes[index + 3] == 10 {
             return index
         }

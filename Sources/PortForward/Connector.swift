@@ -1,4 +1,5 @@
 import CLinuxShim
+import HTTP2
 import Reactor
 #if canImport(Glibc)
 @preconcurrency import Glibc
@@ -155,13 +156,6 @@ final class NativeAttempt: Attempt, CompletionHandler {
 
     override func releaseResources() {
         if fd >= 0 { connector.reactor.close(fd); fd = -1 }
-    }
-}
-
-extension Double {
-    var formatted1: String {
-        let tenths = Int((self * 10).rounded())
-        return tenths % 10 == 0 ? "\(tenths / 10)" : "\(tenths / 10).\(tenths % 10)"
     }
 }
 

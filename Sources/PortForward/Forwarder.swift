@@ -14,6 +14,11 @@ public struct ForwardOptions: Sendable {
     /// `localhost` (127.0.0.1 and ::1) or numeric addresses.
     public var addresses: [String]
     public var connectTimeoutSeconds: Double = 5
+    /// The whole HTTP/1.1 upgrade exchange, request to answer head (`--upgrade-timeout`).
+    public var upgradeTimeoutSeconds: Double = 10
+    /// PING the relay after this long without a byte from it, and give up on the session when the
+    /// answer has not come within the timeout (`--keepalive-interval`, `--keepalive-timeout`).
+    public var keepalive: Keepalive? = Keepalive()
 
     public init(server: String, target: ForwardPath, ports: [PortSpec], addresses: [String] = ["localhost"]) {
         self.server = server
@@ -103,6 +108,7 @@ public final class Forwarder: SessionDelegate, CompletionHandler, SpliceReceiver
         connection.pipes = pipes
         connection.spliceReceiver = self
         connection.onClose = { [unowned self] reason in self.connectionClosed(reason) }
+        connection.keepalive = options.keepalive
         try openListeners()
         leftover.withUnsafeBytes { connection.start(initial: $0) }
         var caught: [Int32] = [SIGINT, SIGTERM, SIGHUP]
@@ -134,49 +140,88 @@ public final class Forwarder: SessionDelegate, CompletionHandler, SpliceReceiver
     }
 
     /// The HTTP/1.1 request that names the pod and asks for h2c; returns bytes read past the answer.
+    /// The whole exchange has one deadline (`upgradeTimeoutSeconds`), however the answer trickles in,
+    /// and an answer head larger than the head limit is refused.
     private func upgrade(_ fd: FileDescriptor, settings: SessionSettings) throws -> ([UInt8], ResponseHead) {
-        Sockets.setBlocking(fd, true)
-        var timeout = timeval(tv_sec: 10, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        let request = HTTPText.upgradeRequest(path: options.target.path, authority: server.authority,
-                                              settings: HTTPText.settingsPayload(settings))
-        let sent = Array(request.utf8).withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-        guard sent == request.utf8.count else {
+        let deadline = Clock.nanoseconds() + UInt64(options.upgradeTimeoutSeconds * 1e9)
+        let request = Array(HTTPText.upgradeRequest(path: options.target.path, authority: server.authority,
+                                                    settings: HTTPText.settingsPayload(settings)).utf8)
+        func fail(_ reason: String) -> ForwardError {
             Glibc.close(fd)
-            throw ForwardError("cannot reach relay at \(options.server): \(SystemError.reason(pf_errno()))")
+            return ForwardError(reason)
         }
+        /// Waits for `events` until the deadline; false when it passed.
+        func wait(_ events: Int32) -> Bool {
+            while true {
+                let now = Clock.nanoseconds()
+                if now >= deadline { return false }
+                var probe = pollfd(fd: fd, events: Int16(events), revents: 0)
+                let ready = poll(&probe, 1, Int32(min((deadline - now) / 1_000_000 + 1, 60_000)))
+                if ready > 0 { return true }
+                if ready < 0 && pf_errno() != EINTR { return true }
+            }
+        }
+        let timeoutText = "\(options.server) did not answer the upgrade within \(options.upgradeTimeoutSeconds.formatted1) s"
+        var offset = 0
+        while offset < request.count {
+            let sent = request.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, $0.count - offset) }
+            if sent > 0 { offset += sent; continue }
+            if sent < 0 && (pf_errno() == EAGAIN || pf_errno() == EINTR) {
+                if !wait(Int32(POLLOUT)) { throw fail(timeoutText) }
+                continue
+            }
+            throw fail("cannot reach relay at \(options.server): \(SystemError.reason(pf_errno()))")
+        }
+        let limits = HeadLimits()
         var bytes: [UInt8] = []
+        var scanned = 0
         var chunk = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let count = Glibc.read(fd, &chunk, chunk.count)
-            if count <= 0 {
-                let timedOut = count < 0 && (pf_errno() == EAGAIN || pf_errno() == EWOULDBLOCK)
-                Glibc.close(fd)
-                throw ForwardError(timedOut ? "\(options.server) did not answer the upgrade within 10 s"
-                                            : "\(options.server) closed the connection during the upgrade")
+        /// Reads more into `bytes`; false at end of file.
+        func readMore() throws -> Bool {
+            while true {
+                let count = Glibc.read(fd, &chunk, chunk.count)
+                if count > 0 {
+                    bytes.append(contentsOf: chunk[..<count])
+                    return true
+                }
+                if count == 0 { return false }
+                let code = pf_errno()
+                if code != EAGAIN && code != EINTR {
+                    throw fail("\(options.server) closed the connection during the upgrade: \(SystemError.reason(code))")
+                }
+                if !wait(Int32(POLLIN)) { throw fail(timeoutText) }
             }
-            bytes.append(contentsOf: chunk[..<count])
-            guard let head = bytes.withUnsafeBytes({ ResponseHead.parse($0) }) else { continue }
-            if head.status == 101 {
-                Sockets.setBlocking(fd, false)
-                return (Array(bytes[head.length...]), head)
-            }
-            // An error answer: read its one-line body.
-            let length = Int(head.header("content-length") ?? "") ?? 0
-            while bytes.count < head.length + length {
-                let more = Glibc.read(fd, &chunk, chunk.count)
-                if more <= 0 { break }
-                bytes.append(contentsOf: chunk[..<more])
-            }
-            Glibc.close(fd)
-            let body = String(decoding: bytes[head.length...].prefix(length), as: UTF8.self).trimmed
-                .split(separator: "\n").first.map(String.init) ?? ""
-            // A relay's refusals are one line of text/plain; anything else is not a relay.
-            let plain = head.header("content-type")?.hasPrefix("text/plain") ?? false
-            if plain && !body.isEmpty && head.status == 404 { throw ForwardError(body) }
-            throw ForwardError("\(options.server) answered \(head.status) to the upgrade"
-                               + (plain && !body.isEmpty ? ": \(body)" : " (is it a portforward relay?)"))
         }
+        let head: ResponseHead
+        while true {
+            guard try readMore() else { throw fail("\(options.server) closed the connection during the upgrade") }
+            switch bytes.withUnsafeBytes({ ResponseHead.parse($0, limits: limits, scannedBefore: scanned) }) {
+            case .incomplete(let upTo):
+                scanned = upTo
+                continue
+            case .invalid(_, let reason):
+                throw fail("\(options.server) answered the upgrade with a malformed head (\(reason)): is it a portforward relay?")
+            case .complete(let parsed):
+                head = parsed
+            }
+            break
+        }
+        if head.status == 101 {
+            return (Array(bytes[head.length...]), head)
+        }
+        // An error answer: read its one-line body (a little of it: the reason is one line).
+        let length = min(head.contentLength, 4096)
+        while bytes.count < head.length + length {
+            guard (try? readMore()) == true else { break }
+        }
+        Glibc.close(fd)
+        let body = String(decoding: bytes[head.length...].prefix(length), as: UTF8.self).trimmed
+            .split(separator: "\n").first.map(String.init) ?? ""
+        // A relay's refusals are one line of text/plain; anything else is not a relay.
+        let plain = head.header("content-type")?.hasPrefix("text/plain") ?? false
+        if plain && !body.isEmpty && head.status == 404 { throw ForwardError(body) }
+        throw ForwardError("\(options.server) answered \(head.status) to the upgrade"
+                           + (plain && !body.isEmpty ? ": \(body)" : " (is it a portforward relay?)"))
     }
 
     private func openListeners() throws {

@@ -1,3 +1,4 @@
+import CLinuxShim
 import CNGHTTP2
 import HTTP2
 import Reactor
@@ -15,36 +16,66 @@ public final class Relay: CompletionHandler {
     public let connector: Connector
     public let listenFD: FileDescriptor
     public let address: SocketAddress
+    public let limits: RelayLimits
+    public let settings: SessionSettings
     var sessions: [ObjectIdentifier: RelaySession] = [:]
     var handshakes: [ObjectIdentifier: Handshake] = [:]
-    public var log: (String) -> Void = { _ in }
+    /// Protocol and connection errors, one line each, rate-limited (`-v`).
+    public var log: (String) -> Void = { _ in } {
+        didSet { limitedLog = LogLimiter(sink: log) }
+    }
+    private(set) var limitedLog = LogLimiter { _ in }
     /// Splice mode: pod bytes go socket -> pipe -> client connection (nil: pooled buffers).
     public var pipes: PipePool?
+    /// Streams being connected or forwarded (or waiting to be), across every session.
+    var streams = 0
+    let opens: OpenScheduler
+    /// Stream-open buckets of the peer addresses that have connections, and how many each has.
+    private var peers: [String: (bucket: TokenBucket, connections: Int)] = [:]
+    private let housekeeping = Housekeeping()
 
-    public init(listen: SocketAddress, node: String, registry: PodRegistry, connector: Connector, reactor: ReactorBackend) throws {
+    public init(listen: SocketAddress, node: String, registry: PodRegistry, connector: Connector, reactor: ReactorBackend,
+                limits: RelayLimits = RelayLimits(), settings: SessionSettings = SessionSettings()) throws {
         self.reactor = reactor
         self.node = node
         self.registry = registry
         self.connector = connector
+        self.limits = limits
+        var settings = settings
+        settings.maxConcurrentStreams = limits.maxStreamsPerConnection
+        settings.maxHeaderListSize = limits.maxHeaderListSize
+        self.settings = settings
+        opens = OpenScheduler(reactor: reactor)
         listenFD = try Sockets.listen(listen)
         address = Sockets.localAddress(listenFD)
+        housekeeping.relay = self
     }
 
     public func start() {
         reactor.accept(listenFD, handler: self, tag: 0)
+        housekeeping.arm()
     }
 
     public func stop() {
         reactor.close(listenFD)
+        housekeeping.stop()
         for session in sessions.values { session.connection.session.terminate(); session.connection.flushSoon() }
     }
 
     public func complete(_ completion: Completion) {
         guard completion.result >= 0 else {
-            log("accept: \(SystemError.reason(-completion.result))")
+            limitedLog("accept: \(SystemError.reason(-completion.result))")
             return
         }
-        let handshake = Handshake(fd: completion.result, relay: self)
+        let fd = completion.result
+        if handshakes.count + sessions.count >= limits.maxConnections {
+            limitedLog("connection refused: \(limits.maxConnections) connections open (--max-connections)")
+            Sockets.resetOnClose(fd)
+            reactor.close(fd)
+            return
+        }
+        let peer = Sockets.peerAddress(fd)
+        let handshake = Handshake(fd: fd, peer: peer.length > 0 ? peer.ip : "?", relay: self)
         handshakes[ObjectIdentifier(handshake)] = handshake
         handshake.start()
     }
@@ -57,7 +88,7 @@ public final class Relay: CompletionHandler {
 
     public func resolve(_ path: String) -> Target {
         guard let target = ForwardPath(parsing: path) else {
-            return .refused(status: 404, reason: "unknown path \"\(path)\": expected /portForward/<namespace>/<pod> or /proxy/nodes/<node>/portForward/<namespace>/<pod>")
+            return .refused(status: 404, reason: "unknown path \"\(path.prefix(256))\": expected /portForward/<namespace>/<pod> or /proxy/nodes/<node>/portForward/<namespace>/<pod>")
         }
         if let node = target.node, node != self.node {
             return .refused(status: 404, reason: "node \"\(node)\" not found")
@@ -74,35 +105,140 @@ public final class Relay: CompletionHandler {
 
     func adopt(_ session: RelaySession) {
         sessions[ObjectIdentifier(session)] = session
+        peers[session.peer, default: (TokenBucket(limits.peerStreamOpenRate), 0)].connections += 1
     }
 
-    func sessionClosed(_ session: RelaySession) {
-        sessions[ObjectIdentifier(session)] = nil
+    func sessionClosed(_ session: RelaySession, reason: String?) {
+        guard sessions.removeValue(forKey: ObjectIdentifier(session)) != nil else { return }
+        if let reason { limitedLog("session \(session.peer): \(reason)") }
+        if let entry = peers[session.peer] {
+            peers[session.peer] = entry.connections > 1 ? (entry.bucket, entry.connections - 1) : nil
+        }
+    }
+
+    /// The peer's stream-open bucket: whether a token is there, and how long until one is.
+    func peerTokenWait(_ peer: String, now: UInt64) -> UInt64 {
+        peers[peer]?.bucket.wait(now: now) ?? 0
+    }
+
+    func takePeerToken(_ peer: String, now: UInt64) {
+        peers[peer]?.bucket.take(now: now)
+    }
+
+    /// Gives memory back after a burst: free pool buffers and the heap's free pages.
+    func trimMemory() {
+        // TODO(merge): reactor.buffers.trim() once the pool can shrink.
+        _ = pf_malloc_trim(0)
+    }
+}
+
+/// Every 2 s: hand memory a burst left behind back to the system.
+private final class Housekeeping: CompletionHandler {
+    weak var relay: Relay?
+    private var timer: TimerID = 0
+    private var stopped = false
+    static let intervalNanoseconds: UInt64 = 2_000_000_000
+
+    func arm() {
+        guard let relay, !stopped else { return }
+        timer = relay.reactor.timer(nanoseconds: Self.intervalNanoseconds, handler: self, tag: 0)
+    }
+
+    func stop() {
+        stopped = true
+        relay?.reactor.cancelTimer(timer)
+    }
+
+    func complete(_ completion: Completion) {
+        relay?.trimMemory()
+        arm()
+    }
+}
+
+/// Stream opens wait here, per session, and are started at the end of a turn in rounds: each
+/// session with waiting opens gets a few per round, within the token buckets of its connection
+/// and of its peer address, and a turn starts no more than `perTurn` (the rest go on next turn,
+/// after the reactor has polled). So a client that floods opens (or opens and resets, the rapid
+/// reset attack) waits behind its own opens, and a stream reset while it waits costs nothing.
+final class OpenScheduler: CompletionHandler {
+    let reactor: ReactorBackend
+    private var waiting: [RelaySession] = []
+    private var timer: TimerID = 0
+    private var timerArmed = false
+    static let perRound = 16
+    static let perTurn = 256
+
+    init(reactor: ReactorBackend) { self.reactor = reactor }
+
+    /// `session` has a new open waiting.
+    func enqueue(_ session: RelaySession) {
+        if !session.scheduled {
+            session.scheduled = true
+            waiting.append(session)
+        }
+        if !timerArmed { arm(after: 0) }
+    }
+
+    private func arm(after nanoseconds: UInt64) {
+        timerArmed = true
+        timer = reactor.timer(nanoseconds: nanoseconds, handler: self, tag: 0)
+    }
+
+    func complete(_ completion: Completion) {
+        timerArmed = false
+        run()
+    }
+
+    private func run() {
+        var started = 0
+        var shortestWait = UInt64.max
+        while started < Self.perTurn && !waiting.isEmpty {
+            var progressed = false
+            var index = 0
+            while index < waiting.count && started < Self.perTurn {
+                let session = waiting[index]
+                let (count, wait) = session.startWaitingOpens(limit: min(Self.perRound, Self.perTurn - started))
+                started += count
+                if count > 0 { progressed = true }
+                if !session.hasWaitingOpens {
+                    session.scheduled = false
+                    waiting.remove(at: index)
+                    continue
+                }
+                if wait > 0 { shortestWait = min(shortestWait, wait) }
+                index += 1
+            }
+            if !progressed { break }
+        }
+        if waiting.isEmpty { return }
+        // More than a turn's worth: go on after the reactor has polled; else when a token is due.
+        arm(after: started >= Self.perTurn ? 0 : min(shortestWait, 1_000_000_000))
     }
 }
 
 /// The first bytes of a connection: the HTTP/2 preface, or an HTTP/1.1 request to upgrade.
 final class Handshake: CompletionHandler {
     let fd: FileDescriptor
+    let peer: String
     unowned let relay: Relay
     var bytes: [UInt8] = []
     var head: RequestHead?
+    var scanned = 0
     var continued = false
-    static let maxHead = 16 * 1024
-    static let maxBody = 16 << 20
 
-    init(fd: FileDescriptor, relay: Relay) {
+    init(fd: FileDescriptor, peer: String, relay: Relay) {
         self.fd = fd
+        self.peer = peer
         self.relay = relay
     }
 
-    /// A connection must say what it is (preface, or request head and body) within this time.
-    static let timeoutNanoseconds: UInt64 = 10_000_000_000
     var timer: TimerID = 0
     var done = false
 
     func start() {
-        if timer == 0 { timer = relay.reactor.timer(nanoseconds: Self.timeoutNanoseconds, handler: self, tag: 1) }
+        if timer == 0 {
+            timer = relay.reactor.timer(nanoseconds: UInt64(relay.limits.handshakeTimeout * 1e9), handler: self, tag: 1)
+        }
         relay.reactor.receive(fd, handler: self, tag: 0)
     }
 
@@ -112,7 +248,7 @@ final class Handshake: CompletionHandler {
             return
         }
         if completion.tag == 1 {
-            return refuse(408, "Request Timeout", "no HTTP/2 preface or complete request within 10 s")
+            return refuse(408, "no HTTP/2 preface or complete request within \(relay.limits.handshakeTimeout.formatted1) s")
         }
         guard completion.result > 0 else {
             finish()
@@ -133,44 +269,39 @@ final class Handshake: CompletionHandler {
                 if bytes.count < preface.count { return start() }
                 return become(upgrade: nil, initial: bytes[...])
             }
-            let parsed = bytes.withUnsafeBytes { RequestHead.parse($0) }
-            switch parsed {
-            case .incomplete:
-                if bytes.count > Self.maxHead { return refuse(431, "Request Header Fields Too Large", "request head larger than 16 KiB") }
+            let limits = HeadLimits(maxBytes: relay.limits.maxRequestHead)
+            switch bytes.withUnsafeBytes({ RequestHead.parse($0, limits: limits, scannedBefore: scanned) }) {
+            case .incomplete(let upTo):
+                scanned = upTo
                 return start()
-            case .invalid(let why):
-                return refuse(400, "Bad Request", why)
+            case .invalid(let status, let reason):
+                return refuse(status, reason)
             case .complete(let request):
                 head = request
             }
         }
         guard let request = head else { return }
         if request.header("transfer-encoding") != nil {
-            return refuse(411, "Length Required", "a request body must have a Content-Length")
+            return refuse(411, "a request body must have a Content-Length")
         }
-        let bodyLength = request.contentLength ?? 0
-        if bodyLength > Self.maxBody { return refuse(413, "Content Too Large", "request body larger than 16 MiB") }
+        let bodyLength = request.contentLength
+        let maxBody = relay.limits.maxUpgradeBody(relay.settings)
+        if bodyLength > maxBody { return refuse(413, "request body larger than \(maxBody) bytes (the stream window)") }
         if request.target != "*" {
             if case .refused(let status, let reason) = relay.resolve(request.target) {
-                return refuse(status, status == 404 ? "Not Found" : "Bad Request", reason)
+                return refuse(status, reason)
             }
         }
         guard request.asksForH2C, let settings = request.header("http2-settings").flatMap(Base64URL.decode) else {
-            return refuse(426, "Upgrade Required", "this relay speaks HTTP/2: send Upgrade: h2c with HTTP2-Settings, or use prior knowledge")
+            return refuse(426, "this relay speaks HTTP/2: send Upgrade: h2c with HTTP2-Settings, or use prior knowledge")
         }
         if bytes.count < request.length + bodyLength {
             // curl holds back a large body until it is told to go on.
             if !continued, request.header("expect")?.lowercased() == "100-continue" {
                 continued = true
-                guard writeAll(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)) else { return refuse(400, "Bad Request", "write failed") }
+                guard writeAll(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)) else { return refuse(400, "write failed") }
             }
             return start()
-        }
-        let switching = Array(HTTPText.switchingProtocols.utf8)
-        guard writeAll(switching) else {
-            finish()
-            relay.reactor.close(fd)
-            return
         }
         become(upgrade: (request, settings, Array(bytes[request.length..<(request.length + bodyLength)])),
                initial: bytes[(request.length + bodyLength)...])
@@ -183,26 +314,44 @@ final class Handshake: CompletionHandler {
     }
 
     private func become(upgrade: (RequestHead, [UInt8], [UInt8])?, initial: ArraySlice<UInt8>) {
-        finish()
+        let session: RelaySession
         do {
-            let session = try RelaySession(fd: fd, relay: relay)
-            relay.adopt(session)
-            if let (request, settings, body) = upgrade {
-                try session.connection.session.upgrade(settingsPayload: settings, headRequest: request.method == "HEAD")
-                var headers = HeaderList([(":method", request.method), (":path", request.target)])
-                if let port = request.header("port") { headers.fields.append(("port", port)) }
-                session.upgraded(headers: headers, body: body)
-            }
-            initial.withUnsafeBytes { session.connection.start(initial: $0) }
+            session = try RelaySession(fd: fd, peer: peer, relay: relay)
         } catch {
-            relay.log("session: \(error)")
+            finish()
+            relay.limitedLog("session: \(error)")
             relay.reactor.close(fd)
+            return
         }
+        if let (request, settings, body) = upgrade {
+            // The settings are checked before the answer: a payload nghttp2 refuses is a 400,
+            // and nothing is upgraded.
+            do {
+                try session.connection.session.upgrade(settingsPayload: settings, headRequest: request.method == "HEAD")
+            } catch {
+                return refuse(400, "invalid HTTP2-Settings: \(error)")
+            }
+            guard writeAll(Array(HTTPText.switchingProtocols.utf8)) else {
+                finish()
+                relay.reactor.close(fd)
+                return
+            }
+            finish()
+            relay.adopt(session)
+            var headers = HeaderList([(":method", request.method), (":path", request.target)])
+            for port in request.fields.all("port") { headers.fields.append(("port", port)) }
+            session.upgraded(headers: headers, body: body)
+        } else {
+            finish()
+            relay.adopt(session)
+        }
+        initial.withUnsafeBytes { session.connection.start(initial: $0) }
     }
 
-    private func refuse(_ status: Int, _ phrase: String, _ reason: String) {
+    private func refuse(_ status: Int, _ reason: String) {
         finish()
-        _ = writeAll(Array(HTTPText.response(status: status, reason: phrase, body: reason).utf8))
+        relay.limitedLog("request from \(peer) refused with \(status): \(reason)")
+        _ = writeAll(Array(HTTPText.response(status: status, reason: HTTPStatus.phrase(status), body: reason).utf8))
         // Unread request bytes would turn the close into a reset that loses the answer.
         Sockets.shutdownWrite(fd)
         relay.reactor.close(fd)
@@ -227,16 +376,36 @@ final class Handshake: CompletionHandler {
 final class RelaySession: SessionDelegate, SpliceReceiver {
     let connection: Connection
     unowned let relay: Relay
+    let peer: String
     var tunnels: [StreamID: Tunnel] = [:]
     var attempts: [StreamID: ConnectAttempt] = [:]
 
-    init(fd: FileDescriptor, relay: Relay) throws {
+    // Stream opens waiting for their turn (OpenScheduler), oldest first.
+    private struct WaitingOpen {
+        var tunnel: Tunnel
+        var pod: Pod
+        var port: Int
+    }
+    private var waitingOpens: [WaitingOpen] = []
+    private var waitingHead = 0
+    var scheduled = false
+    private var bucket: TokenBucket
+
+    init(fd: FileDescriptor, peer: String, relay: Relay) throws {
         self.relay = relay
-        let session = try Session(role: .server)
-        connection = Connection(fd: fd, session: session, reactor: relay.reactor)
+        self.peer = peer
+        bucket = TokenBucket(relay.limits.streamOpenRate)
+        let session = try Session(role: .server, settings: relay.settings)
+        connection = Connection(fd: fd, session: session, reactor: relay.reactor,
+                                maxHeldBytes: relay.limits.maxHeldBytesPerConnection)
         session.delegate = self
+        session.log = { [unowned relay] line in relay.limitedLog("\(peer): \(line)") }
         connection.pipes = relay.pipes
         connection.spliceReceiver = self
+        connection.maxQueuedFrames = relay.limits.maxQueuedFrames
+        connection.keepalive = relay.limits.keepalive.interval > 0 ? relay.limits.keepalive : nil
+        connection.idleTimeoutSeconds = relay.limits.idleTimeout
+        connection.hasStreams = { [unowned self] in !self.tunnels.isEmpty }
         connection.onClose = { [unowned self] reason in self.closed(reason) }
     }
 
@@ -256,6 +425,12 @@ final class RelaySession: SessionDelegate, SpliceReceiver {
     }
 
     func session(_ session: Session, headers: HeaderList, stream: StreamID, endStream: Bool) {
+        if tunnels[stream] != nil {
+            // nghttp2 passes a second header block only as trailers (handled by the session);
+            // anything else on an answered stream is not a new request.
+            session.reset(stream, code: NGHTTP2_PROTOCOL_ERROR.rawValue)
+            return
+        }
         _ = request(headers: headers, stream: stream, endStream: endStream)
     }
 
@@ -269,21 +444,71 @@ final class RelaySession: SessionDelegate, SpliceReceiver {
         case .pod(let found):
             pod = found
         }
-        guard let portText = headers["port"] else {
-            answer(stream, status: 400, "missing port header")
+        let port: Int
+        switch PortHeader.parse(headers.all("port")) {
+        case .failure(let error):
+            answer(stream, status: 400, error.description)
             return nil
+        case .success(let value):
+            port = value
         }
-        guard let port = Int(portText.trimmed), (1...65535).contains(port) else {
-            answer(stream, status: 400, "invalid port \"\(portText)\": expected a number from 1 to 65535")
+        if relay.streams >= relay.limits.maxStreams {
+            answer(stream, status: 503, "the relay holds \(relay.limits.maxStreams) streams (--max-streams): try again later")
             return nil
         }
         let tunnel = Tunnel(stream: stream, connection: connection, pipes: relay.pipes)
         tunnels[stream] = tunnel
+        relay.streams += 1
         tunnel.onFinish = { [unowned self] finished in
+            self.relay.streams -= 1
             if self.tunnels[finished.stream] === finished { self.tunnels[finished.stream] = nil }
         }
         if endStream { tunnel.peerFinished() }
-        attempts[stream] = relay.connector.connect(pod: pod, port: port) { [unowned self] result in
+        waitingOpens.append(WaitingOpen(tunnel: tunnel, pod: pod, port: port))
+        relay.opens.enqueue(self)
+        return tunnel
+    }
+
+    var hasWaitingOpens: Bool { waitingHead < waitingOpens.count }
+
+    /// Starts up to `limit` waiting opens within the token buckets; returns how many started and,
+    /// when a bucket stopped it, how long until a token.
+    func startWaitingOpens(limit: Int) -> (started: Int, wait: UInt64) {
+        var started = 0
+        let now = Clock.nanoseconds()
+        while started < limit && waitingHead < waitingOpens.count {
+            let open = waitingOpens[waitingHead]
+            if open.tunnel.finished {
+                // Reset while it waited: nothing to undo.
+                waitingHead += 1
+                continue
+            }
+            let wait = max(bucket.wait(now: now), relay.peerTokenWait(peer, now: now))
+            if wait > 0 { compact(); return (started, wait) }
+            bucket.take(now: now)
+            relay.takePeerToken(peer, now: now)
+            waitingHead += 1
+            started += 1
+            connect(open)
+        }
+        compact()
+        return (started, 0)
+    }
+
+    private func compact() {
+        if waitingHead == waitingOpens.count {
+            waitingOpens.removeAll(keepingCapacity: waitingOpens.count <= 1024)
+            waitingHead = 0
+        } else if waitingHead > 1024 {
+            waitingOpens.removeFirst(waitingHead)
+            waitingHead = 0
+        }
+    }
+
+    private func connect(_ open: WaitingOpen) {
+        let stream = open.tunnel.stream
+        let tunnel = open.tunnel
+        attempts[stream] = relay.connector.connect(pod: open.pod, port: open.port) { [unowned self] result in
             self.attempts[stream] = nil
             switch result {
             case .connected(let fd):
@@ -299,7 +524,6 @@ final class RelaySession: SessionDelegate, SpliceReceiver {
             }
             self.connection.flushSoon()
         }
-        return tunnel
     }
 
     private func answer(_ stream: StreamID, status: Int, _ reason: String) {
@@ -333,6 +557,43 @@ final class RelaySession: SessionDelegate, SpliceReceiver {
         attempts.removeAll()
         for tunnel in Array(tunnels.values) { tunnel.connectionLost() }
         tunnels.removeAll()
-        relay.sessionClosed(self)
+        waitingOpens.removeAll()
+        waitingHead = 0
+        relay.sessionClosed(self, reason: reason)
+    }
+}
+
+/// The `port` header of a request: one value, a decimal number 1-65535 without sign or leading zero.
+public enum PortHeader {
+    public static func parse(_ values: [String]) -> Result<Int, HeadError> {
+        guard let text = values.first else { return .failure(HeadError("missing port header")) }
+        if values.count > 1 { return .failure(HeadError("more than one port header")) }
+        let digits = text.utf8
+        guard !digits.isEmpty, digits.count <= 5, digits.allSatisfy({ $0 >= 48 && $0 <= 57 }), digits.first != 48,
+              let port = Int(text), port <= 65535 else {
+            return .failure(HeadError("invalid port \"\(text.prefix(32))\": expected a number from 1 to 65535"))
+        }
+        return .success(port)
+    }
+}
+
+/// Reason phrases for the statuses the relay answers with.
+public enum HTTPStatus {
+    public static func phrase(_ status: Int) -> String {
+        switch status {
+        case 200: return "OK"
+        case 400: return "Bad Request"
+        case 404: return "Not Found"
+        case 408: return "Request Timeout"
+        case 411: return "Length Required"
+        case 413: return "Content Too Large"
+        case 426: return "Upgrade Required"
+        case 429: return "Too Many Requests"
+        case 431: return "Request Header Fields Too Large"
+        case 502: return "Bad Gateway"
+        case 503: return "Service Unavailable"
+        case 504: return "Gateway Timeout"
+        default: return "Error"
+        }
     }
 }

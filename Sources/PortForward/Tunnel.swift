@@ -36,6 +36,10 @@ public final class Tunnel: DataSource, CompletionHandler {
     private var upReceiving = false
     private var upEnded = false
     private var upEndTaken = false
+    /// What of `upCount` counts against the connection's held bytes.
+    private var upHeld = 0
+    /// Waiting for the connection's held bytes to fall under the limit before reading the socket.
+    private var waitingForRoom = false
 
     // stream -> socket
     private struct Chunk {
@@ -54,6 +58,12 @@ public final class Tunnel: DataSource, CompletionHandler {
     private var shutDown = false
     /// Bytes received for the stream and not yet written to the socket.
     public private(set) var downQueued = 0
+    /// Chunks waiting in pipes: a stream whose socket does not read holds at most
+    /// `maxQueuedPipes` of them (its later DATA waits in pooled buffers), so a few stalled streams
+    /// cannot take the pipe pool.
+    private var queuedPipes = 0
+    public static let maxQueuedPipes = 2
+    private var held: HeldBytes { connection.held }
 
     private var streamClosed = false
     public private(set) var finished = false
@@ -94,6 +104,17 @@ public final class Tunnel: DataSource, CompletionHandler {
 
     private func receiveNext() {
         guard fd >= 0, !finished, !upReceiving, !upEnded, upCount == 0 else { return }
+        if held.isOver {
+            // The connection holds all it may: read again once its peer or sockets took some.
+            if !waitingForRoom {
+                waitingForRoom = true
+                held.wait { [weak self] in
+                    self?.waitingForRoom = false
+                    self?.receiveNext()
+                }
+            }
+            return
+        }
         upReceiving = true
         if pipes != nil {
             // Wait for bytes before taking a pipe: a quiet socket holds none.
@@ -141,6 +162,7 @@ public final class Tunnel: DataSource, CompletionHandler {
         upSent += count
         // After an abort the rest of the buffer will never be taken: what was taken is enough.
         guard upCount > 0, upSent == upCount || (finished && upSent == upTaken) else { return }
+        releaseHeldUp()
         if let pipe {
             let emptied = upSent == upCount
             upCount = 0
@@ -168,6 +190,7 @@ public final class Tunnel: DataSource, CompletionHandler {
         let moved = pf_splice(fd, pipe.write, pipes!.capacity, pf_splice_move | pf_splice_nonblock)
         if moved > 0 {
             upCount = moved
+            holdUp()
         } else if moved == 0 {
             pipes!.give(pipe)
             self.pipe = nil
@@ -189,6 +212,7 @@ public final class Tunnel: DataSource, CompletionHandler {
         // The connection is gone with these bytes still queued: nothing will take them now.
         upSent += count
         guard upCount > 0, upSent == upTaken else { return }
+        releaseHeldUp()
         if let pipe {
             pipes!.discard(pipe)
             self.pipe = nil
@@ -211,15 +235,18 @@ public final class Tunnel: DataSource, CompletionHandler {
             return
         }
         downQueued += bytes.count
+        held.add(bytes.count)
         if connection.isPlaceholder(bytes.baseAddress!) {
             // The payload was spliced into a pipe; these are its stand-ins.
             if let pipe = connection.claimSplicedPipe() {
+                queuedPipes += 1
                 chunks.append(Chunk(buffer: BufferPool.none, start: 0, end: bytes.count, pipe: pipe))
             } else if chunks.count > chunkHead, chunks[chunks.count - 1].pipe != nil {
                 // nghttp2 handed the same spliced payload over in two pieces.
                 chunks[chunks.count - 1].end += bytes.count
             } else {
                 downQueued -= bytes.count
+                held.remove(bytes.count)
                 abort()
                 return
             }
@@ -227,7 +254,7 @@ public final class Tunnel: DataSource, CompletionHandler {
             return
         }
         // Nothing queued: write straight from the buffer the bytes were received into.
-        let buffer = connection.receiving
+        let buffer = connection.receivingBuffer
         if chunks.count == chunkHead, fd >= 0, buffer != BufferPool.none,
            bytes.baseAddress! >= UnsafeRawPointer(buffers.pointer(buffer)),
            bytes.baseAddress! + bytes.count <= UnsafeRawPointer(buffers.pointer(buffer) + buffers.bufferSize) {
@@ -279,6 +306,7 @@ public final class Tunnel: DataSource, CompletionHandler {
     private func dropQueued() {
         discarding = true
         if windowed { session.consume(stream, downQueued) }
+        held.remove(downQueued)
         downQueued = 0
         for index in chunkHead..<chunks.count { releaseChunk(chunks[index], empty: false) }
         chunks.removeAll(keepingCapacity: true)
@@ -287,6 +315,7 @@ public final class Tunnel: DataSource, CompletionHandler {
 
     private func releaseChunk(_ chunk: Chunk, empty: Bool) {
         if let pipe = chunk.pipe {
+            queuedPipes -= 1
             if empty { connection.pipes?.give(pipe) } else { connection.pipes?.discard(pipe) }
         } else {
             buffers.release(chunk.buffer)
@@ -315,7 +344,22 @@ public final class Tunnel: DataSource, CompletionHandler {
     }
 
     /// Whether DATA may arrive spliced: the socket is there and bytes will be written to it.
-    public var acceptsSplice: Bool { fd >= 0 && !finished && !discarding && pipes != nil }
+    public var acceptsSplice: Bool {
+        fd >= 0 && !finished && !discarding && pipes != nil && queuedPipes < Self.maxQueuedPipes
+    }
+
+    /// The bytes just read from the socket (`upCount`) count against the connection's bound.
+    private func holdUp() {
+        upHeld = upCount
+        held.add(upHeld)
+    }
+
+    private func releaseHeldUp() {
+        if upHeld == 0 { return }
+        let released = upHeld
+        upHeld = 0
+        held.remove(released)
+    }
 
     // MARK: completions
 
@@ -330,6 +374,7 @@ public final class Tunnel: DataSource, CompletionHandler {
             if completion.result > 0 {
                 upBuffer = completion.buffer
                 upCount = Int(completion.result)
+                holdUp()
             } else if completion.result == 0 {
                 upEnded = true
             } else {
@@ -344,6 +389,7 @@ public final class Tunnel: DataSource, CompletionHandler {
             upReceiving = false
             if completion.result > 0 {
                 upCount = Int(completion.result)
+                holdUp()
             } else if completion.result == 0 {
                 pipes!.give(pipe!)
                 pipe = nil
@@ -369,6 +415,7 @@ public final class Tunnel: DataSource, CompletionHandler {
             let written = Int(completion.result)
             chunks[chunkHead].start += written
             downQueued -= written
+            held.remove(written)
             if chunks[chunkHead].start == chunks[chunkHead].end {
                 releaseChunk(chunks[chunkHead], empty: true)
                 chunkHead += 1
@@ -444,6 +491,11 @@ public final class Tunnel: DataSource, CompletionHandler {
         for index in chunkHead..<chunks.count { releaseChunk(chunks[index], empty: false) }
         chunks.removeAll()
         chunkHead = 0
+        held.remove(downQueued)
+        downQueued = 0
+        // Bytes read from the socket and still queued for the connection stay counted until
+        // they are sent or dropped (payloadSent / payloadDropped).
+        if upTaken == upSent { releaseHeldUp() }
         let callback = onFinish
         onFinish = nil
         callback?(self)

@@ -130,6 +130,18 @@ public enum Sockets {
         return address
     }
 
+    /// The address of the connected peer (an empty address when the socket has none).
+    public static func peerAddress(_ fd: FileDescriptor) -> SocketAddress {
+        var address = SocketAddress()
+        address.length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        withUnsafeMutableBytes(of: &address.storage) { raw in
+            if getpeername(fd, raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), &address.length) != 0 {
+                address.length = 0
+            }
+        }
+        return address
+    }
+
     public static func socket(for address: SocketAddress) throws -> FileDescriptor {
         try check("socket") { pf_socket_nonblock(address.family, Int32(SOCK_STREAM.rawValue)) }
     }

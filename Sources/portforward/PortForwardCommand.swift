@@ -1,5 +1,6 @@
 import ArgumentParser
 import CLinuxShim
+import HTTP2
 import PortForward
 import Reactor
 #if canImport(Glibc)
@@ -42,6 +43,79 @@ struct IOOptions: ParsableArguments {
     }
 }
 
+/// The relay's limits (docs/PROTOCOL.md, "Limits"); defaults from `RelayLimits`.
+struct RelayLimitOptions: ParsableArguments {
+    private static let defaults = RelayLimits()
+
+    @Option(help: "Connections at once; more are closed at once.")
+    var maxConnections = defaults.maxConnections
+    @Option(help: "Streams at once across the relay; more are answered 503.")
+    var maxStreams = defaults.maxStreams
+    @Option(help: "SETTINGS_MAX_CONCURRENT_STREAMS: streams one connection may have open.")
+    var maxStreamsPerConnection = Int(defaults.maxStreamsPerConnection)
+    @Option(help: "Largest HTTP/2 header list, bytes (then 431).")
+    var maxHeaderListSize = Int(defaults.maxHeaderListSize)
+    @Option(help: "Largest HTTP/1.1 request head, bytes (then 431).")
+    var maxRequestHead = defaults.maxRequestHead
+    @Option(help: "Bytes one connection's streams may hold before the relay stops reading it and its pods.")
+    var maxHeldBytes = defaults.maxHeldBytesPerConnection
+    @Option(help: "Frames queued for a client that does not read, before the relay stops reading it.")
+    var maxQueuedFrames = defaults.maxQueuedFrames
+    @Option(help: "Seconds a new connection has to send its preface or upgrade request (then 408).")
+    var handshakeTimeout = defaults.handshakeTimeout
+    @Option(help: "Seconds a session may go without a stream before it is ended (0: never).")
+    var idleTimeout = defaults.idleTimeout
+    @Option(help: "Seconds of silence from a client before a PING (0: no keepalive).")
+    var keepaliveInterval = defaults.keepalive.interval
+    @Option(help: "Seconds to wait for the PING's answer before ending the session.")
+    var keepaliveTimeout = defaults.keepalive.timeout
+    @Option(help: "Stream opens per second per connection (0: no limit); opens past it wait.")
+    var streamOpenRate = defaults.streamOpenRate.rate
+    @Option(help: "Stream opens a connection may make at once before the rate applies.")
+    var streamOpenBurst = defaults.streamOpenRate.burst
+    @Option(help: "Stream opens per second per peer address, across its connections (0: no limit).")
+    var peerStreamOpenRate = defaults.peerStreamOpenRate.rate
+    @Option(help: "Stream opens a peer address may make at once before the rate applies.")
+    var peerStreamOpenBurst = defaults.peerStreamOpenRate.burst
+
+    func validate() throws {
+        let positive: [(String, Double)] = [
+            ("--max-connections", Double(maxConnections)), ("--max-streams", Double(maxStreams)),
+            ("--max-streams-per-connection", Double(maxStreamsPerConnection)),
+            ("--max-header-list-size", Double(maxHeaderListSize)), ("--max-request-head", Double(maxRequestHead)),
+            ("--max-held-bytes", Double(maxHeldBytes)), ("--max-queued-frames", Double(maxQueuedFrames)),
+            ("--handshake-timeout", handshakeTimeout), ("--keepalive-timeout", keepaliveTimeout),
+            ("--stream-open-burst", streamOpenBurst), ("--peer-stream-open-burst", peerStreamOpenBurst),
+        ]
+        for (name, value) in positive where !(value > 0) { throw ValidationError("\(name) must be greater than 0") }
+        let nonNegative: [(String, Double)] = [
+            ("--idle-timeout", idleTimeout), ("--keepalive-interval", keepaliveInterval),
+            ("--stream-open-rate", streamOpenRate), ("--peer-stream-open-rate", peerStreamOpenRate),
+        ]
+        for (name, value) in nonNegative where !(value >= 0) { throw ValidationError("\(name) must be 0 or more") }
+        if maxStreamsPerConnection > Int(UInt32.max) || maxHeaderListSize > Int(UInt32.max) {
+            throw ValidationError("--max-streams-per-connection and --max-header-list-size must fit in 32 bits")
+        }
+    }
+
+    var limits: RelayLimits {
+        var limits = RelayLimits()
+        limits.maxConnections = maxConnections
+        limits.maxStreams = maxStreams
+        limits.maxStreamsPerConnection = UInt32(maxStreamsPerConnection)
+        limits.maxHeaderListSize = UInt32(maxHeaderListSize)
+        limits.maxRequestHead = maxRequestHead
+        limits.maxHeldBytesPerConnection = maxHeldBytes
+        limits.maxQueuedFrames = maxQueuedFrames
+        limits.handshakeTimeout = handshakeTimeout
+        limits.idleTimeout = idleTimeout
+        limits.keepalive = Keepalive(interval: keepaliveInterval, timeout: keepaliveTimeout)
+        limits.streamOpenRate = TokenBucket.Setting(rate: streamOpenRate, burst: streamOpenBurst)
+        limits.peerStreamOpenRate = TokenBucket.Setting(rate: peerStreamOpenRate, burst: peerStreamOpenBurst)
+        return limits
+    }
+}
+
 func standardError(_ line: String) {
     fputs(line + "\n", stderr)
 }
@@ -72,6 +146,15 @@ struct Forward: ParsableCommand {
     @Option(help: "Addresses to listen on, comma-separated: localhost (127.0.0.1 and ::1) or IP addresses.")
     var address = "localhost"
 
+    @Option(help: "Seconds the whole upgrade exchange with the relay may take.")
+    var upgradeTimeout: Double = 10
+
+    @Option(help: "Seconds of silence from the relay before a PING (0: no keepalive).")
+    var keepaliveInterval: Double = 10
+
+    @Option(help: "Seconds to wait for the PING's answer before giving up on the relay.")
+    var keepaliveTimeout: Double = 10
+
     @OptionGroup var io: IOOptions
 
     @Argument(help: "The pod's name.")
@@ -84,6 +167,9 @@ struct Forward: ParsableCommand {
         do { _ = try PortSpec.parseAll(ports) } catch { throw ValidationError("\(error)") }
         if pod.isEmpty || pod.contains("/") { throw ValidationError("invalid pod name \"\(pod)\"") }
         if address.split(separator: ",").isEmpty { throw ValidationError("--address needs at least one address") }
+        if !(upgradeTimeout > 0) || !(keepaliveTimeout > 0) || !(keepaliveInterval >= 0) {
+            throw ValidationError("--upgrade-timeout and --keepalive-timeout must be greater than 0, --keepalive-interval 0 or more")
+        }
     }
 
     func run() throws {
@@ -91,11 +177,13 @@ struct Forward: ParsableCommand {
         Process.raiseOpenFileLimit()
         let specs = try PortSpec.parseAll(ports)
         let environment = getenv("PORTFORWARD_SERVER").map { String(cString: $0) }
-        let options = ForwardOptions(
+        var options = ForwardOptions(
             server: server ?? environment ?? "http://127.0.0.1:10250",
             target: ForwardPath(node: node, namespace: namespace, pod: pod),
             ports: specs,
             addresses: address.split(separator: ",").map { String($0).trimmed })
+        options.upgradeTimeoutSeconds = upgradeTimeout
+        options.keepalive = keepaliveInterval > 0 ? Keepalive(interval: keepaliveInterval, timeout: keepaliveTimeout) : nil
         do {
             let reactor = try io.makeReactor()
             let forwarder = try Forwarder(options: options, reactor: reactor)
@@ -131,6 +219,8 @@ struct RelayCommand: ParsableCommand {
     @Option(help: "Seconds to wait for a pod's port to accept.")
     var connectTimeout: Double = 5
 
+    @OptionGroup(title: "Limits") var limitOptions: RelayLimitOptions
+
     @OptionGroup var io: IOOptions
 
     func run() throws {
@@ -146,7 +236,7 @@ struct RelayCommand: ParsableCommand {
                 ? try NativeConnector(reactor: reactor, timeoutSeconds: connectTimeout)
                 : NsenterConnector(reactor: reactor, timeoutSeconds: connectTimeout)
             let relay = try Relay(listen: address, node: node ?? hostName(), registry: registry,
-                                  connector: connectorObject, reactor: reactor)
+                                  connector: connectorObject, reactor: reactor, limits: limitOptions.limits)
             if io.verbose { relay.log = standardError }
             relay.pipes = io.makePipes()
             relay.start()

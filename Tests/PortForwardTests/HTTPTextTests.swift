@@ -6,7 +6,13 @@ private func parseRequest(_ text: String) -> RequestHead.ParseResult {
 }
 
 private func parseResponse(_ text: String) -> ResponseHead? {
-    Array(text.utf8).withUnsafeBytes { ResponseHead.parse($0) }
+    if case .complete(let head) = Array(text.utf8).withUnsafeBytes({ ResponseHead.parse($0) }) { return head }
+    return nil
+}
+
+private func refusal(_ text: String, limits: HeadLimits = HeadLimits()) -> Int? {
+    if case .invalid(let status, _) = Array(text.utf8).withUnsafeBytes({ RequestHead.parse($0, limits: limits) }) { return status }
+    return nil
 }
 
 private func completeRequest(_ text: String) throws -> RequestHead {
@@ -131,8 +137,86 @@ struct HTTPTextTests {
     @Test("String helpers")
     func helpers() {
         #expect(" \t a b \t".trimmed == "a b")
-        #expect("a\r\nb\r\n\r\nc".httpLines == ["a", "b", "", "c"])
-        #expect("a\rb\r\nc".httpLines == ["a\rb", "c"])
+        #expect(Array("xx\r\n\r\nab\r\n\r\n".utf8).withUnsafeBytes { HTTPText.endOfHead($0, from: 3) } == 8)
+    }
+}
+
+/// RFC 9112's rules, as the relay must apply them to an upgrade request (the hardening issue:
+/// each of these was accepted before).
+@Suite("HTTP/1.1 heads: what RFC 9112 refuses")
+struct StrictHeadTests {
+    static let valid = "POST /portForward/default/web HTTP/1.1\r\nHost: relay\r\nUpgrade: h2c\r\n"
+
+    @Test("Refused with 400", arguments: [
+        ("missing Host", "POST / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n"),
+        ("two Hosts", "POST / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+        ("Content-Length: abc", valid + "Content-Length: abc\r\n\r\n"),
+        ("Content-Length: -1", valid + "Content-Length: -1\r\n\r\n"),
+        ("Content-Length: +5", valid + "Content-Length: +5\r\n\r\n"),
+        ("20 digits", valid + "Content-Length: 99999999999999999999\r\n\r\n"),
+        ("conflicting lengths", valid + "Content-Length: 5\r\nContent-Length: 6\r\n\r\n"),
+        ("conflicting list", valid + "Content-Length: 5, 6\r\n\r\n"),
+        ("empty length", valid + "Content-Length: \r\n\r\n"),
+        ("space before colon", valid + "Port : 80\r\n\r\n"),
+        ("obs-fold", valid + "X-A: 1\r\n  continued\r\n\r\n"),
+        ("bare LF", valid + "X-A: 1\nX-B: 2\r\n\r\n"),
+        ("bare CR", valid + "X-A: 1\rX-B: 2\r\n\r\n"),
+        ("NUL in value", valid + "X-A: a\u{0}b\r\n\r\n"),
+        ("control in value", valid + "X-A: a\u{1}b\r\n\r\n"),
+        ("both lengths", valid + "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        ("bad method", "PO ST / HTTP/1.1\r\nHost: a\r\n\r\n"),
+        ("HTTP/1.2", "POST / HTTP/1.2\r\nHost: a\r\n\r\n"),
+        ("two spaces", "POST  / HTTP/1.1\r\nHost: a\r\n\r\n"),
+    ])
+    func refused(_ why: String, _ text: String) {
+        #expect(refusal(text) == 400, "\(why)")
+    }
+
+    @Test("Equal repeated lengths and leading empty lines are fine")
+    func lenient() throws {
+        let head = try completeRequest("\r\n" + Self.valid + "Content-Length: 5\r\ncontent-length: 5, 5\r\n\r\nhello")
+        #expect(head.contentLength == 5)
+        let old = try completeRequest("GET / HTTP/1.0\r\n\r\n")
+        #expect(old.header("host") == nil)
+    }
+
+    @Test("A head over the size limit is 431, complete or not, and so is one with too many fields")
+    func tooLarge() {
+        let limits = HeadLimits(maxBytes: 1024, maxFields: 10)
+        let big = Self.valid + "X-Pad: " + String(repeating: "a", count: 2000) + "\r\n\r\n"
+        #expect(refusal(big, limits: limits) == 431)
+        #expect(refusal(String(big.dropLast(4)), limits: limits) == 431)
+        let many = Self.valid + (0..<11).map { "X-\($0): 1\r\n" }.joined() + "\r\n"
+        #expect(refusal(many, limits: limits) == 431)
+        #expect(refusal(Self.valid + "\r\n", limits: limits) == nil)
+    }
+
+    @Test("An incomplete head says how far it was searched, and searching on from there finds the end")
+    func incremental() throws {
+        let text = Array((Self.valid + "X-A: 1\r\n\r\n").utf8)
+        var scanned = 0
+        for end in 1...text.count {
+            let result = Array(text[..<end]).withUnsafeBytes { RequestHead.parse($0, scannedBefore: scanned) }
+            switch result {
+            case .incomplete(let upTo):
+                #expect(upTo <= end)
+                scanned = upTo
+            case .complete(let head):
+                #expect(end == text.count && head.length == text.count)
+            case .invalid(_, let reason):
+                Issue.record("refused at \(end): \(reason)")
+            }
+        }
+    }
+
+    @Test("Response heads: a malformed status line is refused")
+    func responses() {
+        #expect(parseResponse("HTTP/1.1 101 Switching Protocols\r\n\r\n")?.status == 101)
+        #expect(parseResponse("HTTP/1.1 204\r\n\r\n")?.status == 204)
+        for bad in ["HTTP/1.1 20 OK\r\n\r\n", "HTTP/2.0 200 OK\r\n\r\n", "garbage\r\n\r\n",
+                    "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", "HTTP/1.1 099 X\r\n\r\n"] {
+            #expect(parseResponse(bad) == nil, "\(bad.debugDescription)")
+        }
     }
 }
 
