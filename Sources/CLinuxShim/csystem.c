@@ -114,6 +114,13 @@ int pf_raise_nofile_limit(uint64_t *soft, uint64_t *hard) {
     return rc;
 }
 
+int pf_set_nofile_soft_limit(uint64_t soft) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return -1;
+    rl.rlim_cur = soft;
+    return setrlimit(RLIMIT_NOFILE, &rl);
+}
+
 int pf_set_linger_zero(int fd) {
     struct linger l = { .l_onoff = 1, .l_linger = 0 };
     return setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
