@@ -6,7 +6,8 @@ public typealias BufferID = UInt32
 
 /// Fixed-size byte buffers handed out by index. Memory comes in slabs mapped on demand and is
 /// never returned to the system, so steady-state relaying allocates nothing; a buffer is held
-/// only while bytes are in flight. The first slab is what the io_uring backend registers.
+/// only while bytes are in flight. The io_uring backend hands buffers to the kernel through a
+/// provided-buffer ring, taking them like any holder.
 public final class BufferPool {
     public static let none: BufferID = .max
     public static let defaultBufferSize = 128 * 1024
@@ -18,8 +19,6 @@ public final class BufferPool {
     /// Holders per buffer: a received buffer may be shared by the streams whose DATA it holds.
     private var holders: [UInt32] = []
     public private(set) var inUse = 0
-    /// Called when the first buffer of a new slab is made, so a backend can learn of it.
-    public var onSlab: ((Int, UnsafeMutableRawPointer) -> Void)?
 
     public init(bufferSize: Int = BufferPool.defaultBufferSize) {
         self.bufferSize = bufferSize
@@ -31,8 +30,6 @@ public final class BufferPool {
     }
 
     public var capacity: Int { slabs.count * Self.buffersPerSlab }
-
-    public func slab(_ index: Int) -> UnsafeMutableRawPointer? { index < slabs.count ? slabs[index] : nil }
 
     @inline(__always)
     public func pointer(_ id: BufferID) -> UnsafeMutableRawPointer {
@@ -75,6 +72,5 @@ public final class BufferPool {
         for index in stride(from: first + Self.buffersPerSlab - 1, through: first, by: -1) {
             free.append(BufferID(index))
         }
-        onSlab?(slabs.count - 1, memory)
     }
 }
