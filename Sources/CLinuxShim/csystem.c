@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
@@ -120,6 +121,8 @@ int pf_set_nofile_soft_limit(uint64_t soft) {
     rl.rlim_cur = soft;
     return setrlimit(RLIMIT_NOFILE, &rl);
 }
+
+int pf_malloc_trim(size_t pad) { return malloc_trim(pad); }
 
 int pf_set_linger_zero(int fd) {
     struct linger l = { .l_onoff = 1, .l_linger = 0 };
