@@ -34,6 +34,8 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "ReactorTests", dependencies: ["Reactor", "CLinuxShim"]),
+        // The child process ReactorTests start where a test must run out of descriptors.
+        .executableTarget(name: "reactor-probe", dependencies: ["Reactor", "CLinuxShim"], path: "Tests/ReactorProbe"),
         .testTarget(name: "PortForwardTests", dependencies: ["PortForward", "HTTP2", "Reactor"]),
         .testTarget(name: "EndToEndTests", dependencies: ["PortForward", "Reactor", "CLinuxShim"]),
     ]

@@ -4,6 +4,7 @@
 #include <malloc.h>
 #include <stdio.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
@@ -114,6 +115,15 @@ int pf_raise_nofile_limit(uint64_t *soft, uint64_t *hard) {
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) { *soft = rl.rlim_cur; *hard = rl.rlim_max; }
     return rc;
 }
+
+int pf_set_nofile_soft_limit(uint64_t soft) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return -1;
+    rl.rlim_cur = soft;
+    return setrlimit(RLIMIT_NOFILE, &rl);
+}
+
+int pf_malloc_trim(size_t pad) { return malloc_trim(pad); }
 
 int pf_set_linger_zero(int fd) {
     struct linger l = { .l_onoff = 1, .l_linger = 0 };

@@ -21,6 +21,9 @@ public final class EpollReactor: ReactorBackend {
         var registered = false
         var reader: Pending?
         var writer: Pending?
+        /// An accept resting after a resource error (0: none): it is not attempted until the
+        /// timer wakes it, as the edge that would wake it may never come.
+        var restTimer: TimerID = 0
     }
 
     public let name = "epoll"
@@ -30,6 +33,7 @@ public final class EpollReactor: ReactorBackend {
     private let core = LoopCore()
     private let events: UnsafeMutablePointer<pf_epoll_event>
     private let eventCapacity = 256
+    private lazy var acceptRest = AcceptRest { [unowned self] in wake(FileDescriptor(bitPattern: $0)) }
 
     public init(bufferSize: Int = BufferPool.defaultBufferSize) throws {
         epoll = try check("epoll_create1") { pf_epoll_create() }
@@ -103,7 +107,10 @@ public final class EpollReactor: ReactorBackend {
 
     public func close(_ fd: FileDescriptor) {
         guard fd >= 0 else { return }
-        if Int(fd) < slots.count { slots[Int(fd)] = Slot() }
+        if Int(fd) < slots.count {
+            if slots[Int(fd)].restTimer != 0 { core.timers.cancel(slots[Int(fd)].restTimer) }
+            slots[Int(fd)] = Slot()
+        }
         Glibc.close(fd)
     }
 
@@ -165,6 +172,7 @@ public final class EpollReactor: ReactorBackend {
         guard index < slots.count, let pending = slots[index].reader else { return }
         switch pending.operation {
         case .accept:
+            if slots[index].restTimer != 0 { return }
             // Take every waiting connection; the slot stays armed for the next ones.
             while true {
                 let client = pf_accept4(fd, nil, nil)
@@ -176,6 +184,11 @@ public final class EpollReactor: ReactorBackend {
                 if code == EAGAIN || code == EINTR { return }
                 if code == ECONNABORTED { continue }
                 core.post(pending.handler, Completion(operation: .accept, tag: pending.tag, result: -code))
+                if LoopCore.acceptRests(after: code) {
+                    // The connections still waiting raise no new edge: only a retry takes them.
+                    slots[index].restTimer = core.timers.add(after: LoopCore.acceptRestNanoseconds, handler: acceptRest,
+                                                             tag: UInt32(bitPattern: fd))
+                }
                 return
             }
         case .poll:
@@ -205,6 +218,14 @@ public final class EpollReactor: ReactorBackend {
         default:
             return
         }
+    }
+
+    /// Called by the rest timer of an accept. `close` clears the slot's rest, so a timer that
+    /// fired just before the close wakes nothing.
+    private func wake(_ fd: FileDescriptor) {
+        guard Int(fd) < slots.count, slots[Int(fd)].restTimer != 0 else { return }
+        slots[Int(fd)].restTimer = 0
+        attemptReader(fd)
     }
 
     private func attemptWriter(_ fd: FileDescriptor) {

@@ -17,6 +17,16 @@ final class LoopCore {
     var timers = TimerHeap()
     var stopped = false
 
+    /// An accept stopped by a lack of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM)
+    /// waits this long before it tries again. Trying at once would spin on the same error;
+    /// waiting for a new connection would leave the ones already in the backlog hanging.
+    static let acceptRestNanoseconds: UInt64 = 10_000_000
+
+    /// Whether an accept that failed with `code` rests and tries again rather than ending.
+    static func acceptRests(after code: Int32) -> Bool {
+        code == EMFILE || code == ENFILE || code == ENOBUFS || code == ENOMEM
+    }
+
     init() {
         ready.reserveCapacity(1024)
         delivering.reserveCapacity(1024)
@@ -67,6 +77,13 @@ final class LoopCore {
             post(entry.handler, Completion(operation: .timer, tag: entry.tag, result: 0))
         }
     }
+}
+
+/// The timer handler that wakes a resting accept; the tag says which one, in the backend's terms.
+final class AcceptRest: CompletionHandler {
+    private let wake: (UInt32) -> Void
+    init(_ wake: @escaping (UInt32) -> Void) { self.wake = wake }
+    func complete(_ completion: Completion) { wake(completion.tag) }
 }
 
 public enum Clock {

@@ -45,6 +45,8 @@ public protocol DeferredTask: AnyObject {
 public protocol ReactorBackend: AnyObject {
     var name: String { get }
     var buffers: BufferPool { get }
+    /// Delivers connections until `fd` is closed. A lack of descriptors or memory is reported (a
+    /// negative errno) without ending it: it tries again after a short rest.
     func accept(_ fd: FileDescriptor, handler: CompletionHandler, tag: UInt32)
     /// Connects a non-blocking socket; the address is copied before the call returns.
     func connect(_ fd: FileDescriptor, address: SocketAddress, handler: CompletionHandler, tag: UInt32)

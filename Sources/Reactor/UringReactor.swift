@@ -33,9 +33,6 @@ public final class UringReactor: ReactorBackend {
     private static let bufferGroup: UInt16 = 0
     private static let submissionEntries: UInt32 = 1024
     private static let completionEntries: UInt32 = 8192
-    /// A multishot accept stopped by a lack of descriptors or memory waits this long before it
-    /// is armed again; re-arming at once would spin on the same error.
-    private static let acceptRestNanoseconds: UInt64 = 10_000_000
 
     private enum State: UInt8 {
         case free
@@ -44,7 +41,7 @@ public final class UringReactor: ReactorBackend {
         /// Cancelled by `close`: its completions are swallowed, and the slot (with its handler)
         /// is kept until the last of them has arrived.
         case cancelled
-        /// A multishot accept waiting for `acceptRestNanoseconds` after a resource error.
+        /// A multishot accept waiting for `LoopCore.acceptRestNanoseconds` after a resource error.
         case resting
     }
 
@@ -104,13 +101,13 @@ public final class UringReactor: ReactorBackend {
     private var addressChunks: [UnsafeMutablePointer<sockaddr_storage>] = []
     private static let addressesPerChunk = 64
 
-    private lazy var acceptRest = AcceptRest(self)
+    private lazy var acceptRest = AcceptRest { [unowned self] in wake(Int($0)) }
 
     /// The ring set-ups tried in turn. DEFER_TASKRUN (6.1) runs completion work only when this
     /// thread waits, so nothing interrupts it; COOP_TASKRUN (5.19) at least spares it the IPIs.
     /// R_DISABLED lets the thread that first submits, not the one that builds the reactor,
     /// become the one issuer.
-    static let setups: [UInt32] = [
+    @_spi(Testing) public static let setups: [UInt32] = [
         pf_ioring_setup_single_issuer | pf_ioring_setup_defer_taskrun | pf_ioring_setup_r_disabled
             | pf_ioring_setup_submit_all,
         pf_ioring_setup_coop_taskrun | pf_ioring_setup_submit_all,
@@ -125,7 +122,7 @@ public final class UringReactor: ReactorBackend {
     }
 
     /// Tries `setups` in turn, moving on only when the kernel refuses flags it does not know.
-    init(bufferSize: Int, setups: [UInt32]) throws {
+    @_spi(Testing) public init(bufferSize: Int, setups: [UInt32]) throws {
         let ring = UnsafeMutablePointer<io_uring>.allocate(capacity: 1)
         ring.initialize(to: io_uring())
         var result: Int32 = -EINVAL
@@ -436,10 +433,10 @@ public final class UringReactor: ReactorBackend {
             switch -result {
             case ECONNABORTED, EINTR, EAGAIN:
                 issue(index)
-            case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+            case let code where LoopCore.acceptRests(after: code):
                 core.post(handler, Completion(operation: .accept, tag: tag, result: result))
                 slots[index].state = .resting
-                slots[index].restTimer = core.timers.add(after: Self.acceptRestNanoseconds, handler: acceptRest, tag: UInt32(index))
+                slots[index].restTimer = core.timers.add(after: LoopCore.acceptRestNanoseconds, handler: acceptRest, tag: UInt32(index))
             default:
                 core.post(handler, Completion(operation: .accept, tag: tag, result: result))
                 release(index)
@@ -493,7 +490,7 @@ public final class UringReactor: ReactorBackend {
     }
 
     /// Called by the rest timer of a multishot accept.
-    fileprivate func wake(_ index: Int) {
+    private func wake(_ index: Int) {
         guard index < slots.count, slots[index].state == .resting else { return }
         slots[index].state = .active
         issue(index)
@@ -769,11 +766,4 @@ public final class UringReactor: ReactorBackend {
             reap()
         }
     }
-}
-
-/// The timer handler that re-arms a resting multishot accept; one per reactor.
-private final class AcceptRest: CompletionHandler {
-    unowned let reactor: UringReactor
-    init(_ reactor: UringReactor) { self.reactor = reactor }
-    func complete(_ completion: Completion) { reactor.wake(Int(completion.tag)) }
 }

@@ -41,6 +41,36 @@ import CLinuxShim
         #expect(acceptor.completions.allSatisfy { $0.operation == .accept && $0.tag == 3 && $0.result >= 0 })
     }
 
+    /// Connections that arrived while the process had no descriptor left are accepted once it
+    /// has some again, though no new connection comes to wake the listener. In a child process
+    /// (`reactor-probe`), which runs out of descriptors under its own low limit.
+    @Test(arguments: backends)
+    func acceptResumesOnceDescriptorsFreeUp(_ backend: Backend) throws {
+        _ = try makeReactor(backend, exercising: [.accept])
+        let probe = try runProbe("backlog", backend)
+
+        #expect(probe.status == 0, "\(probe.output)")
+        #expect(probe.fields["first_error"] == "EMFILE", "the error is reported to the handler: \(probe.output)")
+        #expect(probe.fields["accepted_before_free"] == "0", "\(probe.output)")
+        #expect(probe.fields["accepted"] != nil && probe.fields["accepted"] == probe.fields["clients"],
+                "every waiting connection is accepted within a second: \(probe.output)")
+    }
+
+    /// Closing a listener whose accept rests after EMFILE ends the accept: no completion, and no
+    /// retry on the descriptor number, which a new listener took.
+    @Test(arguments: backends)
+    func closeEndsAnAcceptRestingAfterEMFILE(_ backend: Backend) throws {
+        _ = try makeReactor(backend, exercising: [.accept])
+        let probe = try runProbe("close", backend)
+
+        #expect(probe.status == 0, "\(probe.output)")
+        #expect(probe.fields["first_error"] == "EMFILE", "\(probe.output)")
+        #expect(probe.fields["reused_number"] == "true", "the test reuses the number: \(probe.output)")
+        #expect(probe.fields["completions_after_close"] == "0", "\(probe.output)")
+        #expect(probe.fields["connection_still_waiting"] == "true",
+                "the new listener's connection was not taken by the closed one's accept: \(probe.output)")
+    }
+
     @Test(arguments: backends)
     func connectSucceedsOrIsRefused(_ backend: Backend) throws {
         let reactor = try makeReactor(backend, exercising: [.connect])

@@ -1,5 +1,5 @@
 import Testing
-@testable import Reactor
+@_spi(Testing) @testable import Reactor
 import CLinuxShim
 #if canImport(Glibc)
 @preconcurrency import Glibc
@@ -159,4 +159,72 @@ func readOnce(_ fd: FileDescriptor) -> Int {
     var scratch = [UInt8](repeating: 0, count: 256)
     let result = Glibc.read(fd, &scratch, scratch.count)
     return result < 0 ? -Int(pf_errno()) : result
+}
+
+// MARK: the probe process
+
+/// The package root: this file is Tests/ReactorTests/Support.swift.
+let packageRoot = String(#filePath.split(separator: "/", omittingEmptySubsequences: false).dropLast(3).joined(separator: "/"))
+
+/// `swift build` builds it with the tests (`Tests/ReactorProbe`).
+let probeBinary = packageRoot + "/.build/debug/reactor-probe"
+
+/// How `reactor-probe` exited (negative: killed by that signal), what it printed, and the
+/// key=value fields of its last line.
+struct ProbeResult {
+    var status: Int32
+    var output: String
+    var fields: [String: String]
+}
+
+/// Runs `reactor-probe <mode>` against `backend` in a child process of its own and waits for it,
+/// 10 seconds at most. A probe that finds no io_uring skips the test.
+func runProbe(_ mode: String, _ backend: Backend) throws -> ProbeResult {
+    try #require(access(probeBinary, X_OK) == 0, "\(probeBinary) is missing: build it with `swift build --build-tests`")
+    var arguments = [probeBinary, mode, backend.choice == .epoll ? "epoll" : "uring"]
+    if let setup = backend.setup { arguments.append(String(setup)) }
+    var ends: [Int32] = [-1, -1]
+    guard pf_pipe2(&ends) == 0 else { throw SystemError("pipe2") }
+    defer { Glibc.close(ends[0]) }
+    let pid: pid_t
+    do {
+        pid = try ChildProcess.spawn(arguments, stdout: ends[1], stderr: ends[1])
+    } catch {
+        Glibc.close(ends[1])
+        throw error
+    }
+    Glibc.close(ends[1])
+
+    var output: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    let deadline = Clock.nanoseconds() + 10_000_000_000
+    while true {
+        let now = Clock.nanoseconds()
+        if now >= deadline {
+            kill(pid, SIGKILL)
+            break
+        }
+        var ready = pollfd(fd: ends[0], events: Int16(POLLIN), revents: 0)
+        _ = poll(&ready, 1, Int32((deadline - now) / 1_000_000) + 1)
+        let count = Glibc.read(ends[0], &chunk, chunk.count)
+        if count > 0 {
+            output += chunk[..<count]
+        } else if count == 0 || (pf_errno() != EAGAIN && pf_errno() != EINTR) {
+            break
+        }
+    }
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 && pf_errno() == EINTR {}
+    // The wait status: the exit code in the second byte, or the signal in the low seven bits.
+    let code = status & 0x7F == 0 ? (status >> 8) & 0xFF : -(status & 0x7F)
+
+    let text = String(decoding: output, as: UTF8.self)
+    let line = text.split(separator: "\n").last ?? ""
+    var fields: [String: String] = [:]
+    for field in line.split(separator: " ") {
+        let parts = field.split(separator: "=", maxSplits: 1)
+        if parts.count == 2 { fields[String(parts[0])] = String(parts[1]) }
+    }
+    if code == 2, text.hasPrefix("skip=") { try skip(String(text.dropFirst(5))) }
+    return ProbeResult(status: code, output: text, fields: fields)
 }

@@ -1,5 +1,5 @@
 import Testing
-@testable import Reactor
+@_spi(Testing) @testable import Reactor
 import CLinuxShim
 import Foundation
 #if canImport(Glibc)

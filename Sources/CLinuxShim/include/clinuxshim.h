@@ -31,6 +31,9 @@ int pf_socket_nonblock(int domain, int type);
 int pf_errno(void);
 int pf_ignore_sigpipe(void);
 int pf_raise_nofile_limit(uint64_t *soft, uint64_t *hard);
+int pf_set_nofile_soft_limit(uint64_t soft);                         /* the hard limit stays */
+/* glibc's malloc_trim (<malloc.h>): returns freed heap memory to the system; 1 if it did. */
+int pf_malloc_trim(size_t pad);
 int pf_set_linger_zero(int fd);
 int pf_tcp_nodelay(int fd);
 int pf_malloc_trim(size_t pad);                                   /* give free heap pages back */
