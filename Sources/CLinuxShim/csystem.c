@@ -1,7 +1,6 @@
 #define _GNU_SOURCE
 #include "clinuxshim.h"
 #include <errno.h>
-#include <malloc.h>
 #include <stdio.h>
 #include <fcntl.h>
 #include <malloc.h>
@@ -134,5 +133,3 @@ int pf_tcp_nodelay(int fd) {
     int one = 1;
     return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
-
-int pf_malloc_trim(size_t pad) { return malloc_trim(pad); }

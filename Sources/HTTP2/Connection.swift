@@ -22,6 +22,8 @@ public final class Connection: CompletionHandler, DeferredTask {
     public private(set) var receivingBuffer = BufferPool.none
     private var writing = false
     private var scheduled = false
+    /// The close reason when the peer closed the socket without GOAWAY.
+    public static let closedByPeer = "connection closed by peer"
     /// How much may be queued for one write.
     public static let outputLimit = 2 << 20
 
@@ -45,6 +47,8 @@ public final class Connection: CompletionHandler, DeferredTask {
     private var pingSent: UInt64 = 0
     private var idleSince: UInt64 = 0
     private var tickTimer: TimerID = 0
+    /// Set when the connection is ending for want of a PING answer.
+    private var closingReason: String?
     /// A receive is not issued while the peer is not taking what it was sent.
     private var receivePaused = false
     private var receiving = false
@@ -150,10 +154,17 @@ public final class Connection: CompletionHandler, DeferredTask {
     }
 
     private func tick() {
+        if let reason = closingReason { return close(reason: reason) }
         let now = Clock.nanoseconds()
         if let keepalive {
             if pingSent != 0, now - pingSent >= UInt64(keepalive.timeout * 1e9) {
-                return close(reason: "no answer to PING within \(keepalive.timeout.formatted1) s")
+                // GOAWAY says why, if the peer still reads; the socket closes a second later
+                // either way.
+                closingReason = "no answer to PING within \(keepalive.timeout.formatted1) s"
+                session.terminate()
+                flushSoon()
+                tickTimer = reactor.timer(nanoseconds: 1_000_000_000, handler: self, tag: Tag.tick.rawValue)
+                return
             }
             if pingSent == 0, now - lastReceived >= UInt64(keepalive.interval * 1e9) {
                 pingSent = now
@@ -195,7 +206,7 @@ public final class Connection: CompletionHandler, DeferredTask {
             return
         }
         if output.isEmpty {
-            if !session.wantsRead && !session.wantsWrite { close(reason: nil) }
+            if !session.wantsRead && !session.wantsWrite { close(reason: closingReason) }
             return
         }
         let next = output.nextWrite()
@@ -218,7 +229,7 @@ public final class Connection: CompletionHandler, DeferredTask {
             receiving = false
             guard completion.result > 0 else {
                 if completion.result == -EAGAIN { return receiveNext() }
-                return close(reason: completion.result == 0 ? "connection closed by peer" : SystemError.reason(-completion.result))
+                return close(reason: completion.result == 0 ? Self.closedByPeer : SystemError.reason(-completion.result))
             }
             let count = Int(completion.result)
             lastReceived = Clock.nanoseconds()

@@ -29,6 +29,8 @@ public final class Relay: CompletionHandler {
     public var pipes: PipePool?
     /// Streams being connected or forwarded (or waiting to be), across every session.
     var streams = 0
+    /// Streams and sessions that ended since the last `trimMemory`.
+    var endedSinceTrim = 0
     let opens: OpenScheduler
     /// Stream-open buckets of the peer addresses that have connections, and how many each has.
     private var peers: [String: (bucket: TokenBucket, connections: Int)] = [:]
@@ -110,7 +112,8 @@ public final class Relay: CompletionHandler {
 
     func sessionClosed(_ session: RelaySession, reason: String?) {
         guard sessions.removeValue(forKey: ObjectIdentifier(session)) != nil else { return }
-        if let reason { limitedLog("session \(session.peer): \(reason)") }
+        endedSinceTrim += 1
+        if let reason, reason != Connection.closedByPeer { limitedLog("session \(session.peer): \(reason)") }
         if let entry = peers[session.peer] {
             peers[session.peer] = entry.connections > 1 ? (entry.bucket, entry.connections - 1) : nil
         }
@@ -127,8 +130,11 @@ public final class Relay: CompletionHandler {
 
     /// Gives memory back after a burst: free pool buffers and the heap's free pages.
     func trimMemory() {
-        // TODO(merge): reactor.buffers.trim() once the pool can shrink.
-        _ = pf_malloc_trim(0)
+        let returned = reactor.buffers.trim()
+        // malloc_trim walks the heap: only after something ended (buffers came back, streams or
+        // sessions went away), not on every tick of a steady relay.
+        if returned > 0 || endedSinceTrim > 0 { _ = pf_malloc_trim(0) }
+        endedSinceTrim = 0
     }
 }
 
@@ -461,6 +467,7 @@ final class RelaySession: SessionDelegate, SpliceReceiver {
         relay.streams += 1
         tunnel.onFinish = { [unowned self] finished in
             self.relay.streams -= 1
+            self.relay.endedSinceTrim += 1
             if self.tunnels[finished.stream] === finished { self.tunnels[finished.stream] = nil }
         }
         if endStream { tunnel.peerFinished() }

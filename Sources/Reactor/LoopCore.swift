@@ -3,11 +3,13 @@
 #endif
 
 /// What both backends share: completions ready to deliver, tasks deferred to the end of the
-/// turn, and timers. The turn itself is spelled out in `runTurn` of each backend.
+/// turn, and timers. The turn itself is spelled out in `run` of each backend.
 final class LoopCore {
     struct Ready {
         var handler: CompletionHandler
         var completion: Completion
+        /// A timer's id: a timer cancelled after it fell due but before delivery is not delivered.
+        var timer: TimerID = 0
     }
 
     private(set) var ready: [Ready] = []
@@ -51,7 +53,10 @@ final class LoopCore {
             rounds += 1
             while !ready.isEmpty {
                 swap(&ready, &delivering)
-                for item in delivering { item.handler.complete(item.completion) }
+                for item in delivering {
+                    if item.timer != 0 && !timers.deliver(item.timer) { continue }
+                    item.handler.complete(item.completion)
+                }
                 delivering.removeAll(keepingCapacity: true)
             }
             if !deferred.isEmpty {
@@ -74,7 +79,8 @@ final class LoopCore {
     func fireTimers() {
         let now = Clock.nanoseconds()
         while let entry = timers.popDue(now: now) {
-            post(entry.handler, Completion(operation: .timer, tag: entry.tag, result: 0))
+            ready.append(Ready(handler: entry.handler, completion: Completion(operation: .timer, tag: entry.tag, result: 0),
+                               timer: entry.id))
         }
     }
 }
@@ -107,6 +113,9 @@ struct TimerHeap {
     private var heap: [Entry] = []
     private var cancelled = Set<TimerID>()
     private var active = Set<TimerID>()
+    /// Fell due and posted, not yet delivered; and of those, cancelled in the meantime.
+    private var due = Set<TimerID>()
+    private var revoked = Set<TimerID>()
     private var nextID: TimerID = 1
 
     var nextDeadline: UInt64? {
@@ -132,14 +141,25 @@ struct TimerHeap {
     }
 
     mutating func cancel(_ id: TimerID) {
-        if active.remove(id) != nil { cancelled.insert(id) }
+        if active.remove(id) != nil {
+            cancelled.insert(id)
+        } else if due.remove(id) != nil {
+            revoked.insert(id)
+        }
     }
 
     mutating func popDue(now: UInt64) -> Entry? {
         dropCancelled()
         guard let top = heap.first, top.deadline <= now else { return nil }
         active.remove(top.id)
+        due.insert(top.id)
         return removeTop()
+    }
+
+    /// Whether a timer that fell due is still to be delivered (false: cancelled since).
+    mutating func deliver(_ id: TimerID) -> Bool {
+        due.remove(id)
+        return revoked.remove(id) == nil
     }
 
     private mutating func dropCancelled() {

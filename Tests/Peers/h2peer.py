@@ -231,7 +231,9 @@ def cmd_open(args):
     sock, conn = connect(args.host, args.port)
     outcome = Outcome()
     pump(sock, conn, outcome, lambda: len(outcome.settings) > 0, time.monotonic() + 5)
-    conn.local_settings = h2.settings.Settings(client=True)
+    # Past the relay's MAX_CONCURRENT_STREAMS on purpose: h2 would refuse to send them.
+    conn.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 2 ** 31 - 1
+    conn.remote_settings.acknowledge()
     sids = []
     for _ in range(args.count):
         sid = conn.get_next_available_stream_id()
@@ -354,6 +356,15 @@ def cmd_silent(args):
     report({"closed": True, "seconds": time.monotonic() - started, "pings": kinds.count(0x6), "goaway": 0x7 in kinds})
 
 
+def cmd_idle(args):
+    """A well-behaved client with no streams (it answers PINGs): reports when the relay ends it."""
+    sock, conn = connect(args.host, args.port)
+    outcome = Outcome()
+    started = time.monotonic()
+    pump(sock, conn, outcome, lambda: outcome.goaway is not None or outcome.closed, started + args.timeout)
+    report({"seconds": time.monotonic() - started, "goaway": outcome.goaway, "closed": outcome.closed})
+
+
 def cmd_flood_data(args):
     """--count streams to a pod port that never reads, each sent --bytes of DATA as fast as the
     windows allow; holds them for --hold seconds (the relay's descriptors are counted meanwhile)."""
@@ -382,7 +393,13 @@ def cmd_flood_data(args):
                 progressed = True
         data = conn.data_to_send()
         if data:
-            sock.sendall(data)
+            # A relay that stops reading this connection (its bound on held bytes) is the point
+            # of some tests: stop sending then.
+            sock.settimeout(3)
+            try:
+                sock.sendall(data)
+            except socket.timeout:
+                break
         if all(v >= args.bytes for v in sent.values()):
             break
         pump(sock, conn, outcome, lambda: False, time.monotonic() + (0.01 if progressed else 0.2))
@@ -419,6 +436,7 @@ def main():
     latency.add_argument("--seconds", type=float, default=0)
     latency.add_argument("--interval", type=float, default=0)
     add("silent", cmd_silent)
+    add("idle", cmd_idle)
     flood = add("flood-data", cmd_flood_data)
     flood.add_argument("--count", type=int, default=10)
     flood.add_argument("--bytes", type=int, default=4 << 20)

@@ -397,6 +397,26 @@ import CLinuxShim
         #expect(recorder.completions.allSatisfy { $0.operation == .timer && $0.result == 0 })
     }
 
+    /// Two timers fall due in the same turn and the first cancels the second: the second is not
+    /// delivered (a handler that cancels its timer must not hear from it again).
+    @Test(arguments: backends)
+    func timerCancelledAfterFallingDueIsNotDelivered(_ backend: Backend) throws {
+        let reactor = try makeReactor(backend, exercising: [])
+        var second: TimerID = 0
+        let recorder = Recorder()
+        recorder.next = { [unowned reactor] completion, _ in
+            if completion.tag == 1 { reactor.cancelTimer(second) }
+            if completion.tag == 3 { reactor.stop() }
+        }
+        _ = reactor.timer(nanoseconds: 1_000_000, handler: recorder, tag: 1)
+        second = reactor.timer(nanoseconds: 2_000_000, handler: recorder, tag: 2)
+        _ = reactor.timer(nanoseconds: 30_000_000, handler: recorder, tag: 3)
+        // Both are due before the loop first looks.
+        usleep(10_000)
+        try runLoop(reactor)
+        #expect(recorder.completions.map(\.tag) == [1, 3])
+    }
+
     // MARK: close
 
     @Test(arguments: backends)

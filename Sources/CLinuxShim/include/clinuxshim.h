@@ -36,7 +36,6 @@ int pf_set_nofile_soft_limit(uint64_t soft);                         /* the hard
 int pf_malloc_trim(size_t pad);
 int pf_set_linger_zero(int fd);
 int pf_tcp_nodelay(int fd);
-int pf_malloc_trim(size_t pad);                                   /* give free heap pages back */
 
 extern const unsigned pf_splice_move, pf_splice_nonblock, pf_splice_more;
 extern const uint32_t pf_epollin, pf_epollout, pf_epollerr, pf_epollhup, pf_epollrdhup, pf_epollet;
