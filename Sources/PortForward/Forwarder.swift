@@ -87,6 +87,8 @@ public final class Forwarder: SessionDelegate, CompletionHandler, SpliceReceiver
         fputs(line + "\n", stderr)
     }
 
+    private lazy var acceptErrors = LogLimiter(perSecond: 1) { [unowned self] line in self.printError(line) }
+
     public init(options: ForwardOptions, reactor: ReactorBackend) throws {
         self.options = options
         self.reactor = reactor
@@ -268,7 +270,8 @@ public final class Forwarder: SessionDelegate, CompletionHandler, SpliceReceiver
             return
         }
         guard completion.result >= 0 else {
-            printError("error: accept: \(SystemError.reason(-completion.result))")
+            // Out of descriptors, the reactor tries again every 10 ms: one line a second is enough.
+            acceptErrors("error: accept: \(SystemError.reason(-completion.result))")
             return
         }
         let client = completion.result

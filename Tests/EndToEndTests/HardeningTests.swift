@@ -58,6 +58,21 @@ extension EndToEndTests {
         }
     }
 
+    @Test("-v logs each refused request in one line, at most 20 a second, and counts the rest")
+    func verboseLogIsRateLimited() throws {
+        try withScene { scene in
+            let (_, relay) = try hardenedRelay(scene, extra: ["-v"])
+            let bad = Array((upgradeLine + upgradeFields + "\r\n").utf8)  // no Host
+            for _ in 0..<60 { _ = try rawStatus(relay, bad, timeout: 5) }
+            usleep(1_100_000)
+            _ = try rawStatus(relay, bad, timeout: 5)
+            usleep(200_000)
+            let lines = relay.child.stderr.split(separator: "\n").filter { $0.contains("refused with 400: missing Host header") }
+            #expect(lines.count >= 2 && lines.count <= 41, "\(lines.count) lines")
+            #expect(relay.child.stderr.contains("more log lines suppressed)"), "\(relay.child.stderr)")
+        }
+    }
+
     @Test("The relay advertises finite limits; past MAX_CONCURRENT_STREAMS a client gets GOAWAY, past --max-streams 503")
     func streamLimits() throws {
         try withScene { scene in
