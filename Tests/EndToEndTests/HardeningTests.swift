@@ -198,9 +198,9 @@ extension EndToEndTests {
                                         name: "flood")
             _ = try flood.waitFor("the flood to be sent", timeout: 30) { $0.contains("\"sent\"") ? true : nil }
             let busy = relay.child.openFiles()
-            // 10 pod sockets, and per stream at most 2 queued pipes (4 descriptors) plus the one
-            // being filled; before the fix: +1,707.
-            #expect(busy - idle <= 10 + 10 * 6, "descriptors went from \(idle) to \(busy)")
+            // 10 pod sockets and per stream at most 2 queued pipes (4 descriptors), a few to spare
+            // (measured: +49; before the fix +113 with 256 KiB frames, +1,707 in the run).
+            #expect(busy - idle <= 60, "descriptors went from \(idle) to \(busy)")
             try stillForwards(scene, relay)
         }
     }
@@ -229,18 +229,20 @@ extension EndToEndTests {
     @Test("After a burst the relay gives its memory back: RSS within 2x idle in 10 s")
     func memoryGivenBack() throws {
         try withScene { scene in
-            let (_, relay) = try hardenedRelay(scene, extra: ["--copy", "buffers"])
-            let forwarder = try scene.startForwarder(relay: relay, pod: "web", remotePorts: [echoPort])
+            try Peers.require()
+            let namespace = try scene.makeNamespace()
+            try scene.serve(in: namespace, port: sinkPort, address: "SYSTEM:sleep 3600")
+            let relay = try scene.startRelay(pods: ["web": namespace], connector: .native, extra: ["--copy", "buffers"])
             usleep(500_000)
             let idle = try relay.child.residentBytes()
-            var flows: [Flow] = []
-            for _ in 0..<40 {
-                flows.append(Flow(fd: try Net.connect("127.0.0.1", try forwarder.local(echoPort)), payload: Net.randomBytes(4 * mebibyte)))
-            }
-            try Net.exchange(&flows, timeout: 90)
-            for flow in flows { close(flow.fd) }
-            #expect(flows.allSatisfy { $0.error == nil && Net.same($0.payload, $0.received) })
+            // 40 streams to a pod that never reads: the relay holds up to a window (2 MiB) each
+            // in pooled buffers, then the client goes away and every stream with it.
+            let flood = try scene.start([Peers.python, Peers.h2peer, "flood-data", "127.0.0.1", "\(relay.port)",
+                                         "--target-port", "\(sinkPort)", "--count", "40", "--bytes", "\(16 * mebibyte)",
+                                         "--seconds", "6", "--hold", "0"], name: "flood")
+            #expect(flood.wait(timeout: 30) == 0, "\(flood.output)")
             let peak = try relay.child.residentBytes()
+            #expect(peak > 2 * idle, "the burst did not grow the relay (idle \(idle / 1024) KiB, peak \(peak / 1024) KiB)")
             var now = peak
             let deadline = Date().addingTimeInterval(10)
             while Date() < deadline && now > 2 * idle {

@@ -21,7 +21,10 @@ enum E2E {
         return url.path
     }()
 
-    static let binary = packageRoot + "/.build/debug/portforward"
+    /// The binary under test: `PORTFORWARD_BINARY` (an ASan build, an older build to show a test
+    /// fails there), else this package's debug build.
+    static let binary = ProcessInfo.processInfo.environment["PORTFORWARD_BINARY"].flatMap { $0.isEmpty ? nil : $0 }
+        ?? packageRoot + "/.build/debug/portforward"
 
     /// The reactor backend every relay and forwarder of this run uses.
     static let io: String = ProcessInfo.processInfo.environment["PORTFORWARD_IO"].flatMap { $0.isEmpty ? nil : $0 } ?? "epoll"
