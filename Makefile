@@ -17,7 +17,7 @@ PYTHON_PACKAGES := h2==4.1.0
 FILTER ?=
 TEST_FLAGS := $(if $(FILTER),--filter '$(FILTER)')
 
-.PHONY: deps build test demo bench clean venv
+.PHONY: deps build test demo bench bench-flood clean venv
 
 deps:
 	@missing=""; \
@@ -62,6 +62,10 @@ bench: build
 	else \
 	    echo "scripts/bench.sh does not exist yet: nothing to benchmark (see issue 4)"; \
 	fi
+
+# A healthy client's stream-open time while other clients flood the relay (docs/PERFORMANCE.md).
+bench-flood: build venv
+	PORTFORWARD=$(PORTFORWARD) scripts/bench-flood.sh
 
 clean:
 	$(SWIFT) package clean

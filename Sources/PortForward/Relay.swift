@@ -166,11 +166,14 @@ private final class Housekeeping: CompletionHandler {
 /// and of its peer address, and a turn starts no more than `perTurn` (the rest go on next turn,
 /// after the reactor has polled). So a client that floods opens (or opens and resets, the rapid
 /// reset attack) waits behind its own opens, and a stream reset while it waits costs nothing.
-final class OpenScheduler: CompletionHandler {
+final class OpenScheduler: CompletionHandler, DeferredTask {
     let reactor: ReactorBackend
     private var waiting: [RelaySession] = []
+    /// A run is due at the end of this turn.
+    private var deferred = false
+    /// A run is due by timer (next turn, or when a token is): its deadline, 0 when none.
     private var timer: TimerID = 0
-    private var timerArmed = false
+    private var timerDeadline: UInt64 = 0
     static let perRound = 16
     static let perTurn = 256
 
@@ -182,17 +185,31 @@ final class OpenScheduler: CompletionHandler {
             session.scheduled = true
             waiting.append(session)
         }
-        if !timerArmed { arm(after: 0) }
+        if !deferred {
+            deferred = true
+            reactor.schedule(self)
+        }
     }
 
-    private func arm(after nanoseconds: UInt64) {
-        timerArmed = true
-        timer = reactor.timer(nanoseconds: nanoseconds, handler: self, tag: 0)
+    func runDeferred() {
+        deferred = false
+        run()
     }
 
     func complete(_ completion: Completion) {
-        timerArmed = false
+        timerDeadline = 0
         run()
+    }
+
+    /// A run after `nanoseconds`, unless one is due sooner.
+    private func arm(after nanoseconds: UInt64) {
+        let deadline = Clock.nanoseconds() + nanoseconds
+        if timerDeadline != 0 {
+            if timerDeadline <= deadline { return }
+            reactor.cancelTimer(timer)
+        }
+        timerDeadline = deadline
+        timer = reactor.timer(nanoseconds: nanoseconds, handler: self, tag: 0)
     }
 
     private func run() {
