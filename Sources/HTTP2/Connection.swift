@@ -206,7 +206,7 @@ public final class Connection: CompletionHandler, DeferredTask {
             return
         }
         if output.isEmpty {
-            if !session.wantsRead && !session.wantsWrite { close(reason: closingReason) }
+            if !session.wantsRead && !session.wantsWrite { close(reason: closingReason ?? session.peerGoaway) }
             return
         }
         let next = output.nextWrite()
@@ -229,7 +229,8 @@ public final class Connection: CompletionHandler, DeferredTask {
             receiving = false
             guard completion.result > 0 else {
                 if completion.result == -EAGAIN { return receiveNext() }
-                return close(reason: completion.result == 0 ? Self.closedByPeer : SystemError.reason(-completion.result))
+                return close(reason: session.peerGoaway
+                             ?? (completion.result == 0 ? Self.closedByPeer : SystemError.reason(-completion.result)))
             }
             let count = Int(completion.result)
             lastReceived = Clock.nanoseconds()

@@ -46,6 +46,8 @@ public final class Relay: CompletionHandler {
         var settings = settings
         settings.maxConcurrentStreams = limits.maxStreamsPerConnection
         settings.maxHeaderListSize = limits.maxHeaderListSize
+        settings.streamResetRate = UInt64(limits.streamResets.rate)
+        settings.streamResetBurst = UInt64(limits.streamResets.burst)
         self.settings = settings
         opens = OpenScheduler(reactor: reactor)
         listenFD = try Sockets.listen(listen)
@@ -532,7 +534,9 @@ final class RelaySession: SessionDelegate, SpliceReceiver {
     private func connect(_ open: WaitingOpen) {
         let stream = open.tunnel.stream
         let tunnel = open.tunnel
-        attempts[stream] = relay.connector.connect(pod: open.pod, port: open.port) { [unowned self] result in
+        var answered = false
+        let attempt = relay.connector.connect(pod: open.pod, port: open.port) { [unowned self] result in
+            answered = true
             self.attempts[stream] = nil
             switch result {
             case .connected(let fd):
@@ -548,6 +552,8 @@ final class RelaySession: SessionDelegate, SpliceReceiver {
             }
             self.connection.flushSoon()
         }
+        // A connector may answer at once (a namespace that cannot be entered): nothing to keep then.
+        if !answered { attempts[stream] = attempt }
     }
 
     private func answer(_ stream: StreamID, status: Int, _ reason: String) {

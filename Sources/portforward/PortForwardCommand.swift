@@ -77,6 +77,10 @@ struct RelayLimitOptions: ParsableArguments {
     var peerStreamOpenRate = defaults.peerStreamOpenRate.rate
     @Option(help: "Stream opens a peer address may make at once before the rate applies.")
     var peerStreamOpenBurst = defaults.peerStreamOpenRate.burst
+    @Option(help: "RST_STREAM frames per second a connection may send after its burst (then GOAWAY).")
+    var streamResetRate = defaults.streamResets.rate
+    @Option(help: "RST_STREAM frames a connection may send at once.")
+    var streamResetBurst = defaults.streamResets.burst
 
     func validate() throws {
         let positive: [(String, Double)] = [
@@ -86,6 +90,7 @@ struct RelayLimitOptions: ParsableArguments {
             ("--max-held-bytes", Double(maxHeldBytes)), ("--max-queued-frames", Double(maxQueuedFrames)),
             ("--handshake-timeout", handshakeTimeout), ("--keepalive-timeout", keepaliveTimeout),
             ("--stream-open-burst", streamOpenBurst), ("--peer-stream-open-burst", peerStreamOpenBurst),
+            ("--stream-reset-rate", streamResetRate), ("--stream-reset-burst", streamResetBurst),
         ]
         for (name, value) in positive where !(value > 0) { throw ValidationError("\(name) must be greater than 0") }
         let nonNegative: [(String, Double)] = [
@@ -112,6 +117,7 @@ struct RelayLimitOptions: ParsableArguments {
         limits.keepalive = Keepalive(interval: keepaliveInterval, timeout: keepaliveTimeout)
         limits.streamOpenRate = TokenBucket.Setting(rate: streamOpenRate, burst: streamOpenBurst)
         limits.peerStreamOpenRate = TokenBucket.Setting(rate: peerStreamOpenRate, burst: peerStreamOpenBurst)
+        limits.streamResets = TokenBucket.Setting(rate: streamResetRate, burst: streamResetBurst)
         return limits
     }
 }
