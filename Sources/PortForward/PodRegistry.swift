@@ -1,6 +1,8 @@
+import CLinuxShim
 // Yams's copy of libyaml, for its event parser (see `NestingDepth`).
 import CYaml
 import HTTP2
+import Reactor
 import Yams
 #if canImport(Glibc)
 @preconcurrency import Glibc
@@ -14,12 +16,24 @@ public struct Pod: Equatable, Sendable {
     public var netns: String?
     /// A process whose network namespace is the pod's.
     public var pid: Int?
+    /// Whether its network namespace was there when the registry was checked. Only what start-up
+    /// reports: every stream checks again, since a pod may come up (or go) after the relay.
+    public var readiness: Readiness
 
-    public init(namespace: String, name: String, netns: String? = nil, pid: Int? = nil) {
+    public enum Readiness: Equatable, Sendable {
+        /// Parsed, not checked against this host.
+        case unchecked
+        case ready
+        /// The one line that says why (`/run/netns/web does not exist`).
+        case notReady(reason: String)
+    }
+
+    public init(namespace: String, name: String, netns: String? = nil, pid: Int? = nil, readiness: Readiness = .unchecked) {
         self.namespace = namespace
         self.name = name
         self.netns = netns
         self.pid = pid
+        self.readiness = readiness
     }
 
     /// The namespace file to enter; nil: the relay's own network.
@@ -30,6 +44,11 @@ public struct Pod: Equatable, Sendable {
     }
 
     public var qualifiedName: String { "\(namespace)/\(name)" }
+
+    public var ready: Bool {
+        if case .notReady = readiness { return false }
+        return true
+    }
 }
 
 /// The pods file:
@@ -44,12 +63,69 @@ public struct Pod: Equatable, Sendable {
 public struct PodRegistry: Sendable {
     public private(set) var pods: [String: Pod] = [:]
 
+    /// A pods file larger than this is refused unread: far more pods than a node runs, and
+    /// the relay would hold it all in memory while parsing.
+    public static let maximumFileSize = 16 << 20
+
     public struct LoadError: Error, CustomStringConvertible, Sendable {
         public var description: String
     }
 
     public init(_ pods: [Pod] = []) {
         for pod in pods { self.pods[pod.qualifiedName] = pod }
+    }
+
+    /// Reads and parses the pods file at `path`: a regular file of at most `maximumFileSize`
+    /// bytes of UTF-8. Anything else (a FIFO, whose open or read could wait forever; a
+    /// directory; a device) is refused with one line.
+    public init(contentsOf path: String) throws {
+        // stat first: a FIFO or a device is refused without being opened.
+        var status = stat()
+        guard stat(path, &status) == 0 else { throw SystemError("cannot read pods file", subject: path) }
+        try Self.requireRegular(status, path)
+        var fd: Int32
+        repeat { fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY) } while fd < 0 && pf_errno() == EINTR
+        guard fd >= 0 else { throw SystemError("cannot read pods file", subject: path) }
+        defer { close(fd) }
+        // Again on what was opened: the path may have been replaced in between.
+        guard fstat(fd, &status) == 0 else { throw SystemError("cannot read pods file", subject: path) }
+        try Self.requireRegular(status, path)
+        if Int(status.st_size) > Self.maximumFileSize {
+            throw LoadError(description: "pods file \(path) is larger than \(Self.maximumFileSize >> 20) MiB (\(status.st_size) bytes)")
+        }
+        // Read to the end whatever the size said (a file may grow, procfs files say 0), but never
+        // past the limit.
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while bytes.count <= Self.maximumFileSize {
+            let count = read(fd, &chunk, chunk.count)
+            if count < 0 {
+                if pf_errno() == EINTR { continue }
+                throw SystemError("cannot read pods file", subject: path)
+            }
+            if count == 0 { break }
+            bytes.append(contentsOf: chunk[..<count])
+        }
+        if bytes.count > Self.maximumFileSize {
+            throw LoadError(description: "pods file \(path) is larger than \(Self.maximumFileSize >> 20) MiB")
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw LoadError(description: "pods file \(path) is not UTF-8 text")
+        }
+        try self.init(yaml: text, source: path)
+    }
+
+    private static func requireRegular(_ status: stat, _ path: String) throws {
+        let kind: String
+        switch status.st_mode & S_IFMT {
+        case S_IFREG: return
+        case S_IFDIR: kind = "a directory"
+        case S_IFIFO: kind = "a FIFO"
+        case S_IFCHR, S_IFBLK: kind = "a device"
+        case S_IFSOCK: kind = "a socket"
+        default: kind = "not a regular file"
+        }
+        throw LoadError(description: "pods file \(path) is \(kind), not a regular file")
     }
 
     public init(yaml text: String, source: String = "pods file") throws {
@@ -86,6 +162,28 @@ public struct PodRegistry: Sendable {
     }
 
     public func pod(namespace: String, name: String) -> Pod? { pods["\(namespace)/\(name)"] }
+
+    /// The registry with every pod's network namespace checked on this host now (without
+    /// blocking: see `NetworkNamespace.open`). A pod whose namespace is missing or wrong is kept,
+    /// marked not ready.
+    public func checkingNamespaces() -> PodRegistry {
+        var checked = self
+        for (key, pod) in pods {
+            var pod = pod
+            if let path = pod.networkNamespacePath, let problem = NetworkNamespace.check(path) {
+                pod.readiness = .notReady(reason: problem.description)
+            } else {
+                pod.readiness = .ready
+            }
+            checked.pods[key] = pod
+        }
+        return checked
+    }
+
+    /// The pods found not ready, by name.
+    public var notReady: [Pod] {
+        pods.values.filter { !$0.ready }.sorted { $0.qualifiedName < $1.qualifiedName }
+    }
 
     /// ":LINE:COLUMN: not valid YAML: PROBLEM", on one line (Yams's own text spans three).
     private static func yamlProblem(_ error: any Error) -> String {

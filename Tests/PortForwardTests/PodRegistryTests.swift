@@ -227,4 +227,81 @@ struct PodRegistryTests {
         let registry = try PodRegistry(yaml: "base: &web {name: web, netns: /run/netns/web}\npods: [*web]\n")
         #expect(registry.pod(namespace: "default", name: "web")?.netns == "/run/netns/web")
     }
+
+    // MARK: the file
+
+    @Test("The pods file: a FIFO, a directory, a missing or huge file is refused at once, with one line")
+    func files() throws {
+        let directory = try TemporaryDirectory()
+        let good = directory.path + "/pods.yaml"
+        try "pods:\n  - {name: web}\n".write(toFile: good, atomically: true, encoding: .utf8)
+        #expect(try PodRegistry(contentsOf: good).pods.count == 1)
+
+        func refused(_ path: String) -> String {
+            do {
+                let registry = try PodRegistry(contentsOf: path)
+                Issue.record("accepted \(path): \(registry.pods)")
+                return ""
+            } catch {
+                #expect(!"\(error)".contains("\n"))
+                return "\(error)"
+            }
+        }
+        let fifo = directory.path + "/fifo"
+        #expect(mkfifo(fifo, 0o644) == 0)
+        // Were the FIFO opened blocking, this would wait for a writer: one comes after 5 s, so
+        // that a regression fails on the time rather than hanging the test run.
+        let writer = DelayedFIFOWriter(fifo, after: 5)
+        let started = Date()
+        #expect(refused(fifo) == "pods file \(fifo) is a FIFO, not a regular file")
+        #expect(Date().timeIntervalSince(started) < 2)
+        writer.cancel()
+
+        #expect(refused(directory.path) == "pods file \(directory.path) is a directory, not a regular file")
+        #expect(refused(directory.path + "/missing") == "cannot read pods file \(directory.path)/missing: no such file or directory")
+        #expect(refused("/dev/null") == "pods file /dev/null is a device, not a regular file")
+
+        // Sparse: 17 MiB that cost nothing to make, refused without being read.
+        let huge = directory.path + "/huge.yaml"
+        let fd = open(huge, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        #expect(fd >= 0 && ftruncate(fd, off_t(PodRegistry.maximumFileSize + (1 << 20))) == 0)
+        close(fd)
+        #expect(refused(huge) == "pods file \(huge) is larger than 16 MiB (\(PodRegistry.maximumFileSize + (1 << 20)) bytes)")
+
+        let binary = directory.path + "/binary.yaml"
+        try Data([0x70, 0x6f, 0x64, 0x73, 0x3a, 0xff, 0xfe, 0x0a]).write(to: URL(fileURLWithPath: binary))
+        #expect(refused(binary) == "pods file \(binary) is not UTF-8 text")
+    }
+
+    @Test("Loading checks every pod's namespace: missing or wrong ones are kept, not ready, with the reason")
+    func readiness() throws {
+        let directory = try TemporaryDirectory()
+        let fifo = directory.path + "/fifo"
+        #expect(mkfifo(fifo, 0o644) == 0)
+        let namespace = try RealNetworkNamespace()
+        let registry = try PodRegistry(yaml: """
+            pods:
+              - {name: web, netns: \(namespace.path)}
+              - {name: fifo, netns: \(fifo)}
+              - {name: gone, netns: \(directory.path)/gone}
+              - {name: self, pid: \(getpid())}
+              - {name: nopid, pid: 2147483647}
+              - {name: local}
+            """)
+        #expect(registry.pods.values.allSatisfy { $0.readiness == .unchecked })
+        let checked = registry.checkingNamespaces()
+        #expect(checked.pods.count == 6)
+        #expect(checked.pod(namespace: "default", name: "web")?.readiness == .ready)
+        #expect(checked.pod(namespace: "default", name: "self")?.readiness == .ready)
+        #expect(checked.pod(namespace: "default", name: "local")?.readiness == .ready)
+        #expect(checked.pod(namespace: "default", name: "fifo")?.readiness == .notReady(reason: "\(fifo) is not a network namespace (it is a FIFO)"))
+        #expect(checked.pod(namespace: "default", name: "gone")?.readiness == .notReady(reason: "\(directory.path)/gone does not exist"))
+        #expect(checked.pod(namespace: "default", name: "nopid")?.readiness == .notReady(reason: "/proc/2147483647/ns/net does not exist"))
+        #expect(checked.notReady.map(\.name) == ["fifo", "gone", "nopid"])
+        #expect(checked.pod(namespace: "default", name: "fifo")?.ready == false)
+
+        // A namespace deleted after the check is not there for the next one.
+        try namespace.delete()
+        #expect(checked.checkingNamespaces().pod(namespace: "default", name: "web")?.readiness == .notReady(reason: "\(namespace.path) does not exist"))
+    }
 }
