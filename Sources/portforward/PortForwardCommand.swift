@@ -249,7 +249,8 @@ struct RelayCommand: ParsableCommand {
             let stopper = SignalStop(reactor: reactor)
             stopper.onSignal = { relay.stop() }
             stopper.arm()
-            print("Relay listening on \(relay.address) (node \(relay.node), \(registry.pods.count) pods, connector \(connectorObject.name), io \(reactor.name), open files \(limits.soft))")
+            let notReady = registry.notReady.isEmpty ? "" : ", \(registry.notReady.count) not ready"
+            print("Relay listening on \(relay.address) (node \(relay.node), \(registry.pods.count) pods\(notReady), connector \(connectorObject.name), io \(reactor.name), open files \(limits.soft))")
             fflush(stdout)
             try reactor.run()
         } catch let error as ValidationError {
@@ -269,17 +270,17 @@ struct RelayCommand: ParsableCommand {
     }
 }
 
+/// The pods file, each pod's network namespace checked: a pod whose namespace is missing or
+/// wrong is kept (it may come up later; each stream checks again) and named on standard error,
+/// one line each, so that a typo in the file shows at start rather than as 502s later.
 func loadRegistry(_ path: String) throws -> PodRegistry {
-    guard let file = fopen(path, "r") else { throw SystemError("cannot read pods file", subject: path) }
-    defer { fclose(file) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let count = fread(&chunk, 1, chunk.count, file)
-        if count <= 0 { break }
-        bytes.append(contentsOf: chunk[..<count])
+    let registry = try PodRegistry(contentsOf: path).checkingNamespaces()
+    for pod in registry.notReady {
+        if case .notReady(let reason) = pod.readiness {
+            standardError("warning: pod \(pod.qualifiedName): \(reason): not ready")
+        }
     }
-    return try PodRegistry(yaml: String(decoding: bytes, as: UTF8.self), source: path)
+    return registry
 }
 
 func hostName() -> String {
