@@ -17,7 +17,7 @@ PYTHON_PACKAGES := h2==4.1.0
 FILTER ?=
 TEST_FLAGS := $(if $(FILTER),--filter '$(FILTER)')
 
-.PHONY: deps build test demo bench clean venv
+.PHONY: deps build test demo bench soak clean venv
 
 deps:
 	@missing=""; \
@@ -62,6 +62,12 @@ bench: build
 	else \
 	    echo "scripts/bench.sh does not exist yet: nothing to benchmark (see issue 4)"; \
 	fi
+
+# Soak test (root; SOAK_SECONDS of traffic, half per reactor backend; not part of `make test`).
+SOAK_SECONDS ?= 600
+
+soak: build
+	SOAK_SECONDS=$(SOAK_SECONDS) PORTFORWARD=$(PORTFORWARD) scripts/soak.sh
 
 clean:
 	$(SWIFT) package clean
