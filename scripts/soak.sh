@@ -143,7 +143,7 @@ done
 {
     printf 'soak %s: %s s of traffic per backend, %s connections in flight, seed %s, copy %s\n' \
         "$stamp" "$per_backend" "$connections" "$seed" "${SOAK_COPY:-default}"
-    printf '%s, %s cores\n' "$(uname -r)" "$(nproc)"
+    printf '%s; %s, %s cores\n' "$bin" "$(uname -r)" "$(nproc)"
     cat "$work/summaries.txt"
 } >"$out_dir/soak-$stamp.txt"
 cp "$out_dir/soak-$stamp.txt" "$out_dir/latest.txt"
