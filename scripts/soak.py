@@ -26,8 +26,8 @@ prints one line. After the traffic it waits for the descriptors to settle and ch
     within 2 x 64 (each PipePool keeps up to 64 spare pipes open by design) + FD_SLACK, the rest
     within FD_SLACK; the echo server's descriptors back to its baseline (no pod connection left);
   - RSS flat: the largest sample of the last third of the traffic not above the largest of the
-    first third by more than RSS_GROWTH_PERCENT. The buffer pools keep their high-water mark, so
-    the first third climbs and then it is flat; a per-stream leak keeps climbing. The growth per
+    first third by more than RSS_GROWTH_PERCENT. The buffer pools grow to their high-water mark
+    early in a run (and may give pages back when idle); a per-stream leak keeps climbing. The growth per
     1000 streams between the two peaks, and the RSS after the idle wait, are reported too.
 
 --mix weighs the busy kinds (a mix without reset runs the rest while resets are being fixed),
