@@ -17,7 +17,7 @@ PYTHON_PACKAGES := h2==4.1.0
 FILTER ?=
 TEST_FLAGS := $(if $(FILTER),--filter '$(FILTER)')
 
-.PHONY: deps build test demo bench bench-flood clean venv
+.PHONY: deps build test demo bench bench-flood soak clean venv
 
 deps:
 	@missing=""; \
@@ -66,6 +66,12 @@ bench: build
 # A healthy client's stream-open time while other clients flood the relay (docs/PERFORMANCE.md).
 bench-flood: build venv
 	PORTFORWARD=$(PORTFORWARD) scripts/bench-flood.sh
+
+# Soak test (root; SOAK_SECONDS of traffic, half per reactor backend; not part of `make test`).
+SOAK_SECONDS ?= 600
+
+soak: build
+	SOAK_SECONDS=$(SOAK_SECONDS) PORTFORWARD=$(PORTFORWARD) scripts/soak.sh
 
 clean:
 	$(SWIFT) package clean
