@@ -15,7 +15,7 @@
 # Knobs: PORTFORWARD (binary), SOAK_SECONDS (600: traffic time in all, half per backend; setup,
 # drain and the idle wait come on top, about 30 s per backend), SOAK_CONNECTIONS (500 in flight),
 # SOAK_BACKENDS ("epoll uring"), SOAK_COPY (the relay's and forwarder's --copy; default theirs),
-# SOAK_RSS_GROWTH (10: percent the last third's RSS peak may exceed the first third's),
+# SOAK_RSS_GROWTH (10: percent the last third's median RSS may exceed the first third's),
 # SOAK_FD_SLACK (4), SOAK_MIX (the busy kinds' weights, "echo=45,halfclose=30,reset=25"), SOAK_SEED (the driver's random seed; default random, printed).
 set -euo pipefail
 
