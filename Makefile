@@ -17,7 +17,10 @@ PYTHON_PACKAGES := h2==4.1.0
 FILTER ?=
 TEST_FLAGS := $(if $(FILTER),--filter '$(FILTER)')
 
-.PHONY: deps build test demo bench clean venv
+# `make fuzz FUZZ_SECONDS=300`: run time per fuzz target.
+FUZZ_SECONDS ?= 60
+
+.PHONY: deps build test demo bench fuzz clean venv
 
 deps:
 	@missing=""; \
@@ -52,6 +55,10 @@ test: deps venv
 	$(SWIFT) build --build-tests
 	PORTFORWARD_IO=epoll $(SWIFT) test --skip-build $(TEST_FLAGS)
 	PORTFORWARD_IO=uring $(SWIFT) test --skip-build $(TEST_FLAGS)
+
+# libFuzzer targets (Fuzz/, a package of its own), each run for FUZZ_SECONDS; exits 1 on a finding.
+fuzz: deps
+	SWIFT=$(SWIFT) FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
 
 demo: build
 	PORTFORWARD=$(PORTFORWARD) scripts/demo.sh
