@@ -29,7 +29,7 @@ ASAN_OPTIONS ?= detect_leaks=0
 # memory): skipped there.
 ASAN_SKIP ?= heldBytesBound|memoryGivenBack
 
-.PHONY: deps build test demo bench fuzz test-asan clean venv
+.PHONY: deps build test demo bench bench-flood soak fuzz test-asan clean venv
 
 deps:
 	@missing=""; \
@@ -90,6 +90,16 @@ bench: build
 	else \
 	    echo "scripts/bench.sh does not exist yet: nothing to benchmark (see issue 4)"; \
 	fi
+
+# A healthy client's stream-open time while other clients flood the relay (docs/PERFORMANCE.md).
+bench-flood: build venv
+	PORTFORWARD=$(PORTFORWARD) scripts/bench-flood.sh
+
+# Soak test (root; SOAK_SECONDS of traffic, half per reactor backend; not part of `make test`).
+SOAK_SECONDS ?= 600
+
+soak: build
+	SOAK_SECONDS=$(SOAK_SECONDS) PORTFORWARD=$(PORTFORWARD) scripts/soak.sh
 
 clean:
 	$(SWIFT) package clean

@@ -14,12 +14,17 @@
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/ioctl.h>
+#include <sys/vfs.h>
+#include <linux/magic.h>
+#include <linux/nsfs.h>
 
 const unsigned pf_splice_move = SPLICE_F_MOVE, pf_splice_nonblock = SPLICE_F_NONBLOCK, pf_splice_more = SPLICE_F_MORE;
 const uint32_t pf_epollin = EPOLLIN, pf_epollout = EPOLLOUT, pf_epollerr = EPOLLERR, pf_epollhup = EPOLLHUP,
                pf_epollrdhup = EPOLLRDHUP, pf_epollet = EPOLLET;
 const int pf_epoll_ctl_add = EPOLL_CTL_ADD, pf_epoll_ctl_mod = EPOLL_CTL_MOD, pf_epoll_ctl_del = EPOLL_CTL_DEL;
 const int pf_clone_newnet = CLONE_NEWNET;
+const int64_t pf_nsfs_magic = NSFS_MAGIC;
 
 int pf_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
 
@@ -55,6 +60,14 @@ ssize_t pf_splice(int from, int to, size_t len, unsigned flags) {
 int pf_set_pipe_size(int fd, int size) { return fcntl(fd, F_SETPIPE_SZ, size); }
 
 int pf_setns(int fd, int nstype) { return setns(fd, nstype); }
+
+int64_t pf_fstatfs_type(int fd) {
+    struct statfs info;
+    if (fstatfs(fd, &info) != 0) return -1;
+    return (int64_t)info.f_type;
+}
+
+int pf_namespace_type(int fd) { return ioctl(fd, NS_GET_NSTYPE); }
 
 int pf_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
 

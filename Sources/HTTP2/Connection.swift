@@ -47,7 +47,7 @@ public final class Connection: CompletionHandler, DeferredTask {
     private var pingSent: UInt64 = 0
     private var idleSince: UInt64 = 0
     private var tickTimer: TimerID = 0
-    /// Set when the connection is ending for want of a PING answer.
+    /// Set when the connection is ending on its own (no PING answer, idle): the close reason.
     private var closingReason: String?
     /// A receive is not issued while the peer is not taking what it was sent.
     private var receivePaused = false
@@ -158,13 +158,7 @@ public final class Connection: CompletionHandler, DeferredTask {
         let now = Clock.nanoseconds()
         if let keepalive {
             if pingSent != 0, now - pingSent >= UInt64(keepalive.timeout * 1e9) {
-                // GOAWAY says why, if the peer still reads; the socket closes a second later
-                // either way.
-                closingReason = "no answer to PING within \(keepalive.timeout.formatted1) s"
-                session.terminate()
-                flushSoon()
-                tickTimer = reactor.timer(nanoseconds: 1_000_000_000, handler: self, tag: Tag.tick.rawValue)
-                return
+                return end(reason: "no answer to PING within \(keepalive.timeout.formatted1) s")
             }
             if pingSent == 0, now - lastReceived >= UInt64(keepalive.interval * 1e9) {
                 pingSent = now
@@ -178,17 +172,19 @@ public final class Connection: CompletionHandler, DeferredTask {
             } else if idleSince == 0 {
                 idleSince = now
             } else if now - idleSince >= UInt64(idleTimeoutSeconds * 1e9) {
-                onIdle?()
-                session.terminate()
-                flushSoon()
-                return
+                return end(reason: "no stream for \(idleTimeoutSeconds.formatted1) s (idle timeout)")
             }
         }
         armTick()
     }
 
-    /// Said once before an idle session is ended.
-    public var onIdle: (() -> Void)?
+    /// GOAWAY says why, if the peer still reads; the socket closes a second later either way.
+    private func end(reason: String) {
+        closingReason = reason
+        session.terminate()
+        flushSoon()
+        tickTimer = reactor.timer(nanoseconds: 1_000_000_000, handler: self, tag: Tag.tick.rawValue)
+    }
 
     /// Asks for a write at the end of this loop turn.
     @inline(__always)
@@ -206,7 +202,7 @@ public final class Connection: CompletionHandler, DeferredTask {
             return
         }
         if output.isEmpty {
-            if !session.wantsRead && !session.wantsWrite { close(reason: closingReason) }
+            if !session.wantsRead && !session.wantsWrite { close(reason: closingReason ?? session.peerGoaway) }
             return
         }
         let next = output.nextWrite()
@@ -229,7 +225,8 @@ public final class Connection: CompletionHandler, DeferredTask {
             receiving = false
             guard completion.result > 0 else {
                 if completion.result == -EAGAIN { return receiveNext() }
-                return close(reason: completion.result == 0 ? Self.closedByPeer : SystemError.reason(-completion.result))
+                return close(reason: session.peerGoaway
+                             ?? (completion.result == 0 ? Self.closedByPeer : SystemError.reason(-completion.result)))
             }
             let count = Int(completion.result)
             lastReceived = Clock.nanoseconds()
@@ -301,42 +298,6 @@ public struct Keepalive: Sendable {
     public init(interval: Double = 10, timeout: Double = 10) {
         self.interval = interval
         self.timeout = timeout
-    }
-}
-
-/// What a bound on held bytes needs: a count, a limit, and someone to tell when the count falls
-/// back under it. Single-threaded, like everything on a reactor.
-public final class HeldBytes {
-    public let limit: Int
-    public private(set) var count = 0
-    /// Called when the count falls back below the limit after having reached it.
-    public var onBelowLimit: (() -> Void)?
-    private var waiters: [() -> Void] = []
-    private var reached = false
-
-    public init(limit: Int) { self.limit = limit }
-
-    @inline(__always) public var isOver: Bool { count >= limit }
-
-    @inline(__always) public func add(_ bytes: Int) {
-        count += bytes
-        if count >= limit { reached = true }
-    }
-
-    @inline(__always) public func remove(_ bytes: Int) {
-        count -= bytes
-        if reached && count < limit { wake() }
-    }
-
-    /// `waiter` runs once, when the count falls below the limit.
-    public func wait(_ waiter: @escaping () -> Void) { waiters.append(waiter) }
-
-    private func wake() {
-        reached = false
-        onBelowLimit?()
-        let woken = waiters
-        waiters.removeAll()
-        for waiter in woken { waiter() }
     }
 }
 

@@ -48,6 +48,13 @@ public struct SessionSettings: Sendable {
     /// The largest header list accepted (`--max-header-list-size`): advertised as
     /// SETTINGS_MAX_HEADER_LIST_SIZE and enforced while decoding, before any field is kept.
     public var maxHeaderListSize: UInt32 = 64 * 1024
+    /// Server side: RST_STREAM frames a client may send, `burst` at once and `rate` a second after
+    /// that, before nghttp2 ends the connection (its rapid-reset protection). nghttp2's own
+    /// default (1,000, then 33 a second) ends a client whose local applications reset connections
+    /// more often than that, a normal thing for a port-forward client: the relay's
+    /// `--stream-reset-rate` and `--stream-reset-burst`.
+    public var streamResetBurst: UInt64 = 10_000
+    public var streamResetRate: UInt64 = 5_000
 
     /// Defaults, or the tuning knobs PORTFORWARD_STREAM_WINDOW, PORTFORWARD_CONNECTION_WINDOW
     /// and PORTFORWARD_FRAME_SIZE (bytes) when set: docs/PERFORMANCE.md says how they were chosen.
@@ -98,6 +105,8 @@ public final class Session {
     public var log: ((String) -> Void)?
     /// A PING this side sent was acknowledged.
     public var onPingAcknowledged: (() -> Void)?
+    /// The peer's GOAWAY, when one came with an error: why the session ended, in one phrase.
+    public fileprivate(set) var peerGoaway: String?
     /// nghttp2 holds a stream's body as a raw pointer: the session keeps it alive until the
     /// stream closes.
     private var bodies: [StreamID: DataSource] = [:]
@@ -115,6 +124,8 @@ public final class Session {
         nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, onStreamClose)
         nghttp2_session_callbacks_set_send_data_callback(callbacks, onSendData)
         nghttp2_session_callbacks_set_data_source_read_length_callback(callbacks, onReadLength)
+        nghttp2_session_callbacks_set_error_callback2(callbacks, onError)
+        nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, onFrameSend)
 
         var options: OpaquePointer?
         nghttp2_option_new(&options)
@@ -122,6 +133,12 @@ public final class Session {
         // Windows open only when bytes have left for their destination (Session.consume).
         nghttp2_option_set_no_auto_window_update(options, 1)
         nghttp2_option_set_peer_max_concurrent_streams(options, settings.maxConcurrentStreams)
+        // Closed streams are kept only for RFC 7540 priorities, which nobody here uses: without
+        // this, a server session holds up to MAX_CONCURRENT_STREAMS of them (about 400 B each).
+        nghttp2_option_set_no_closed_streams(options, 1)
+        if role == .server {
+            nghttp2_option_set_stream_reset_rate_limit(options, settings.streamResetBurst, settings.streamResetRate)
+        }
 
         var session: OpaquePointer?
         let placeholder = UnsafeMutableRawPointer(bitPattern: 1)
@@ -343,10 +360,30 @@ private let onFrameReceive: nghttp2_on_frame_recv_callback = { _, frame, userDat
         owner.headersDone(header.stream_id, category: frame!.pointee.headers.cat.rawValue, endStream: endStream)
     case NGHTTP2_PING.rawValue:
         if header.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0 { owner.onPingAcknowledged?() }
+    case NGHTTP2_GOAWAY.rawValue:
+        let goaway = frame!.pointee.goaway
+        if goaway.error_code != NGHTTP2_NO_ERROR.rawValue {
+            let debug = goaway.opaque_data_len > 0 ? ": " + text(goaway.opaque_data, min(goaway.opaque_data_len, 256)) : ""
+            owner.peerGoaway = "GOAWAY \(String(cString: nghttp2_http2_strerror(goaway.error_code)))\(debug)"
+        }
     case NGHTTP2_DATA.rawValue:
         if endStream { owner.delegate?.session(owner, endOfStream: header.stream_id) }
     default:
         break
+    }
+    return 0
+}
+
+/// nghttp2's own account of a protocol error it handled (a stream or the session ended).
+private let onError: nghttp2_error_callback2 = { _, _, message, length, userData in
+    session(userData).log?(text(UnsafeRawPointer(message)?.assumingMemoryBound(to: UInt8.self), length))
+    return 0
+}
+
+private let onFrameSend: nghttp2_on_frame_send_callback = { _, frame, userData in
+    let header = frame!.pointee.hd
+    if UInt32(header.type) == NGHTTP2_GOAWAY.rawValue, frame!.pointee.goaway.error_code != NGHTTP2_NO_ERROR.rawValue {
+        session(userData).log?("sent GOAWAY \(String(cString: nghttp2_http2_strerror(frame!.pointee.goaway.error_code)))")
     }
     return 0
 }

@@ -51,7 +51,8 @@ public final class NativeConnector: Connector {
     /// A socket created inside `path`'s network namespace (nil: ours).
     func socket(in path: String?, family: Int32) throws -> FileDescriptor {
         guard let path else { return try check("socket") { pf_socket_nonblock(family, Int32(SOCK_STREAM.rawValue)) } }
-        let namespace = try check("cannot enter network namespace", subject: path) { open(path, O_RDONLY | O_CLOEXEC) }
+        // Checked on every stream, not only at start: a pod's namespace may come (or go) after.
+        let namespace = try NetworkNamespace.open(path)
         defer { Glibc.close(namespace) }
         _ = try check("cannot enter network namespace", subject: path) { pf_setns(namespace, pf_clone_newnet) }
         defer {
@@ -174,6 +175,12 @@ public final class NsenterConnector: Connector {
 
     public func connect(pod: Pod, port: Int, done: @escaping (ConnectResult) -> Void) -> ConnectAttempt {
         let attempt = NsenterAttempt(connector: self, port: port, done: done)
+        // nsenter would open the path itself, and a FIFO there would hold it (and the stream)
+        // until the connect timeout: the same check as the native connector's, answered at once.
+        if let path = pod.networkNamespacePath, let problem = NetworkNamespace.check(path) {
+            attempt.finish(.failed(status: 502, reason: problem.description))
+            return attempt
+        }
         var command: [String] = []
         if let netns = pod.netns {
             command = ["nsenter", "--net=\(netns)"]

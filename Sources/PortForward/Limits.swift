@@ -33,6 +33,9 @@ public struct RelayLimits: Sendable {
     public var streamOpenRate = TokenBucket.Setting(rate: 20_000, burst: 2_000)
     /// Stream opens per peer address, across its connections.
     public var peerStreamOpenRate = TokenBucket.Setting(rate: 40_000, burst: 4_000)
+    /// RST_STREAM frames one connection may send (nghttp2's rapid-reset protection): `burst` at
+    /// once, then `rate` a second; past it, GOAWAY.
+    public var streamResets = TokenBucket.Setting(rate: 5_000, burst: 10_000)
 
     public init() {}
 

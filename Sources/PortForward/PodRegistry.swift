@@ -1,4 +1,12 @@
+import CLinuxShim
+// Yams's copy of libyaml, for its event parser (see `NestingDepth`).
+import CYaml
+import HTTP2
+import Reactor
 import Yams
+#if canImport(Glibc)
+@preconcurrency import Glibc
+#endif
 
 /// A pod the relay can forward to, and how to reach its network.
 public struct Pod: Equatable, Sendable {
@@ -8,12 +16,24 @@ public struct Pod: Equatable, Sendable {
     public var netns: String?
     /// A process whose network namespace is the pod's.
     public var pid: Int?
+    /// Whether its network namespace was there when the registry was checked. Only what start-up
+    /// reports: every stream checks again, since a pod may come up (or go) after the relay.
+    public var readiness: Readiness
 
-    public init(namespace: String, name: String, netns: String? = nil, pid: Int? = nil) {
+    public enum Readiness: Equatable, Sendable {
+        /// Parsed, not checked against this host.
+        case unchecked
+        case ready
+        /// The one line that says why (`/run/netns/web does not exist`).
+        case notReady(reason: String)
+    }
+
+    public init(namespace: String, name: String, netns: String? = nil, pid: Int? = nil, readiness: Readiness = .unchecked) {
         self.namespace = namespace
         self.name = name
         self.netns = netns
         self.pid = pid
+        self.readiness = readiness
     }
 
     /// The namespace file to enter; nil: the relay's own network.
@@ -24,6 +44,11 @@ public struct Pod: Equatable, Sendable {
     }
 
     public var qualifiedName: String { "\(namespace)/\(name)" }
+
+    public var ready: Bool {
+        if case .notReady = readiness { return false }
+        return true
+    }
 }
 
 /// The pods file:
@@ -33,8 +58,14 @@ public struct Pod: Equatable, Sendable {
 ///   - {namespace: default, name: db, pid: 4242}
 ///   - {namespace: default, name: local}
 /// ```
+/// Names are checked as Kubernetes checks them: a namespace is a DNS label, a pod's name a DNS
+/// subdomain (so that every pod listed can be named in a request path).
 public struct PodRegistry: Sendable {
     public private(set) var pods: [String: Pod] = [:]
+
+    /// A pods file larger than this is refused unread: far more pods than a node runs, and
+    /// the relay would hold it all in memory while parsing.
+    public static let maximumFileSize = 16 << 20
 
     public struct LoadError: Error, CustomStringConvertible, Sendable {
         public var description: String
@@ -44,52 +75,303 @@ public struct PodRegistry: Sendable {
         for pod in pods { self.pods[pod.qualifiedName] = pod }
     }
 
-    public init(yaml text: String, source: String = "pods file") throws {
-        let document: Any?
-        do { document = try Yams.load(yaml: text) } catch {
-            throw LoadError(description: "\(source): not valid YAML: \(error)")
+    /// Reads and parses the pods file at `path`: a regular file of at most `maximumFileSize`
+    /// bytes of UTF-8. Anything else (a FIFO, whose open or read could wait forever; a
+    /// directory; a device) is refused with one line.
+    public init(contentsOf path: String) throws {
+        // stat first: a FIFO or a device is refused without being opened.
+        var status = stat()
+        guard stat(path, &status) == 0 else { throw SystemError("cannot read pods file", subject: path) }
+        try Self.requireRegular(status, path)
+        var fd: Int32
+        repeat { fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY) } while fd < 0 && pf_errno() == EINTR
+        guard fd >= 0 else { throw SystemError("cannot read pods file", subject: path) }
+        defer { close(fd) }
+        // Again on what was opened: the path may have been replaced in between.
+        guard fstat(fd, &status) == 0 else { throw SystemError("cannot read pods file", subject: path) }
+        try Self.requireRegular(status, path)
+        if Int(status.st_size) > Self.maximumFileSize {
+            throw LoadError(description: "pods file \(path) is larger than \(Self.maximumFileSize >> 20) MiB (\(status.st_size) bytes)")
         }
-        guard let root = document as? [String: Any], let list = root["pods"] else {
+        // Read to the end whatever the size said (a file may grow, procfs files say 0), but never
+        // past the limit.
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while bytes.count <= Self.maximumFileSize {
+            let count = read(fd, &chunk, chunk.count)
+            if count < 0 {
+                if pf_errno() == EINTR { continue }
+                throw SystemError("cannot read pods file", subject: path)
+            }
+            if count == 0 { break }
+            bytes.append(contentsOf: chunk[..<count])
+        }
+        if bytes.count > Self.maximumFileSize {
+            throw LoadError(description: "pods file \(path) is larger than \(Self.maximumFileSize >> 20) MiB")
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw LoadError(description: "pods file \(path) is not UTF-8 text")
+        }
+        try self.init(yaml: text, source: path)
+    }
+
+    private static func requireRegular(_ status: stat, _ path: String) throws {
+        let kind: String
+        switch status.st_mode & S_IFMT {
+        case S_IFREG: return
+        case S_IFDIR: kind = "a directory"
+        case S_IFIFO: kind = "a FIFO"
+        case S_IFCHR, S_IFBLK: kind = "a device"
+        case S_IFSOCK: kind = "a socket"
+        default: kind = "not a regular file"
+        }
+        throw LoadError(description: "pods file \(path) is \(kind), not a regular file")
+    }
+
+    public init(yaml text: String, source: String = "pods file") throws {
+        if let line = NestingDepth.firstBeyond(NestingDepth.limit, in: text) {
+            throw LoadError(description: "\(source):\(line): lists and mappings nested more than \(NestingDepth.limit) deep (a pods file needs 3)")
+        }
+        // compose, not load: aliases stay shared nodes, so a small file cannot expand into a huge
+        // tree ("billion laughs"), and each scalar keeps its resolved type for the messages.
+        let document: Node?
+        do { document = try Yams.compose(yaml: text) } catch {
+            throw LoadError(description: "\(source)\(Self.yamlProblem(error))")
+        }
+        guard case .mapping(let root)? = document, let list = root["pods"] else {
             throw LoadError(description: "\(source): expected a top-level 'pods:' list")
         }
-        guard let entries = list as? [Any] else {
-            // `pods:` with nothing after it: no pods yet.
-            if "\(type(of: list))".contains("Null") { self.init(); return }
-            throw LoadError(description: "\(source): 'pods' must be a list")
+        let entries: [Node]
+        switch list {
+        case .sequence(let sequence): entries = Array(sequence)
+        // `pods:` with nothing after it: no pods yet.
+        case .scalar where list.tagName == .null: entries = []
+        default: throw LoadError(description: "\(source)\(list.lineSuffix): 'pods' must be a list")
         }
         var pods: [Pod] = []
+        var seen: [String: Int] = [:]
         for (index, entry) in entries.enumerated() {
-            guard let fields = entry as? [String: Any] else {
-                throw LoadError(description: "\(source): pod #\(index + 1) must be a mapping")
+            let pod = try Entry(source: source, number: index + 1).pod(entry)
+            if let first = seen[pod.qualifiedName] {
+                throw LoadError(description: "\(source)\(entry.lineSuffix): pod #\(index + 1): pod \(pod.qualifiedName) is listed twice (first as pod #\(first))")
             }
-            let known: Set<String> = ["namespace", "name", "netns", "pid"]
-            if let unknown = fields.keys.first(where: { !known.contains($0) }) {
-                throw LoadError(description: "\(source): pod #\(index + 1) has an unknown field '\(unknown)'")
-            }
-            guard let name = fields["name"].map({ "\($0)" }), !name.isEmpty else {
-                throw LoadError(description: "\(source): pod #\(index + 1) has no name")
-            }
-            let namespace = fields["namespace"].map { "\($0)" } ?? "default"
-            var pid: Int?
-            if let value = fields["pid"] {
-                guard let number = value as? Int, number > 0 else {
-                    throw LoadError(description: "\(source): pod \(namespace)/\(name): pid must be a positive number")
-                }
-                pid = number
-            }
-            let netns = fields["netns"].map { "\($0)" }
-            if netns != nil && pid != nil {
-                throw LoadError(description: "\(source): pod \(namespace)/\(name): give netns or pid, not both")
-            }
-            let pod = Pod(namespace: namespace, name: name, netns: netns, pid: pid)
-            if pods.contains(where: { $0.qualifiedName == pod.qualifiedName }) {
-                throw LoadError(description: "\(source): pod \(pod.qualifiedName) is listed twice")
-            }
+            seen[pod.qualifiedName] = index + 1
             pods.append(pod)
         }
         self.init(pods)
     }
 
     public func pod(namespace: String, name: String) -> Pod? { pods["\(namespace)/\(name)"] }
+
+    /// The registry with every pod's network namespace checked on this host now (without
+    /// blocking: see `NetworkNamespace.open`). A pod whose namespace is missing or wrong is kept,
+    /// marked not ready.
+    public func checkingNamespaces() -> PodRegistry {
+        var checked = self
+        for (key, pod) in pods {
+            var pod = pod
+            if let path = pod.networkNamespacePath, let problem = NetworkNamespace.check(path) {
+                pod.readiness = .notReady(reason: problem.description)
+            } else {
+                pod.readiness = .ready
+            }
+            checked.pods[key] = pod
+        }
+        return checked
+    }
+
+    /// The pods found not ready, by name.
+    public var notReady: [Pod] {
+        pods.values.filter { !$0.ready }.sorted { $0.qualifiedName < $1.qualifiedName }
+    }
+
+    /// ":LINE:COLUMN: not valid YAML: PROBLEM", on one line (Yams's own text spans three).
+    private static func yamlProblem(_ error: any Error) -> String {
+        guard let error = error as? YamlError else { return ": not valid YAML: \(oneLine("\(error)"))" }
+        switch error {
+        case .scanner(let context, let problem, let mark, _),
+             .parser(let context, let problem, let mark, _),
+             .composer(let context, let problem, let mark, _):
+            let during = context.map { " (\($0.text) at line \($0.mark.line))" } ?? ""
+            return ":\(mark.line):\(mark.column): not valid YAML: \(problem)\(during)"
+        case .reader(let problem, let offset, _, _):
+            return ": not valid YAML: \(problem)\(offset.map { " at byte \($0)" } ?? "")"
+        default:
+            return ": not valid YAML: \(oneLine("\(error)"))"
+        }
+    }
 }
 
+/// One entry of the `pods:` list, checked field by field; every problem is thrown as
+/// "FILE:LINE: pod #N: WHAT".
+private struct Entry {
+    let source: String
+    let number: Int
+
+    static let fields: Set<String> = ["namespace", "name", "netns", "pid"]
+
+    func pod(_ entry: Node) throws -> Pod {
+        guard case .mapping(let mapping) = entry else {
+            throw problem(entry, "must be a mapping such as {namespace: default, name: web, netns: /run/netns/web}, not \(describe(entry))")
+        }
+        var values: [String: Node] = [:]
+        for (key, value) in mapping {
+            let field = key.scalar?.string ?? describe(key)
+            guard Self.fields.contains(field) else {
+                throw problem(key, "unknown field \(quoted(field)) (known: name, namespace, netns, pid)")
+            }
+            guard values[field] == nil else { throw problem(key, "field '\(field)' is given twice") }
+            values[field] = value
+        }
+        guard let nameNode = values["name"] else { throw problem(entry, "has no name") }
+        let name = try string("name", nameNode)
+        guard KubernetesName.isDNSSubdomain(name) else {
+            throw problem(nameNode, "name \(quoted(name)) is not a valid pod name: Kubernetes pod names are DNS subdomains, "
+                          + "at most 253 lowercase letters, digits, '-' and '.', each dot-separated part starting and ending with a letter or digit")
+        }
+        var namespace = "default"
+        if let namespaceNode = values["namespace"] {
+            namespace = try string("namespace", namespaceNode)
+            guard KubernetesName.isDNSLabel(namespace) else {
+                throw problem(namespaceNode, "namespace \(quoted(namespace)) is not a valid namespace: Kubernetes namespaces are DNS labels, "
+                              + "at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit")
+            }
+        }
+        var netns: String?
+        if let netnsNode = values["netns"] {
+            let path = try string("netns", netnsNode)
+            guard path.hasPrefix("/"), !path.utf8.contains(0), path.utf8.count < PATH_MAX else {
+                throw problem(netnsNode, "netns must be an absolute path (such as /run/netns/web), not \(quoted(path))")
+            }
+            netns = path
+        }
+        var pid: Int?
+        if let pidNode = values["pid"] {
+            guard pidNode.tagName == .int, let number = pidNode.int, (1...Int(Int32.max)).contains(number) else {
+                throw problem(pidNode, "pid must be a positive integer (a process id), not \(describe(pidNode))")
+            }
+            pid = number
+        }
+        if netns != nil && pid != nil {
+            throw problem(entry, "give netns or pid, not both")
+        }
+        return Pod(namespace: namespace, name: name, netns: netns, pid: pid)
+    }
+
+    /// A field that must be a string: null, numbers, booleans (`no`, `on`) and lists are refused
+    /// rather than turned into text, so that `name: ~` is not a pod called "<null>".
+    private func string(_ field: String, _ node: Node) throws -> String {
+        guard case .scalar(let scalar) = node, node.tagName == .str else {
+            var hint = ""
+            if case .scalar(let scalar) = node, node.tagName != .null {
+                hint = " (quote it if you mean the text: \"\(scalar.string)\")"
+            }
+            throw problem(node, "\(field) must be a string, not \(describe(node))\(hint)")
+        }
+        return scalar.string
+    }
+
+    private func problem(_ node: Node, _ what: String) -> PodRegistry.LoadError {
+        PodRegistry.LoadError(description: "\(source)\(node.lineSuffix): pod #\(number): \(what)")
+    }
+
+    private func describe(_ node: Node) -> String {
+        switch node {
+        case .scalar(let scalar):
+            let name = node.tagName
+            if name == .null { return "null" }
+            if name == .bool { return "the boolean \(scalar.string)" }
+            if name == .int || name == .float { return "the number \(scalar.string)" }
+            if name == .str { return "the string \(quoted(scalar.string))" }
+            return "\(node.tag) \(quoted(scalar.string))"
+        case .sequence: return "a list"
+        case .mapping: return "a mapping"
+        }
+    }
+}
+
+/// Yams composes a document recursively, several stack frames per level of nesting, so a file
+/// nested some ten thousand deep (`pods: [[[[...`, a few bytes a level) would overflow the stack.
+/// libyaml's own parser keeps its stack on the heap: its events are counted first, and a file
+/// nested deeper than any pods file needs is refused before Yams sees it.
+enum NestingDepth {
+    static let limit = 64
+
+    /// The line where lists and mappings first nest deeper than `limit`; nil if they never do
+    /// (or if the text is not YAML: then Yams reports the error, having nested no deeper).
+    static func firstBeyond(_ limit: Int, in text: String) -> Int? {
+        var text = text
+        return text.withUTF8 { bytes -> Int? in
+            var parser = yaml_parser_t()
+            guard yaml_parser_initialize(&parser) == 1 else { return nil }
+            defer { yaml_parser_delete(&parser) }
+            yaml_parser_set_input_string(&parser, bytes.baseAddress, bytes.count)
+            yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING)
+            var depth = 0
+            var event = yaml_event_t()
+            while yaml_parser_parse(&parser, &event) == 1 {
+                let type = event.type
+                let line = Int(event.start_mark.line) + 1
+                yaml_event_delete(&event)
+                switch type {
+                case YAML_SEQUENCE_START_EVENT, YAML_MAPPING_START_EVENT:
+                    depth += 1
+                    if depth > limit { return line }
+                case YAML_SEQUENCE_END_EVENT, YAML_MAPPING_END_EVENT:
+                    depth -= 1
+                case YAML_STREAM_END_EVENT:
+                    return nil
+                default:
+                    break
+                }
+            }
+            return nil
+        }
+    }
+}
+
+/// Kubernetes's rules for object names (k8s.io/apimachinery/pkg/util/validation).
+enum KubernetesName {
+    /// RFC 1123 label, as for namespaces: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 bytes.
+    static func isDNSLabel(_ text: String) -> Bool {
+        let bytes = Array(text.utf8)
+        return bytes.count <= 63 && isLabel(bytes[...])
+    }
+
+    /// RFC 1123 subdomain, as for pod names: labels joined by dots, at most 253 bytes in all
+    /// (Kubernetes does not limit each label to 63 here, so neither do we).
+    static func isDNSSubdomain(_ text: String) -> Bool {
+        let bytes = Array(text.utf8)
+        return bytes.count <= 253
+            && bytes.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false).allSatisfy(isLabel)
+    }
+
+    private static func isLabel(_ bytes: ArraySlice<UInt8>) -> Bool {
+        guard let first = bytes.first, let last = bytes.last, isAlphanumeric(first), isAlphanumeric(last) else { return false }
+        return bytes.allSatisfy { isAlphanumeric($0) || $0 == UInt8(ascii: "-") }
+    }
+
+    private static func isAlphanumeric(_ byte: UInt8) -> Bool {
+        (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
+    }
+}
+
+/// A value as it may appear in a one-line message: escaped (no newline can split the line) and
+/// cut short (a megabyte-long name is not repeated whole).
+func quoted(_ text: String) -> String {
+    let limit = 64
+    if text.count <= limit { return String(reflecting: text) }
+    return String(reflecting: String(text.prefix(limit))) + "..."
+}
+
+extension Node {
+    /// The resolved type (`tag:yaml.org,2002:str`, `...:int`, `...:null`); Yams keeps `Tag.name` internal.
+    fileprivate var tagName: Tag.Name { Tag.Name(rawValue: tag.description) }
+
+    /// ":LINE" after the file's name in a message (nothing for a node made in code).
+    fileprivate var lineSuffix: String { mark.map { ":\($0.line)" } ?? "" }
+}
+
+private func oneLine(_ text: String) -> String {
+    text.split(whereSeparator: \.isNewline).map { String($0).trimmed }.joined(separator: " ")
+}

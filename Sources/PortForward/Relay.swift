@@ -46,6 +46,8 @@ public final class Relay: CompletionHandler {
         var settings = settings
         settings.maxConcurrentStreams = limits.maxStreamsPerConnection
         settings.maxHeaderListSize = limits.maxHeaderListSize
+        settings.streamResetRate = UInt64(limits.streamResets.rate)
+        settings.streamResetBurst = UInt64(limits.streamResets.burst)
         self.settings = settings
         opens = OpenScheduler(reactor: reactor)
         listenFD = try Sockets.listen(listen)
@@ -166,11 +168,14 @@ private final class Housekeeping: CompletionHandler {
 /// and of its peer address, and a turn starts no more than `perTurn` (the rest go on next turn,
 /// after the reactor has polled). So a client that floods opens (or opens and resets, the rapid
 /// reset attack) waits behind its own opens, and a stream reset while it waits costs nothing.
-final class OpenScheduler: CompletionHandler {
+final class OpenScheduler: CompletionHandler, DeferredTask {
     let reactor: ReactorBackend
     private var waiting: [RelaySession] = []
+    /// A run is due at the end of this turn.
+    private var deferred = false
+    /// A run is due by timer (next turn, or when a token is): its deadline, 0 when none.
     private var timer: TimerID = 0
-    private var timerArmed = false
+    private var timerDeadline: UInt64 = 0
     static let perRound = 16
     static let perTurn = 256
 
@@ -182,17 +187,31 @@ final class OpenScheduler: CompletionHandler {
             session.scheduled = true
             waiting.append(session)
         }
-        if !timerArmed { arm(after: 0) }
+        if !deferred {
+            deferred = true
+            reactor.schedule(self)
+        }
     }
 
-    private func arm(after nanoseconds: UInt64) {
-        timerArmed = true
-        timer = reactor.timer(nanoseconds: nanoseconds, handler: self, tag: 0)
+    func runDeferred() {
+        deferred = false
+        run()
     }
 
     func complete(_ completion: Completion) {
-        timerArmed = false
+        timerDeadline = 0
         run()
+    }
+
+    /// A run after `nanoseconds`, unless one is due sooner.
+    private func arm(after nanoseconds: UInt64) {
+        let deadline = Clock.nanoseconds() + nanoseconds
+        if timerDeadline != 0 {
+            if timerDeadline <= deadline { return }
+            reactor.cancelTimer(timer)
+        }
+        timerDeadline = deadline
+        timer = reactor.timer(nanoseconds: nanoseconds, handler: self, tag: 0)
     }
 
     private func run() {
@@ -515,7 +534,9 @@ final class RelaySession: SessionDelegate, SpliceReceiver {
     private func connect(_ open: WaitingOpen) {
         let stream = open.tunnel.stream
         let tunnel = open.tunnel
-        attempts[stream] = relay.connector.connect(pod: open.pod, port: open.port) { [unowned self] result in
+        var answered = false
+        let attempt = relay.connector.connect(pod: open.pod, port: open.port) { [unowned self] result in
+            answered = true
             self.attempts[stream] = nil
             switch result {
             case .connected(let fd):
@@ -531,6 +552,8 @@ final class RelaySession: SessionDelegate, SpliceReceiver {
             }
             self.connection.flushSoon()
         }
+        // A connector may answer at once (a namespace that cannot be entered): nothing to keep then.
+        if !answered { attempts[stream] = attempt }
     }
 
     private func answer(_ stream: StreamID, status: Int, _ reason: String) {

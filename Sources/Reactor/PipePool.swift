@@ -17,8 +17,9 @@ public final class PipePool {
     private let keep: Int
     public private(set) var inUse = 0
 
-    /// Pipes in use at most: a quarter of the open-file limit, so that pipes never take the
-    /// descriptors that sockets need; past it, `take` fails and callers use buffers.
+    /// Pipes in use at most: an eighth of the open-file limit (two descriptors each: a quarter of
+    /// the descriptors), so that pipes never take the descriptors that sockets need; past it,
+    /// `take` fails and callers use buffers.
     public let limit: Int
 
     public init(capacity: Int = 1 << 20, keep: Int = 64) {

@@ -77,6 +77,10 @@ struct RelayLimitOptions: ParsableArguments {
     var peerStreamOpenRate = defaults.peerStreamOpenRate.rate
     @Option(help: "Stream opens a peer address may make at once before the rate applies.")
     var peerStreamOpenBurst = defaults.peerStreamOpenRate.burst
+    @Option(help: "RST_STREAM frames per second a connection may send after its burst (then GOAWAY).")
+    var streamResetRate = defaults.streamResets.rate
+    @Option(help: "RST_STREAM frames a connection may send at once.")
+    var streamResetBurst = defaults.streamResets.burst
 
     func validate() throws {
         let positive: [(String, Double)] = [
@@ -86,6 +90,7 @@ struct RelayLimitOptions: ParsableArguments {
             ("--max-held-bytes", Double(maxHeldBytes)), ("--max-queued-frames", Double(maxQueuedFrames)),
             ("--handshake-timeout", handshakeTimeout), ("--keepalive-timeout", keepaliveTimeout),
             ("--stream-open-burst", streamOpenBurst), ("--peer-stream-open-burst", peerStreamOpenBurst),
+            ("--stream-reset-rate", streamResetRate), ("--stream-reset-burst", streamResetBurst),
         ]
         for (name, value) in positive where !(value > 0) { throw ValidationError("\(name) must be greater than 0") }
         let nonNegative: [(String, Double)] = [
@@ -112,6 +117,7 @@ struct RelayLimitOptions: ParsableArguments {
         limits.keepalive = Keepalive(interval: keepaliveInterval, timeout: keepaliveTimeout)
         limits.streamOpenRate = TokenBucket.Setting(rate: streamOpenRate, burst: streamOpenBurst)
         limits.peerStreamOpenRate = TokenBucket.Setting(rate: peerStreamOpenRate, burst: peerStreamOpenBurst)
+        limits.streamResets = TokenBucket.Setting(rate: streamResetRate, burst: streamResetBurst)
         return limits
     }
 }
@@ -243,7 +249,8 @@ struct RelayCommand: ParsableCommand {
             let stopper = SignalStop(reactor: reactor)
             stopper.onSignal = { relay.stop() }
             stopper.arm()
-            print("Relay listening on \(relay.address) (node \(relay.node), \(registry.pods.count) pods, connector \(connectorObject.name), io \(reactor.name), open files \(limits.soft))")
+            let notReady = registry.notReady.isEmpty ? "" : ", \(registry.notReady.count) not ready"
+            print("Relay listening on \(relay.address) (node \(relay.node), \(registry.pods.count) pods\(notReady), connector \(connectorObject.name), io \(reactor.name), open files \(limits.soft))")
             fflush(stdout)
             try reactor.run()
         } catch let error as ValidationError {
@@ -263,17 +270,17 @@ struct RelayCommand: ParsableCommand {
     }
 }
 
+/// The pods file, each pod's network namespace checked: a pod whose namespace is missing or
+/// wrong is kept (it may come up later; each stream checks again) and named on standard error,
+/// one line each, so that a typo in the file shows at start rather than as 502s later.
 func loadRegistry(_ path: String) throws -> PodRegistry {
-    guard let file = fopen(path, "r") else { throw SystemError("cannot read pods file", subject: path) }
-    defer { fclose(file) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let count = fread(&chunk, 1, chunk.count, file)
-        if count <= 0 { break }
-        bytes.append(contentsOf: chunk[..<count])
+    let registry = try PodRegistry(contentsOf: path).checkingNamespaces()
+    for pod in registry.notReady {
+        if case .notReady(let reason) = pod.readiness {
+            standardError("warning: pod \(pod.qualifiedName): \(reason): not ready")
+        }
     }
-    return try PodRegistry(yaml: String(decoding: bytes, as: UTF8.self), source: path)
+    return registry
 }
 
 func hostName() -> String {

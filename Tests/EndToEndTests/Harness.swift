@@ -337,9 +337,12 @@ final class Scene: @unchecked Sendable {
 
     // MARK: pods
 
+    /// A name for a namespace not made yet (`makeNamespace(named:)` makes it).
+    func namespaceName() -> String { "pf-e2e-\(E2E.randomSuffix())" }
+
     /// A fresh network namespace with its loopback up.
-    func makeNamespace() throws -> PodNamespace {
-        let namespace = PodNamespace(name: "pf-e2e-\(E2E.randomSuffix())")
+    func makeNamespace(named name: String? = nil) throws -> PodNamespace {
+        let namespace = PodNamespace(name: name ?? namespaceName())
         let added = try E2E.run(["ip", "netns", "add", namespace.name], timeout: 10, directory: directory)
         guard added.status == 0 else { throw HarnessError("ip netns add \(namespace.name): \(added.stderr)") }
         namespaces.append(namespace)
@@ -379,6 +382,12 @@ final class Scene: @unchecked Sendable {
         for (name, namespace) in pods.sorted(by: { $0.key < $1.key }) {
             yaml += "  - {namespace: default, name: \(name), netns: \(namespace.path)}\n"
         }
+        return try startRelay(podsFile: yaml, connector: connector, listen: listen, extra: extra)
+    }
+
+    /// A relay whose pods file is `yaml`, as given.
+    func startRelay(podsFile yaml: String, connector: ConnectorKind, listen: String = "127.0.0.1:0",
+                    extra: [String] = []) throws -> RelayProcess {
         let file = "\(directory)/pods.yaml"
         try yaml.write(toFile: file, atomically: true, encoding: .utf8)
         let child = try start([E2E.binary, "relay", "--listen", listen, "--node", node, "--pods", file,

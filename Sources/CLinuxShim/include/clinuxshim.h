@@ -23,6 +23,10 @@ int pf_pipe2(int fds[2]);                                        /* NONBLOCK|CLO
 ssize_t pf_splice(int from, int to, size_t len, unsigned flags);  /* flags: pf_splice_* */
 int pf_set_pipe_size(int fd, int size);
 int pf_setns(int fd, int nstype);
+/* The file system type of fd's file (statfs f_type), or -1 with errno. */
+int64_t pf_fstatfs_type(int fd);
+/* The kind of namespace an nsfs descriptor refers to (a CLONE_NEW* value), or -1 with errno. */
+int pf_namespace_type(int fd);
 int pf_eventfd(void);
 int pf_signalfd(const int *signals, int count);                   /* blocks them too */
 int pf_block_signals(const int *signals, int count);
@@ -41,6 +45,7 @@ extern const unsigned pf_splice_move, pf_splice_nonblock, pf_splice_more;
 extern const uint32_t pf_epollin, pf_epollout, pf_epollerr, pf_epollhup, pf_epollrdhup, pf_epollet;
 extern const int pf_epoll_ctl_add, pf_epoll_ctl_mod, pf_epoll_ctl_del;
 extern const int pf_clone_newnet;
+extern const int64_t pf_nsfs_magic;
 
 /* A per-user cache of freed small blocks (block_cache.c), for nghttp2_mem. Single-threaded. */
 typedef struct pf_block_cache pf_block_cache;

@@ -1,0 +1,80 @@
+import CLinuxShim
+import Reactor
+#if canImport(Glibc)
+@preconcurrency import Glibc
+#endif
+
+/// Why a path cannot be entered as a network namespace now, as the one line a user sees
+/// (`/run/netns/web does not exist`, `/tmp/x is not a network namespace (it is a FIFO)`).
+public struct NamespaceProblem: Error, CustomStringConvertible, Equatable, Sendable {
+    public var description: String
+}
+
+/// Opening a pod's network namespace file safely: this runs on the reactor's thread (once per
+/// stream, and at start for every pod), so it must never block, and a path that is not a
+/// network namespace must be named as such rather than surface as setns's bare EINVAL.
+public enum NetworkNamespace {
+    /// A descriptor for `path`, checked to be a network namespace, ready for setns; the caller
+    /// closes it.
+    public static func open(_ path: String) throws(NamespaceProblem) -> FileDescriptor {
+        // stat first, so that a FIFO, a device or a socket is never opened at all (opening a
+        // device can have effects of its own). Network namespace files (`ip netns` bind mounts,
+        // /proc/PID/ns/net) are regular files on nsfs.
+        var status = stat()
+        if stat(path, &status) != 0 {
+            throw problem(path, errno: pf_errno())
+        }
+        if status.st_mode & S_IFMT != S_IFREG {
+            throw NamespaceProblem(description: "\(path) is not a network namespace (it is \(kind(status.st_mode)))")
+        }
+        // O_NONBLOCK still: the path may have been replaced by a FIFO since the stat, and open()
+        // of a FIFO without a writer would block the whole relay.
+        var fd: FileDescriptor
+        repeat { fd = Glibc.open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY) } while fd < 0 && pf_errno() == EINTR
+        if fd < 0 { throw problem(path, errno: pf_errno()) }
+        let fileSystem = pf_fstatfs_type(fd)
+        if fileSystem != pf_nsfs_magic {
+            let code = pf_errno()
+            Glibc.close(fd)
+            if fileSystem < 0 { throw problem(path, errno: code) }
+            throw NamespaceProblem(description: "\(path) is not a network namespace (it is a regular file)")
+        }
+        // /proc/PID/ns/mnt is on nsfs too. Kernels before 4.11 cannot tell the type (the ioctl
+        // fails): setns then says EINVAL for a wrong one.
+        let type = pf_namespace_type(fd)
+        if type >= 0 && type != pf_clone_newnet {
+            Glibc.close(fd)
+            throw NamespaceProblem(description: "\(path) is not a network namespace (it is a namespace of another kind)")
+        }
+        return fd
+    }
+
+    /// nil when `path` is a network namespace now; otherwise why not.
+    public static func check(_ path: String) -> NamespaceProblem? {
+        do {
+            let fd = try open(path)
+            Glibc.close(fd)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    private static func problem(_ path: String, errno code: Int32) -> NamespaceProblem {
+        if code == ENOENT || code == ENOTDIR {
+            return NamespaceProblem(description: "\(path) does not exist")
+        }
+        return NamespaceProblem(description: "cannot open \(path): \(SystemError.reason(code))")
+    }
+
+    private static func kind(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFIFO: "a FIFO"
+        case S_IFDIR: "a directory"
+        case S_IFCHR: "a character device"
+        case S_IFBLK: "a block device"
+        case S_IFSOCK: "a socket"
+        default: "not a regular file"
+        }
+    }
+}
