@@ -52,7 +52,10 @@ for target in $targets; do
     else
         found=1
         artifact=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -1)
-        cause=$(grep -m1 -E '^property violated|ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|Fatal error|SUMMARY' "$log")
+        # The most telling line: a property, a Swift runtime failure, a sanitizer, then libFuzzer's.
+        cause=$(grep -m1 -E '^property violated|Swift runtime failure|ERROR: (AddressSanitizer|LeakSanitizer)' "$log" \
+                || grep -m1 -E 'ERROR: libFuzzer|SUMMARY' "$log")
+        cause=$(sed -E 's/^ *#[0-9]+ 0x[0-9a-f]+ in //; s@ /<compiler-generated>@@' <<<"$cause")
         result="FOUND (exit $status, $new inputs saved): ${cause:-see $log}; last: ${artifact:-none}"
     fi
     printf '%-18s %14s %8s  %s\n' "$target" "${runs:-?}" "$elapsed" "$result"

@@ -1,9 +1,28 @@
 import FuzzSupport
 import PortForward
 
-// `PodRegistry(yaml:source:)` on any text: it loads or throws an error that names the source;
-// what it loads is consistent (each pod under its qualified name, a name, a positive pid, not
-// both netns and pid), and written back out as a pods file it loads again to the same registry.
+// `PodRegistry(yaml:source:)` on any text: it loads or throws a one-line error that starts with
+// the source; what it loads is consistent (each pod under its qualified name, a positive pid, not
+// both netns and pid), named as Kubernetes names (the namespace a DNS label, the name a DNS
+// subdomain) so that a request path reaches it, and written back out as a pods file it loads again
+// to the same registry.
+
+/// [a-z0-9]([-a-z0-9]*[a-z0-9])?
+func isLabel<Bytes: Collection>(_ bytes: Bytes) -> Bool where Bytes.Element == UInt8 {
+    let alphanumeric: (UInt8) -> Bool = { (97...122).contains($0) || (48...57).contains($0) }
+    guard let first = bytes.first, alphanumeric(first) else { return false }
+    return bytes.allSatisfy { alphanumeric($0) || $0 == 45 } && alphanumeric(Array(bytes).last!)
+}
+
+/// A DNS label as Kubernetes checks it (IsDNS1123Label): a label of at most 63.
+func isDNSLabel(_ text: String) -> Bool { text.utf8.count <= 63 && isLabel(text.utf8) }
+
+/// A DNS subdomain as Kubernetes checks it (IsDNS1123Subdomain): labels joined by dots, at most
+/// 253 in all (a label on its own may be longer than 63 there).
+func isDNSSubdomain(_ text: String) -> Bool {
+    let bytes = Array(text.utf8)
+    return bytes.count <= 253 && bytes.split(separator: 46, omittingEmptySubsequences: false).allSatisfy { isLabel($0) }
+}
 
 /// A YAML double-quoted scalar: always a string, whatever it looks like.
 func quoted(_ text: String) -> String {
@@ -39,12 +58,16 @@ public func testOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     do {
         registry = try PodRegistry(yaml: text, source: "fuzz.yaml")
     } catch {
-        require("\(error)".hasPrefix("fuzz.yaml: "), "an error that does not name the file: \(error)")
+        let message = "\(error)"
+        require(message.hasPrefix("fuzz.yaml:") && !message.contains("\n"), "an error not one line from the file: \(message.debugDescription)")
         return 0
     }
     for (key, pod) in registry.pods {
         require(key == pod.qualifiedName, "pod \(pod) filed under \(key.debugDescription)")
-        require(!pod.name.isEmpty, "a pod without a name: \(pod)")
+        require(isDNSLabel(pod.namespace), "namespace \(pod.namespace.debugDescription) is no DNS label")
+        require(isDNSSubdomain(pod.name), "name \(pod.name.debugDescription) is no DNS subdomain")
+        let path = ForwardPath(parsing: "/portForward/\(pod.namespace)/\(pod.name)")
+        require(path.map { registry.pod(namespace: $0.namespace, name: $0.pod) } == pod, "\(pod) is not reached by its path")
         require(pod.netns == nil || pod.pid == nil, "netns and pid: \(pod)")
         require(pod.pid.map { $0 > 0 } ?? true, "pid \(String(describing: pod.pid))")
         require(registry.pod(namespace: pod.namespace, name: pod.name) == pod, "\(pod) cannot be looked up")
