@@ -45,10 +45,10 @@ public struct HeadFields: Sendable {
         var length: Int?
         for line in all("content-length") {
             for part in line.split(separator: ",", omittingEmptySubsequences: false) {
-                let text = part.trimmed
+                let text = HeadLines.withoutOWS(part.utf8)
                 // 18 digits stay below Int.max; nothing that large is a real body.
-                guard !text.isEmpty, text.utf8.count <= 18, text.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }),
-                      let value = Int(text) else {
+                guard !text.isEmpty, text.count <= 18, text.allSatisfy({ $0 >= 48 && $0 <= 57 }),
+                      let value = Int(Substring(text)) else {
                     return .failure(HeadError("invalid Content-Length \"\(line)\""))
                 }
                 if let length, length != value {
@@ -81,7 +81,9 @@ public struct RequestHead: Sendable {
     /// True when `Upgrade` asks for h2c.
     public var asksForH2C: Bool {
         guard let upgrade = header("upgrade") else { return false }
-        return upgrade.lowercased().split(separator: ",").contains { (part: Substring) in part.trimmed == "h2c" }
+        return upgrade.lowercased().split(separator: ",").contains { (part: Substring) in
+            HeadLines.withoutOWS(part.utf8).elementsEqual("h2c".utf8)
+        }
     }
 
     public typealias ParseResult = HeadParse<RequestHead>
@@ -180,6 +182,16 @@ struct HeadLines {
         }
     }
 
+    /// Without the OWS (SP, HTAB) around it (RFC 9112 section 5): bytes, not Characters, which
+    /// would also take Unicode white space (NBSP, NEL) and a combining mark after a space.
+    static func withoutOWS<Bytes: BidirectionalCollection>(_ bytes: Bytes) -> Bytes.SubSequence where Bytes.Element == UInt8 {
+        let isOWS: (UInt8) -> Bool = { $0 == 32 || $0 == 9 }
+        var rest = bytes[...]
+        while let first = rest.first, isOWS(first) { rest = rest.dropFirst() }
+        while let last = rest.last, isOWS(last) { rest = rest.dropLast() }
+        return rest
+    }
+
     static func split(_ bytes: UnsafeRawBufferPointer, limits: HeadLimits, scannedBefore: Int) -> HeadParse<HeadLines> {
         // RFC 9112 section 2.2: empty lines before the start line are ignored (a few).
         var begin = 0
@@ -236,7 +248,7 @@ struct HeadLines {
                 return .invalid(status: 400, reason: "invalid character in header value")
             }
             fields.fields.append((String(decoding: name, as: UTF8.self).lowercased(),
-                                  String(decoding: value, as: UTF8.self).trimmed))
+                                  String(decoding: withoutOWS(value), as: UTF8.self)))
         }
         return .complete(HeadLines(start: lines[0], fields: fields, length: length))
     }

@@ -67,8 +67,11 @@ public struct ForwardPath: Equatable, Sendable, CustomStringConvertible {
     }
 
     public init?(parsing path: String) {
-        let withoutQuery = path.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? path
-        let parts = withoutQuery.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        // Split the bytes, as a URL path is split: split as Characters, "/" followed by a
+        // combining mark is one Character and no separator, and a part could hold a "/".
+        let withoutQuery = Array(path.utf8.prefix { $0 != UInt8(ascii: "?") })
+        let parts = withoutQuery.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+            .map { String(decoding: $0, as: UTF8.self) }
         // "" "proxy" "nodes" node "portForward" ns pod, or "" "portForward" ns pod
         if parts.count == 7, parts[0].isEmpty, parts[1] == "proxy", parts[2] == "nodes", parts[4] == "portForward",
            !parts[3].isEmpty, !parts[5].isEmpty, !parts[6].isEmpty {

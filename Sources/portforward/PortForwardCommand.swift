@@ -297,6 +297,9 @@ final class SignalStop: CompletionHandler {
 
     init(reactor: ReactorBackend) { self.reactor = reactor }
 
+    // The reactor holds a handler until its read completes, so the buffer is no longer in use.
+    deinit { buffer.deallocate() }
+
     func arm() {
         var signals: [Int32] = [SIGINT, SIGTERM]
         fd = pf_signalfd(&signals, Int32(signals.count))

@@ -86,6 +86,7 @@ enum E2E {
             child.kill()
             throw HarnessError("\(arguments.joined(separator: " ")) did not finish in \(timeout) s; output: \(child.output)")
         }
+        child.recordSanitizerReport()
         return (status, child.stdout, child.stderr)
     }
 }
@@ -218,6 +219,24 @@ final class Child: @unchecked Sendable {
         }
     }
 
+    /// What a sanitizer printed on the child's stderr ("==PID==ERROR: AddressSanitizer: ..." and
+    /// everything after it), if anything: an ASan build (`make test-asan`) reports there and exits
+    /// non-zero, which a test that only looks at the output it expects would not notice.
+    var sanitizerReport: String? {
+        let text = stderr
+        guard let found = ["ERROR: AddressSanitizer", "ERROR: LeakSanitizer"].compactMap({ text.range(of: $0) })
+            .min(by: { $0.lowerBound < $1.lowerBound }) else { return nil }
+        let lineStart = text[..<found.lowerBound].lastIndex(of: "\n").map { text.index(after: $0) } ?? text.startIndex
+        return String(text[lineStart...])
+    }
+
+    /// Records a test issue when a sanitizer reported on this child.
+    func recordSanitizerReport() {
+        if let report = sanitizerReport {
+            Issue.record("\(name) (pid \(pid), exit status \(exitStatus.map(String.init) ?? "none yet")): \(report)")
+        }
+    }
+
     /// How many sockets the process holds open (pipes and files not counted: pipe pools keep
     /// spare pipes by design).
     func openSockets() -> Int {
@@ -294,6 +313,7 @@ final class Scene: @unchecked Sendable {
 
     func tearDown() {
         for child in children.reversed() { child.kill() }
+        for child in children { child.recordSanitizerReport() }
         for namespace in namespaces {
             // The pod's servers and whatever the nsenter connector started in it.
             if let pids = try? E2E.run(["ip", "netns", "pids", namespace.name], timeout: 10) {

@@ -167,6 +167,9 @@ struct StrictHeadTests {
         ("bad method", "PO ST / HTTP/1.1\r\nHost: a\r\n\r\n"),
         ("HTTP/1.2", "POST / HTTP/1.2\r\nHost: a\r\n\r\n"),
         ("two spaces", "POST  / HTTP/1.1\r\nHost: a\r\n\r\n"),
+        // Found by Fuzz/FuzzRequestHead: NBSP and NEL are no OWS.
+        ("NBSP around a length", valid + "Content-Length: \u{A0}5\u{A0}\r\n\r\n"),
+        ("NEL after a length", valid + "Content-Length: 5\u{85}\r\n\r\n"),
     ])
     func refused(_ why: String, _ text: String) {
         #expect(refusal(text) == 400, "\(why)")
@@ -178,6 +181,16 @@ struct StrictHeadTests {
         #expect(head.contentLength == 5)
         let old = try completeRequest("GET / HTTP/1.0\r\n\r\n")
         #expect(old.header("host") == nil)
+    }
+
+    // Found by Fuzz/FuzzRequestHead: values were trimmed as Characters.
+    @Test("Only SP and HTAB are taken from around a value")
+    func onlyOWSIsTrimmed() throws {
+        let head = try completeRequest(Self.valid + "X-A: \t\u{A0}a\u{85} \r\nX-B: b \u{301}\r\n\r\n")
+        #expect(Array(head.header("x-a")!.utf8) == Array("\u{A0}a\u{85}".utf8))
+        #expect(Array(head.header("x-b")!.utf8) == Array("b \u{301}".utf8))
+        let upgrade = try completeRequest("POST / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\u{A0}\r\n\r\n")
+        #expect(!upgrade.asksForH2C)
     }
 
     @Test("A head over the size limit is 431, complete or not, and so is one with too many fields")

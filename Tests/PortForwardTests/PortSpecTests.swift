@@ -96,4 +96,12 @@ struct ForwardPathTests {
     func refused(_ text: String) {
         #expect(ForwardPath(parsing: text) == nil)
     }
+
+    // Found by Fuzz/FuzzForwardPath: split as Characters, "/\u{301}" was no separator.
+    @Test("A \"/\" followed by a combining mark still separates")
+    func slashBeforeCombiningMark() throws {
+        #expect(ForwardPath(parsing: "/portForward/default/a/\u{301}b") == nil)
+        let path = try #require(ForwardPath(parsing: "/portForward/\u{301}ns/\u{301}pod"))
+        #expect(path == ForwardPath(namespace: "\u{301}ns", pod: "\u{301}pod"))
+    }
 }

@@ -1,0 +1,1 @@
+// Declarations only (include/CFuzzerDriver.h); the definitions are libFuzzer's.
