@@ -45,13 +45,17 @@ final class LoopCore {
 
     func addDeferred(_ task: DeferredTask) { deferred.append(task) }
 
-    /// Delivers completions until none are left, then runs the deferred tasks; repeats while
-    /// either produced more, but no more than a bounded number of rounds so I/O is polled.
+    /// Delivers the ready completions, one generation at a time, each followed by the deferred
+    /// tasks, for at most `maxRounds` generations; what the last one produced waits for the next
+    /// turn (the loop then polls without blocking). Bounded, because a handler that issues its next
+    /// operation may see it complete at once (epoll tries it inline; io_uring splices inline): a
+    /// socket that never runs dry, a flooding client's, would otherwise keep the loop here and no
+    /// other descriptor would be polled.
     func drain() {
         var rounds = 0
-        while hasWork && rounds < 64 {
+        while hasWork && rounds < Self.maxRounds {
             rounds += 1
-            while !ready.isEmpty {
+            if !ready.isEmpty {
                 swap(&ready, &delivering)
                 for item in delivering {
                     if item.timer != 0 && !timers.deliver(item.timer) { continue }
@@ -66,6 +70,9 @@ final class LoopCore {
             }
         }
     }
+
+    /// Generations of completions delivered per turn before the loop polls again.
+    static let maxRounds = 16
 
     /// Milliseconds until the next timer (-1: none), 0 when work is waiting.
     func timeoutMilliseconds() -> Int32 {

@@ -417,6 +417,43 @@ import CLinuxShim
         #expect(recorder.completions.map(\.tag) == [1, 3])
     }
 
+    /// A handler that issues its next receive on every completion, on a socket that has far more
+    /// than one buffer waiting, does not keep the loop to itself: a timer due meanwhile fires
+    /// before that socket runs dry (the epoll backend completes such receives inline).
+    @Test(arguments: backends)
+    func aSocketThatNeverRunsDryDoesNotStarveTheLoop(_ backend: Backend) throws {
+        let reactor = try makeReactor(backend, exercising: [.receive], bufferSize: 16 * 1024)
+        let (writer, reader) = try tcpPair()
+        defer { Glibc.close(writer) }
+        // Fill the connection: a few MiB wait in the socket buffers, hundreds of receives' worth.
+        let chunk = pattern(64 * 1024)
+        defer { chunk.deallocate() }
+        var queued = 0
+        while queued < 8 << 20 {
+            let written = Glibc.write(writer, chunk.baseAddress!, chunk.count)
+            if written <= 0 { break }
+            queued += written
+        }
+        let receiver = Recorder()
+        var received = 0
+        var receivedWhenTimerFired = -1
+        receiver.next = { [unowned reactor] completion, _ in
+            if completion.buffer != BufferPool.none { reactor.buffers.release(completion.buffer) }
+            received += Int(max(completion.result, 0))
+            if received >= queued || completion.result <= 0 { reactor.stop(); return }
+            reactor.receive(reader, handler: receiver, tag: 1)
+        }
+        let timer = Recorder()
+        timer.next = { _, _ in receivedWhenTimerFired = received }
+        _ = reactor.timer(nanoseconds: 0, handler: timer, tag: 2)
+        reactor.receive(reader, handler: receiver, tag: 1)
+        try runLoop(reactor)
+        reactor.close(reader)
+        #expect(queued > 1 << 20, "only \(queued) bytes could be queued")
+        #expect(receivedWhenTimerFired >= 0 && receivedWhenTimerFired < queued / 2,
+                "the timer fired after \(receivedWhenTimerFired) of \(queued) bytes")
+    }
+
     // MARK: close
 
     @Test(arguments: backends)
