@@ -94,11 +94,12 @@ public final class Relay: CompletionHandler {
         guard let target = ForwardPath(parsing: path) else {
             return .refused(status: 404, reason: "unknown path \"\(path.prefix(256))\": expected /portForward/<namespace>/<pod> or /proxy/nodes/<node>/portForward/<namespace>/<pod>")
         }
+        // Names come from the peer: the answer (and the log line) quotes at most a name's length.
         if let node = target.node, node != self.node {
-            return .refused(status: 404, reason: "node \"\(node)\" not found")
+            return .refused(status: 404, reason: "node \"\(node.prefix(253))\" not found")
         }
         guard let pod = registry.pod(namespace: target.namespace, name: target.pod) else {
-            return .refused(status: 404, reason: "pod \"\(target.namespace)/\(target.pod)\" not found")
+            return .refused(status: 404, reason: "pod \"\(target.namespace.prefix(63))/\(target.pod.prefix(253))\" not found")
         }
         return .pod(pod)
     }
