@@ -25,9 +25,9 @@ ASAN_SCRATCH := .build-asan
 # and Foundation's String(contentsOfFile:) leaks in the test runner, so every process would
 # report. `make test-asan ASAN_OPTIONS=detect_leaks=1` shows them.
 ASAN_OPTIONS ?= detect_leaks=0
-# Tests whose RSS or latency bounds cannot hold under ASan (shadow memory, redzones, the quarantine
+# Tests whose RSS bounds cannot hold under ASan (shadow memory, redzones, the quarantine
 # of freed memory; code 2-3x slower): skipped there.
-ASAN_SKIP ?= heldBytesBound|memoryGivenBack|rapidReset
+ASAN_SKIP ?= heldBytesBound|memoryGivenBack
 
 .PHONY: deps build test demo bench bench-flood soak fuzz test-asan clean venv
 
