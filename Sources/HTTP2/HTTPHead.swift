@@ -93,12 +93,10 @@ public struct RequestHead: Sendable {
     /// searched from its start each time.
     public static func parse(_ bytes: UnsafeRawBufferPointer, limits: HeadLimits = HeadLimits(),
                              scannedBefore: Int = 0) -> ParseResult {
-        let lines: HeadLines
-        switch HeadLines.split(bytes, limits: limits, scannedBefore: scannedBefore) {
-        case .incomplete(let scanned): return .incomplete(scanned: scanned)
-        case .invalid(let status, let reason): return .invalid(status: status, reason: reason)
-        case .complete(let found): lines = found
-        }
+        HeadLines.parse(bytes, limits: limits, scannedBefore: scannedBefore, request)
+    }
+
+    private static func request(_ lines: HeadLines) -> ParseResult {
         // request-line = method SP request-target SP HTTP-version
         let parts = lines.start.split(separator: 32, omittingEmptySubsequences: false)
         guard parts.count == 3, let method = parts.first, !method.isEmpty, method.allSatisfy(HeadLines.isTokenByte),
@@ -140,12 +138,10 @@ public struct ResponseHead: Sendable {
 
     public static func parse(_ bytes: UnsafeRawBufferPointer, limits: HeadLimits = HeadLimits(),
                              scannedBefore: Int = 0) -> ParseResult {
-        let lines: HeadLines
-        switch HeadLines.split(bytes, limits: limits, scannedBefore: scannedBefore) {
-        case .incomplete(let scanned): return .incomplete(scanned: scanned)
-        case .invalid(let status, let reason): return .invalid(status: status, reason: reason)
-        case .complete(let found): lines = found
-        }
+        HeadLines.parse(bytes, limits: limits, scannedBefore: scannedBefore, response)
+    }
+
+    private static func response(_ lines: HeadLines) -> ParseResult {
         // status-line = HTTP-version SP 3DIGIT SP [reason-phrase]
         let start = lines.start
         guard start.count >= 12, start.starts(with: Array("HTTP/1.".utf8)), start[7] == 48 || start[7] == 49,
@@ -190,6 +186,17 @@ struct HeadLines {
         while let first = rest.first, isOWS(first) { rest = rest.dropFirst() }
         while let last = rest.last, isOWS(last) { rest = rest.dropLast() }
         return rest
+    }
+
+    /// Splits the head and, once it is complete and its field lines are well formed, hands it to
+    /// `startLine`, which reads the start line (request or status) and the fields it cares about.
+    static func parse<Head>(_ bytes: UnsafeRawBufferPointer, limits: HeadLimits, scannedBefore: Int,
+                            _ startLine: (HeadLines) -> HeadParse<Head>) -> HeadParse<Head> {
+        switch split(bytes, limits: limits, scannedBefore: scannedBefore) {
+        case .incomplete(let scanned): return .incomplete(scanned: scanned)
+        case .invalid(let status, let reason): return .invalid(status: status, reason: reason)
+        case .complete(let lines): return startLine(lines)
+        }
     }
 
     static func split(_ bytes: UnsafeRawBufferPointer, limits: HeadLimits, scannedBefore: Int) -> HeadParse<HeadLines> {
