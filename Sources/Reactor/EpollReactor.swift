@@ -181,8 +181,8 @@ public final class EpollReactor: ReactorBackend {
                     continue
                 }
                 let code = pf_errno()
-                if code == EAGAIN || code == EINTR { return }
-                if code == ECONNABORTED { continue }
+                if code == EAGAIN { return }
+                if LoopCore.acceptSkips(after: code) { continue }
                 core.post(pending.handler, Completion(operation: .accept, tag: pending.tag, result: -code))
                 if LoopCore.acceptRests(after: code) {
                     // The connections still waiting raise no new edge: only a retry takes them.

@@ -24,6 +24,19 @@ final class LoopCore {
     /// waiting for a new connection would leave the ones already in the backlog hanging.
     static let acceptRestNanoseconds: UInt64 = 10_000_000
 
+    /// Whether an accept that failed with `code` just takes the next connection: the one that
+    /// failed went away before it was taken, or brought a network error with it, which accept(2)
+    /// says to treat like EAGAIN (ECONNABORTED, and for TCP ENETDOWN, EPROTO, ENOPROTOOPT,
+    /// EHOSTDOWN, ENONET, EHOSTUNREACH, EOPNOTSUPP, ENETUNREACH). Nothing is reported.
+    static func acceptSkips(after code: Int32) -> Bool {
+        switch code {
+        case ECONNABORTED, EINTR, ENETDOWN, EPROTO, ENOPROTOOPT, EHOSTDOWN, ENONET, EHOSTUNREACH, EOPNOTSUPP, ENETUNREACH:
+            return true
+        default:
+            return false
+        }
+    }
+
     /// Whether an accept that failed with `code` rests and tries again rather than ending.
     static func acceptRests(after code: Int32) -> Bool {
         code == EMFILE || code == ENFILE || code == ENOBUFS || code == ENOMEM

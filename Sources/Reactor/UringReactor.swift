@@ -431,7 +431,7 @@ public final class UringReactor: ReactorBackend {
             // An error always ends the multishot. Like epoll, a connection that went away
             // before it was taken is not reported.
             switch -result {
-            case ECONNABORTED, EINTR, EAGAIN:
+            case let code where code == EAGAIN || LoopCore.acceptSkips(after: code):
                 issue(index)
             case let code where LoopCore.acceptRests(after: code):
                 core.post(handler, Completion(operation: .accept, tag: tag, result: result))
