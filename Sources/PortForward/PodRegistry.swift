@@ -247,7 +247,10 @@ private struct Entry {
         }
         var pid: Int?
         if let pidNode = values["pid"] {
-            guard pidNode.tagName == .int, let number = pidNode.int, (1...Int(Int32.max)).contains(number) else {
+            // Read here, decimal or 0x hex, not with Yams's `int`: that also reads YAML 1.1's
+            // sexagesimal form (`1:30`) and traps when one overflows (a fuzz finding:
+            // `pid: 4000000000000000000:4` crashed the relay at start).
+            guard pidNode.tagName == .int, let number = pidNode.scalar.flatMap({ Self.processID($0.string) }) else {
                 throw problem(pidNode, "pid must be a positive integer (a process id), not \(describe(pidNode))")
             }
             pid = number
@@ -256,6 +259,15 @@ private struct Entry {
             throw problem(entry, "give netns or pid, not both")
         }
         return Pod(namespace: namespace, name: name, netns: netns, pid: pid)
+    }
+
+    /// A process id written in decimal or 0x hex, 1 to Int32.max; nil otherwise.
+    static func processID(_ text: String) -> Int? {
+        let hex = text.hasPrefix("0x")
+        let digits = hex ? Substring(text.dropFirst(2)) : Substring(text)
+        guard !digits.isEmpty, digits.utf8.count <= 10, let value = Int(digits, radix: hex ? 16 : 10),
+              (1...Int(Int32.max)).contains(value) else { return nil }
+        return value
     }
 
     /// A field that must be a string: null, numbers, booleans (`no`, `on`) and lists are refused

@@ -65,6 +65,9 @@ struct PodRegistryTests {
         ("pods:\n  - {name: web}\n  - {namespace: default, name: web}\n", "listed twice"),
         ("pods:\n  - {name: web, pid: -3}\n", "pid must be a positive integer"),
         ("pods:\n  - {name: web, pid: abc}\n", "pid must be a positive integer"),
+        // A fuzz finding: Yams's sexagesimal integers overflowed and trapped.
+        ("pods:\n  - {name: db, pid: 4000000000000000000:4}\n", "pid must be a positive integer"),
+        ("pods:\n  - {name: db, pid: 1:30}\n", "pid must be a positive integer"),
         ("pods:\n  - web\n", "mapping"),
         ("pods: web\n", "list"),
         ("nodes: []\n", "pods"),
