@@ -77,6 +77,8 @@ public final class Forwarder: SessionDelegate, CompletionHandler, SpliceReceiver
     private var stopping = false
     /// Splice mode: local bytes go socket -> pipe -> relay connection (nil: pooled buffers).
     public var pipes: PipePool?
+    /// Protocol errors nghttp2 handled on the relay connection, one line each (`-v`).
+    public var log: ((String) -> Void)?
     /// 0 after a clean stop, 1 when the relay went away.
     public private(set) var exitCode: Int32 = 0
     public var print: (String) -> Void = { line in
@@ -107,6 +109,7 @@ public final class Forwarder: SessionDelegate, CompletionHandler, SpliceReceiver
         try session.upgrade(settingsPayload: HTTPText.settingsPayload(settings))
         connection = Connection(fd: fd, session: session, reactor: reactor)
         session.delegate = self
+        session.log = log.map { log in { line in log("relay connection: \(line)") } }
         connection.pipes = pipes
         connection.spliceReceiver = self
         connection.onClose = { [unowned self] reason in self.connectionClosed(reason) }

@@ -194,6 +194,7 @@ struct Forward: ParsableCommand {
             let reactor = try io.makeReactor()
             let forwarder = try Forwarder(options: options, reactor: reactor)
             forwarder.pipes = io.makePipes()
+            if io.verbose { forwarder.log = standardError }
             try forwarder.start()
             try reactor.run()
             if forwarder.exitCode != 0 { throw ExitCode(forwarder.exitCode) }
