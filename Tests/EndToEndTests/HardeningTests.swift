@@ -19,6 +19,19 @@ extension EndToEndTests {
         return (namespace, try scene.startRelay(pods: ["web": namespace], connector: .native, extra: extra))
     }
 
+    /// h2peer's flood-data: `count` streams sending to the pod's port that never reads (7003).
+    private func floodSink(_ scene: Scene, _ relay: RelayProcess, count: Int, bytes: Int? = nil, seconds: Int,
+                           hold: Int) throws -> Child {
+        try scene.start([Peers.python, Peers.h2peer, "flood-data", "127.0.0.1", "\(relay.port)", "--target-port", "\(sinkPort)",
+                         "--count", "\(count)", "--seconds", "\(seconds)", "--hold", "\(hold)"]
+                        + (bytes.map { ["--bytes", "\($0)"] } ?? []), name: "flood")
+    }
+
+    /// Waits until a flood has sent what the relay would take (its first result line).
+    private func waitSent(_ flood: Child) throws {
+        _ = try flood.waitFor("the flood to be sent", timeout: 30) { $0.contains("\"sent\"") ? true : nil }
+    }
+
     /// The relay still forwards: a fresh client's echo comes back.
     private func stillForwards(_ scene: Scene, _ relay: RelayProcess) throws {
         #expect(relay.child.isRunning, "the relay died\n\(relay.child.output)")
@@ -192,11 +205,7 @@ extension EndToEndTests {
             try scene.serve(in: namespace, port: sinkPort, address: "SYSTEM:sleep 3600")
             let relay = try scene.startRelay(pods: ["web": namespace], connector: .native, extra: ["--copy", "splice"])
             let idle = relay.child.openFiles()
-            let flood = try scene.start([Peers.python, Peers.h2peer, "flood-data", "127.0.0.1", "\(relay.port)",
-                                         "--target-port", "\(sinkPort)", "--count", "10", "--bytes", "\(16 * mebibyte)",
-                                         "--seconds", "8", "--hold", "10"],
-                                        name: "flood")
-            _ = try flood.waitFor("the flood to be sent", timeout: 30) { $0.contains("\"sent\"") ? true : nil }
+            try waitSent(try floodSink(scene, relay, count: 10, bytes: 16 * mebibyte, seconds: 8, hold: 10))
             let busy = relay.child.openFiles()
             // 10 pod sockets and per stream at most 2 queued pipes (4 descriptors), a few to spare
             // (measured: +49; before the fix +113 with 256 KiB frames, +1,707 in the run).
@@ -215,10 +224,7 @@ extension EndToEndTests {
             let relay = try scene.startRelay(pods: ["web": namespace], connector: .native,
                                              extra: ["--max-held-bytes", "\(4 * mebibyte)", "--copy", "buffers"])
             let before = try relay.child.residentBytes()
-            let flood = try scene.start([Peers.python, Peers.h2peer, "flood-data", "127.0.0.1", "\(relay.port)",
-                                         "--target-port", "\(sinkPort)", "--count", "30", "--seconds", "6", "--hold", "10"],
-                                        name: "flood")
-            _ = try flood.waitFor("the flood to be sent", timeout: 30) { $0.contains("\"sent\"") ? true : nil }
+            try waitSent(try floodSink(scene, relay, count: 30, seconds: 6, hold: 10))
             let grown = try relay.child.residentBytes() - before
             // 30 streams x 2 MiB windows would be 60 MiB; the bound keeps it near 4 MiB (+ buffers in flight).
             #expect(grown < 24 * mebibyte, "RSS grew by \(grown / mebibyte) MiB")
@@ -237,9 +243,7 @@ extension EndToEndTests {
             let idle = try relay.child.residentBytes()
             // 40 streams to a pod that never reads: the relay holds up to a window (2 MiB) each
             // in pooled buffers, then the client goes away and every stream with it.
-            let flood = try scene.start([Peers.python, Peers.h2peer, "flood-data", "127.0.0.1", "\(relay.port)",
-                                         "--target-port", "\(sinkPort)", "--count", "40", "--bytes", "\(16 * mebibyte)",
-                                         "--seconds", "6", "--hold", "0"], name: "flood")
+            let flood = try floodSink(scene, relay, count: 40, bytes: 16 * mebibyte, seconds: 6, hold: 0)
             #expect(flood.wait(timeout: 30) == 0, "\(flood.output)")
             let peak = try relay.child.residentBytes()
             #expect(peak > 2 * idle, "the burst did not grow the relay (idle \(idle / 1024) KiB, peak \(peak / 1024) KiB)")
