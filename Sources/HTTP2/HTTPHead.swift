@@ -27,8 +27,6 @@ public enum HeadParse<Head: Sendable>: Sendable {
 public struct HeadFields: Sendable {
     public var fields: [(name: String, value: String)] = []
 
-    public subscript(_ name: String) -> String? { first(name) }
-
     public func first(_ name: String) -> String? {
         let wanted = name.lowercased()
         return fields.first { $0.name == wanted }?.value
@@ -49,7 +47,7 @@ public struct HeadFields: Sendable {
                 // 18 digits stay below Int.max; nothing that large is a real body.
                 guard !text.isEmpty, text.count <= 18, text.allSatisfy({ $0 >= 48 && $0 <= 57 }),
                       let value = Int(Substring(text)) else {
-                    return .failure(HeadError("invalid Content-Length \"\(line)\""))
+                    return .failure(HeadError("invalid Content-Length \"\(line.prefix(32))\""))
                 }
                 if let length, length != value {
                     return .failure(HeadError("conflicting Content-Length values"))

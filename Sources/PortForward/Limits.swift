@@ -72,12 +72,6 @@ public struct TokenBucket: Sendable {
         }
     }
 
-    /// Whether a token is there now (none is taken).
-    public mutating func available(now: UInt64) -> Bool {
-        refill(now)
-        return tokens >= 1
-    }
-
     public mutating func take(now: UInt64) {
         if setting.rate <= 0 { return }
         refill(now)
@@ -89,12 +83,6 @@ public struct TokenBucket: Sendable {
         refill(now)
         if tokens >= 1 || setting.rate <= 0 { return 0 }
         return UInt64((1 - tokens) / setting.rate * 1e9) + 1
-    }
-
-    /// Whether the bucket is full (nothing to remember about its owner).
-    public mutating func isFull(now: UInt64) -> Bool {
-        refill(now)
-        return tokens >= setting.burst
     }
 }
 
