@@ -1,0 +1,204 @@
+import CLinuxShim
+import CNGHTTP2
+import HTTP2
+import Reactor
+#if canImport(Glibc)
+@preconcurrency import Glibc
+#endif
+
+/// One HTTP/2 connection on the relay: each stream with a `port` header becomes a tunnel to that
+/// port of the pod its path names.
+final class RelaySession: SessionDelegate, SpliceReceiver {
+    let connection: Connection
+    unowned let relay: Relay
+    let peer: String
+    var tunnels: [StreamID: Tunnel] = [:]
+    var attempts: [StreamID: ConnectAttempt] = [:]
+
+    // Stream opens waiting for their turn (OpenScheduler), oldest first.
+    private struct WaitingOpen {
+        var tunnel: Tunnel
+        var pod: Pod
+        var port: Int
+    }
+    private var waitingOpens: [WaitingOpen] = []
+    private var waitingHead = 0
+    var scheduled = false
+    private var bucket: TokenBucket
+
+    init(fd: FileDescriptor, peer: String, relay: Relay) throws {
+        self.relay = relay
+        self.peer = peer
+        bucket = TokenBucket(relay.limits.streamOpenRate)
+        let session = try Session(role: .server, settings: relay.settings)
+        connection = Connection(fd: fd, session: session, reactor: relay.reactor,
+                                maxHeldBytes: relay.limits.maxHeldBytesPerConnection)
+        session.delegate = self
+        session.log = { [unowned relay] line in relay.limitedLog("\(peer): \(line)") }
+        connection.pipes = relay.pipes
+        connection.spliceReceiver = self
+        connection.maxQueuedFrames = relay.limits.maxQueuedFrames
+        connection.keepalive = relay.limits.keepalive.interval > 0 ? relay.limits.keepalive : nil
+        connection.idleTimeoutSeconds = relay.limits.idleTimeout
+        connection.hasStreams = { [unowned self] in !self.tunnels.isEmpty }
+        connection.onClose = { [unowned self] reason in self.closed(reason) }
+    }
+
+    func acceptsSplice(stream: StreamID) -> Bool { tunnels[stream]?.acceptsSplice ?? false }
+
+    /// Stream 1 of an upgraded connection: the HTTP/1.1 request, its body already read.
+    func upgraded(headers: HeaderList, body: [UInt8]) {
+        if headers["port"] == nil || headers[":path"] == "*" {
+            // The request only opened the session.
+            try? connection.session.submitResponse(1, headers: [(":status", "200")], body: nil)
+            return
+        }
+        let tunnel = request(headers: headers, stream: 1, endStream: false)
+        tunnel?.windowed = false
+        if !body.isEmpty { body.withUnsafeBytes { tunnel?.received($0) } }
+        tunnel?.peerFinished()
+    }
+
+    func session(_ session: Session, headers: HeaderList, stream: StreamID, endStream: Bool) {
+        if tunnels[stream] != nil {
+            // nghttp2 passes a second header block only as trailers (handled by the session);
+            // anything else on an answered stream is not a new request.
+            session.reset(stream, code: NGHTTP2_PROTOCOL_ERROR.rawValue)
+            return
+        }
+        _ = request(headers: headers, stream: stream, endStream: endStream)
+    }
+
+    @discardableResult
+    private func request(headers: HeaderList, stream: StreamID, endStream: Bool) -> Tunnel? {
+        let pod: Pod
+        switch relay.resolve(headers[":path"] ?? "") {
+        case .refused(let status, let reason):
+            answer(stream, status: status, reason)
+            return nil
+        case .pod(let found):
+            pod = found
+        }
+        let port: Int
+        switch PortHeader.parse(headers.all("port")) {
+        case .failure(let error):
+            answer(stream, status: 400, error.description)
+            return nil
+        case .success(let value):
+            port = value
+        }
+        if relay.streams >= relay.limits.maxStreams {
+            answer(stream, status: 503, "the relay holds \(relay.limits.maxStreams) streams (--max-streams): try again later")
+            return nil
+        }
+        let tunnel = Tunnel(stream: stream, connection: connection, pipes: relay.pipes)
+        tunnels[stream] = tunnel
+        relay.streams += 1
+        tunnel.onFinish = { [unowned self] finished in
+            self.relay.streams -= 1
+            self.relay.endedSinceTrim += 1
+            if self.tunnels[finished.stream] === finished { self.tunnels[finished.stream] = nil }
+        }
+        if endStream { tunnel.peerFinished() }
+        waitingOpens.append(WaitingOpen(tunnel: tunnel, pod: pod, port: port))
+        relay.opens.enqueue(self)
+        return tunnel
+    }
+
+    var hasWaitingOpens: Bool { waitingHead < waitingOpens.count }
+
+    /// Starts up to `limit` waiting opens within the token buckets; returns how many started and,
+    /// when a bucket stopped it, how long until a token.
+    func startWaitingOpens(limit: Int) -> (started: Int, wait: UInt64) {
+        var started = 0
+        let now = Clock.nanoseconds()
+        while started < limit && waitingHead < waitingOpens.count {
+            let open = waitingOpens[waitingHead]
+            if open.tunnel.finished {
+                // Reset while it waited: nothing to undo.
+                waitingHead += 1
+                continue
+            }
+            let wait = max(bucket.wait(now: now), relay.peerTokenWait(peer, now: now))
+            if wait > 0 { compact(); return (started, wait) }
+            bucket.take(now: now)
+            relay.takePeerToken(peer, now: now)
+            waitingHead += 1
+            started += 1
+            connect(open)
+        }
+        compact()
+        return (started, 0)
+    }
+
+    private func compact() {
+        if waitingHead == waitingOpens.count {
+            waitingOpens.removeAll(keepingCapacity: waitingOpens.count <= 1024)
+            waitingHead = 0
+        } else if waitingHead > 1024 {
+            waitingOpens.removeFirst(waitingHead)
+            waitingHead = 0
+        }
+    }
+
+    private func connect(_ open: WaitingOpen) {
+        let stream = open.tunnel.stream
+        let tunnel = open.tunnel
+        var answered = false
+        let attempt = relay.connector.connect(pod: open.pod, port: open.port) { [unowned self] result in
+            answered = true
+            self.attempts[stream] = nil
+            switch result {
+            case .connected(let fd):
+                if tunnel.finished {
+                    self.relay.reactor.close(fd)
+                    return
+                }
+                tunnel.attach(fd)
+                try? self.connection.session.submitResponse(stream, headers: [(":status", "200")], body: tunnel)
+            case .failed(let status, let reason):
+                tunnel.reject()
+                self.answer(stream, status: status, reason)
+            }
+            self.connection.flushSoon()
+        }
+        // A connector may answer at once (a namespace that cannot be entered): nothing to keep then.
+        if !answered { attempts[stream] = attempt }
+    }
+
+    private func answer(_ stream: StreamID, status: Int, _ reason: String) {
+        let body = StaticBody(reason + "\n")
+        try? connection.session.submitResponse(stream, headers: [
+            (":status", "\(status)"), ("content-type", "text/plain; charset=utf-8"),
+        ], body: body)
+        connection.flushSoon()
+    }
+
+    func session(_ session: Session, data: UnsafeRawBufferPointer, stream: StreamID) {
+        if let tunnel = tunnels[stream] {
+            tunnel.received(data)
+        } else {
+            // A stream answered with an error: its bytes are dropped, its window reopened.
+            session.consume(stream, data.count)
+        }
+    }
+
+    func session(_ session: Session, endOfStream stream: StreamID) {
+        tunnels[stream]?.peerFinished()
+    }
+
+    func session(_ session: Session, closed stream: StreamID, errorCode: UInt32) {
+        if let attempt = attempts.removeValue(forKey: stream) { attempt.cancel() }
+        tunnels[stream]?.streamClosed(errorCode: errorCode)
+    }
+
+    private func closed(_ reason: String?) {
+        for attempt in attempts.values { attempt.cancel() }
+        attempts.removeAll()
+        for tunnel in Array(tunnels.values) { tunnel.connectionLost() }
+        tunnels.removeAll()
+        waitingOpens.removeAll()
+        waitingHead = 0
+        relay.sessionClosed(self, reason: reason)
+    }
+}
