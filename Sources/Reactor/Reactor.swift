@@ -62,11 +62,19 @@ public protocol ReactorBackend: AnyObject {
     func splice(from source: FileDescriptor, to destination: FileDescriptor, count: Int, socket: FileDescriptor,
                 handler: CompletionHandler, tag: UInt32)
     /// Completes once `fd` is readable (or has an error or hang-up).
+    /// One non-blocking `splice(2)` now, in the caller's turn: the bytes moved, or -errno. For a
+    /// socket known to have bytes waiting, where waiting for readiness first would cost a turn.
+    func spliceNow(from source: FileDescriptor, to destination: FileDescriptor, count: Int) -> Int
     func pollReadable(_ fd: FileDescriptor, handler: CompletionHandler, tag: UInt32)
     func timer(nanoseconds: UInt64, handler: CompletionHandler, tag: UInt32) -> TimerID
     func cancelTimer(_ id: TimerID)
     /// Cancels whatever is pending on `fd` (no completion is delivered for it) and closes it.
     func close(_ fd: FileDescriptor)
+    /// `close(fd)`, then `quiet` once no operation issued on `fd` can touch its memory any more:
+    /// at once on epoll (its operations run in the loop's own system calls); on io_uring when the
+    /// kernel has completed the cancellation of every request on `fd`. Memory a cancelled write
+    /// reads from (pool buffers) goes back in `quiet`, never before.
+    func close(_ fd: FileDescriptor, quiet: @escaping () -> Void)
     func schedule(_ task: DeferredTask)
     /// Runs until `stop()`.
     func run() throws

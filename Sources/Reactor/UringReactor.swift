@@ -327,6 +327,17 @@ public final class UringReactor: ReactorBackend {
         Glibc.close(fd)
     }
 
+    // TODO(arch-reactor): on io_uring, call `quiet` on the cancellations' completion.
+    public func close(_ fd: FileDescriptor, quiet: @escaping () -> Void) {
+        close(fd)
+        quiet()
+    }
+
+    public func spliceNow(from source: FileDescriptor, to destination: FileDescriptor, count: Int) -> Int {
+        let moved = pf_splice(source, destination, count, pf_splice_move | pf_splice_nonblock)
+        return moved >= 0 ? moved : -Int(pf_errno())
+    }
+
     public func schedule(_ task: DeferredTask) { core.addDeferred(task) }
 
     public func stop() { core.stopped = true }
