@@ -65,13 +65,13 @@ public struct ServerURL: Sendable {
 
 /// The client: listens on local ports and tunnels each accepted connection as one stream of a
 /// single HTTP/2 connection to the relay.
-public final class Forwarder: SessionDelegate, CompletionHandler, SpliceReceiver {
+public final class Forwarder: CompletionHandler {
     public let options: ForwardOptions
     public let reactor: ReactorBackend
     private let server: ServerURL
     private var connection: Connection!
     private var listeners: [(fd: FileDescriptor, spec: PortSpec)] = []
-    private var tunnels: [StreamID: Tunnel] = [:]
+    private let table = StreamTable()
     private var signals: FileDescriptor = -1
     private let signalBuffer = UnsafeMutableRawPointer.allocate(byteCount: 128, alignment: 8)
     private var stopping = false
@@ -108,10 +108,15 @@ public final class Forwarder: SessionDelegate, CompletionHandler, SpliceReceiver
         let session = try Session(role: .client, settings: settings)
         try session.upgrade(settingsPayload: HTTPText.settingsPayload(settings))
         connection = Connection(fd: fd, session: session, reactor: reactor)
-        session.delegate = self
+        session.delegate = table
+        table.onHeaders = { [unowned self] headers, stream, endStream in
+            guard let tunnel = self.table[stream] else { return }
+            tunnel.responded(status: Int(headers[":status"] ?? "") ?? 0)
+            if endStream { tunnel.peerEnded() }
+        }
         session.log = log.map { log in { line in log("relay connection: \(line)") } }
         connection.pipes = pipes
-        connection.spliceReceiver = self
+        connection.spliceReceiver = table
         connection.onClose = { [unowned self] reason in self.connectionClosed(reason) }
         connection.keepalive = options.keepalive
         try openListeners()
@@ -284,21 +289,20 @@ public final class Forwarder: SessionDelegate, CompletionHandler, SpliceReceiver
         }
         let spec = listeners[Int(completion.tag)].spec
         self.print("Handling connection for \(spec.remote)")
-        let tunnel = Tunnel(connection: connection, pipes: pipes)
+        let carrier = HTTP2Stream(connection: connection)
+        let tunnel = Tunnel(transport: carrier, reactor: reactor, pipes: pipes)
+        carrier.carry(tunnel)
         do {
-            tunnel.stream = try connection.session.submitRequest([
+            carrier.id = try connection.session.submitRequest([
                 (":method", "POST"), (":scheme", "http"), (":authority", server.authority),
                 (":path", options.target.path), ("port", "\(spec.remote)"),
-            ], body: tunnel)
+            ], body: carrier)
         } catch {
             printError("error: forwarding port \(spec.remote) to pod \(podName): \(error)")
             reactor.close(client)
             return
         }
-        tunnels[tunnel.stream] = tunnel
-        tunnel.onFinish = { [unowned self] finished in
-            if self.tunnels[finished.stream] === finished { self.tunnels[finished.stream] = nil }
-        }
+        table.add(carrier, tunnel)
         tunnel.onRejected = { [unowned self] _, reason in
             self.printError("error: forwarding port \(spec.remote) to pod \(self.podName): \(reason)")
         }
@@ -306,29 +310,7 @@ public final class Forwarder: SessionDelegate, CompletionHandler, SpliceReceiver
         connection.flushSoon()
     }
 
-    public func acceptsSplice(stream: StreamID) -> Bool { tunnels[stream]?.acceptsSplice ?? false }
-
     private var podName: String { "\(options.target.namespace)/\(options.target.pod)" }
-
-    // MARK: session events
-
-    public func session(_ session: Session, headers: HeaderList, stream: StreamID, endStream: Bool) {
-        guard let tunnel = tunnels[stream] else { return }
-        tunnel.responded(status: Int(headers[":status"] ?? "") ?? 0)
-        if endStream { tunnel.peerFinished() }
-    }
-
-    public func session(_ session: Session, data: UnsafeRawBufferPointer, stream: StreamID) {
-        if let tunnel = tunnels[stream] { tunnel.received(data) } else { session.consume(stream, data.count) }
-    }
-
-    public func session(_ session: Session, endOfStream stream: StreamID) {
-        tunnels[stream]?.peerFinished()
-    }
-
-    public func session(_ session: Session, closed stream: StreamID, errorCode: UInt32) {
-        tunnels[stream]?.streamClosed(errorCode: errorCode)
-    }
 
     // MARK: ending
 
@@ -338,7 +320,7 @@ public final class Forwarder: SessionDelegate, CompletionHandler, SpliceReceiver
         stopping = true
         for listener in listeners { reactor.close(listener.fd) }
         listeners.removeAll()
-        for tunnel in Array(tunnels.values) { tunnel.abort() }
+        for tunnel in table.tunnels { tunnel.abort() }
         connection.session.terminate()
         connection.flushSoon()
         // Should the relay not read the GOAWAY, stop anyway.
@@ -346,8 +328,7 @@ public final class Forwarder: SessionDelegate, CompletionHandler, SpliceReceiver
     }
 
     private func connectionClosed(_ reason: String?) {
-        for tunnel in Array(tunnels.values) { tunnel.connectionLost() }
-        tunnels.removeAll()
+        table.connectionLost()
         if !stopping {
             printError("error: lost connection to relay at \(options.server): \(reason ?? "closed")")
             exitCode = 1

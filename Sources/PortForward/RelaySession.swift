@@ -8,15 +8,16 @@ import Reactor
 
 /// One HTTP/2 connection on the relay: each stream with a `port` header becomes a tunnel to that
 /// port of the pod its path names.
-final class RelaySession: SessionDelegate, SpliceReceiver {
+final class RelaySession {
     let connection: Connection
     unowned let relay: Relay
     let peer: String
-    var tunnels: [StreamID: Tunnel] = [:]
+    let table = StreamTable()
     var attempts: [StreamID: ConnectAttempt] = [:]
 
     // Stream opens waiting for their turn (OpenScheduler), oldest first.
     private struct WaitingOpen {
+        var stream: HTTP2Stream
         var tunnel: Tunnel
         var pod: Pod
         var port: Int
@@ -33,37 +34,44 @@ final class RelaySession: SessionDelegate, SpliceReceiver {
         let session = try Session(role: .server, settings: relay.settings)
         connection = Connection(fd: fd, session: session, reactor: relay.reactor,
                                 maxHeldBytes: relay.limits.maxHeldBytesPerConnection)
-        session.delegate = self
+        session.delegate = table
         session.log = { [unowned relay] line in relay.limitedLog("\(peer): \(line)") }
         connection.pipes = relay.pipes
-        connection.spliceReceiver = self
+        connection.spliceReceiver = table
         connection.maxQueuedFrames = relay.limits.maxQueuedFrames
         connection.keepalive = relay.limits.keepalive.interval > 0 ? relay.limits.keepalive : nil
         connection.idleTimeoutSeconds = relay.limits.idleTimeout
-        connection.hasStreams = { [unowned self] in !self.tunnels.isEmpty }
+        connection.hasStreams = { [unowned self] in !self.table.isEmpty }
         connection.onClose = { [unowned self] reason in self.closed(reason) }
+        table.onHeaders = { [unowned self] headers, stream, endStream in
+            self.headers(headers, stream: stream, endStream: endStream)
+        }
     }
-
-    func acceptsSplice(stream: StreamID) -> Bool { tunnels[stream]?.acceptsSplice ?? false }
 
     /// Stream 1 of an upgraded connection: the HTTP/1.1 request, its body already read.
     func upgraded(headers: HeaderList, body: [UInt8]) {
         if headers["port"] == nil || headers[":path"] == "*" {
             // The request only opened the session.
-            try? connection.session.submitResponse(1, headers: [(":status", "200")], body: nil)
+            do {
+                try connection.session.submitResponse(1, headers: [(":status", "200")], body: nil)
+            } catch {
+                relay.limitedLog("\(peer): cannot answer the upgrade request: \(error)")
+                connection.session.terminate(code: NGHTTP2_INTERNAL_ERROR.rawValue)
+                connection.flushSoon()
+            }
             return
         }
-        let tunnel = request(headers: headers, stream: 1, endStream: false)
-        tunnel?.windowed = false
-        if !body.isEmpty { body.withUnsafeBytes { tunnel?.received($0) } }
-        tunnel?.peerFinished()
+        guard let tunnel = request(headers: headers, stream: 1, endStream: false) else { return }
+        tunnel.windowed = false
+        if !body.isEmpty { body.withUnsafeBytes { tunnel.received(.bytes($0, buffer: BufferPool.none)) } }
+        tunnel.peerEnded()
     }
 
-    func session(_ session: Session, headers: HeaderList, stream: StreamID, endStream: Bool) {
-        if tunnels[stream] != nil {
+    private func headers(_ headers: HeaderList, stream: StreamID, endStream: Bool) {
+        if table[stream] != nil {
             // nghttp2 passes a second header block only as trailers (handled by the session);
             // anything else on an answered stream is not a new request.
-            session.reset(stream, code: NGHTTP2_PROTOCOL_ERROR.rawValue)
+            connection.session.reset(stream, code: NGHTTP2_PROTOCOL_ERROR.rawValue)
             return
         }
         _ = request(headers: headers, stream: stream, endStream: endStream)
@@ -91,16 +99,18 @@ final class RelaySession: SessionDelegate, SpliceReceiver {
             answer(stream, status: 503, "the relay holds \(relay.limits.maxStreams) streams (--max-streams): try again later")
             return nil
         }
-        let tunnel = Tunnel(stream: stream, connection: connection, pipes: relay.pipes)
-        tunnels[stream] = tunnel
+        let carrier = HTTP2Stream(connection: connection, id: stream)
+        let tunnel = Tunnel(transport: carrier, reactor: relay.reactor, pipes: relay.pipes)
+        carrier.carry(tunnel)
         relay.streams += 1
-        tunnel.onFinish = { [unowned self] finished in
+        table.add(carrier, tunnel) { [unowned self] _ in
+            // Reset (or its connection lost) while connecting: the attempt is given up.
+            if let attempt = self.attempts.removeValue(forKey: stream) { attempt.cancel() }
             self.relay.streams -= 1
             self.relay.endedSinceTrim += 1
-            if self.tunnels[finished.stream] === finished { self.tunnels[finished.stream] = nil }
         }
-        if endStream { tunnel.peerFinished() }
-        waitingOpens.append(WaitingOpen(tunnel: tunnel, pod: pod, port: port))
+        if endStream { tunnel.peerEnded() }
+        waitingOpens.append(WaitingOpen(stream: carrier, tunnel: tunnel, pod: pod, port: port))
         relay.opens.enqueue(self)
         return tunnel
     }
@@ -142,7 +152,8 @@ final class RelaySession: SessionDelegate, SpliceReceiver {
     }
 
     private func connect(_ open: WaitingOpen) {
-        let stream = open.tunnel.stream
+        let carrier = open.stream
+        let stream = carrier.id
         let tunnel = open.tunnel
         var answered = false
         let attempt = relay.connector.connect(pod: open.pod, port: open.port) { [unowned self] result in
@@ -155,9 +166,14 @@ final class RelaySession: SessionDelegate, SpliceReceiver {
                     return
                 }
                 tunnel.attach(fd)
-                try? self.connection.session.submitResponse(stream, headers: [(":status", "200")], body: tunnel)
+                do {
+                    try self.connection.session.submitResponse(stream, headers: [(":status", "200")], body: carrier)
+                } catch {
+                    self.relay.limitedLog("\(self.peer): stream \(stream): cannot answer: \(error)")
+                    tunnel.abort()
+                }
             case .failed(let status, let reason):
-                tunnel.reject()
+                tunnel.refused()
                 self.answer(stream, status: status, reason)
             }
             self.connection.flushSoon()
@@ -168,35 +184,22 @@ final class RelaySession: SessionDelegate, SpliceReceiver {
 
     private func answer(_ stream: StreamID, status: Int, _ reason: String) {
         let body = StaticBody(reason + "\n")
-        try? connection.session.submitResponse(stream, headers: [
-            (":status", "\(status)"), ("content-type", "text/plain; charset=utf-8"),
-        ], body: body)
-        connection.flushSoon()
-    }
-
-    func session(_ session: Session, data: UnsafeRawBufferPointer, stream: StreamID) {
-        if let tunnel = tunnels[stream] {
-            tunnel.received(data)
-        } else {
-            // A stream answered with an error: its bytes are dropped, its window reopened.
-            session.consume(stream, data.count)
+        do {
+            try connection.session.submitResponse(stream, headers: [
+                (":status", "\(status)"), ("content-type", "text/plain; charset=utf-8"),
+            ], body: body)
+        } catch {
+            // The stream is already gone (reset by the peer meanwhile): nothing to answer.
+            relay.limitedLog("\(peer): stream \(stream): cannot answer \(status): \(error)")
+            connection.session.reset(stream, code: NGHTTP2_INTERNAL_ERROR.rawValue)
         }
-    }
-
-    func session(_ session: Session, endOfStream stream: StreamID) {
-        tunnels[stream]?.peerFinished()
-    }
-
-    func session(_ session: Session, closed stream: StreamID, errorCode: UInt32) {
-        if let attempt = attempts.removeValue(forKey: stream) { attempt.cancel() }
-        tunnels[stream]?.streamClosed(errorCode: errorCode)
+        connection.flushSoon()
     }
 
     private func closed(_ reason: String?) {
         for attempt in attempts.values { attempt.cancel() }
         attempts.removeAll()
-        for tunnel in Array(tunnels.values) { tunnel.connectionLost() }
-        tunnels.removeAll()
+        table.connectionLost()
         waitingOpens.removeAll()
         waitingHead = 0
         relay.sessionClosed(self, reason: reason)
