@@ -87,7 +87,7 @@ public enum Taken {
 }
 
 /// The result of an inline splice (`TunnelAction.refill`).
-public enum Refill {
+public enum Refill: Sendable {
     case moved(Int)
     case endOfFile
     /// Nothing waiting after all (EAGAIN, EINTR).
@@ -651,5 +651,46 @@ public struct ChunkQueue {
         queued = 0
         writing = false
         return rest
+    }
+}
+
+extension TunnelAction: CustomStringConvertible {
+    /// One short word per action (tests compare them; `-v` logs may show them).
+    public var description: String {
+        func name(_ pipe: Pipe) -> String { "p\(pipe.read)" }
+        switch self {
+        case .receive: return "receive"
+        case .pollReadable: return "pollReadable"
+        case .takePipe: return "takePipe"
+        case .spliceIn(let pipe): return "spliceIn(\(name(pipe)))"
+        case .refill(let pipe): return "refill(\(name(pipe)))"
+        case .waitForRoom: return "waitForRoom"
+        case .hold(let count): return "hold(\(count))"
+        case .unhold(let count): return "unhold(\(count))"
+        case .resume: return "resume"
+        case .write(let buffer, let start, let count): return "write(b\(buffer)@\(start)+\(count))"
+        case .splice(let pipe, let count): return "splice(\(name(pipe)),\(count))"
+        case .consume(let count): return "consume(\(count))"
+        case .shutdownWrite: return "shutdownWrite"
+        case .releaseBuffer(let buffer): return "release(b\(buffer))"
+        case .givePipe(let pipe): return "give(\(name(pipe)))"
+        case .discardPipe(let pipe): return "discard(\(name(pipe)))"
+        case .resetStream: return "resetStream"
+        case .resetSocket: return "resetSocket"
+        case .closeSocket(let chunks):
+            return "close[" + chunks.map { $0.pipe.map(name) ?? "b\($0.buffer)" }.joined(separator: ",") + "]"
+        case .rejected(let status, let text): return "rejected(\(status),\(String(decoding: text, as: UTF8.self)))"
+        case .finished: return "finished"
+        }
+    }
+}
+
+extension Taken: CustomStringConvertible {
+    public var description: String {
+        switch self {
+        case .end: return "end"
+        case .buffer(let buffer, let offset): return "buffer(b\(buffer)+\(offset))"
+        case .pipe(let pipe): return "pipe(p\(pipe.read))"
+        }
     }
 }
