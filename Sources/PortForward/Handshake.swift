@@ -1,162 +1,135 @@
-import CLinuxShim
-import CNGHTTP2
 import HTTP2
-import Reactor
-#if canImport(Glibc)
-@preconcurrency import Glibc
-#endif
 
-/// The first bytes of a connection: the HTTP/2 preface, or an HTTP/1.1 request to upgrade.
-final class Handshake: CompletionHandler {
-    let fd: FileDescriptor
-    let peer: String
-    unowned let relay: Relay
-    var bytes: [UInt8] = []
-    var head: RequestHead?
-    var scanned = 0
-    var continued = false
+/// What a connection's first bytes ask for. Protocol detection happens here and nowhere else:
+/// the coming front ends (a SPDY/3.1 upgrade, a WebSocket upgrade, plain API requests) are new
+/// cases of `FrontEnd.detect` and of `Handshake.Decision`.
+public enum FrontEnd: Equatable, Sendable {
+    /// HTTP/1.1 `Upgrade: h2c` with its `HTTP2-Settings` payload (decoded).
+    case h2c(settings: [UInt8])
+    /// Anything this relay does not speak (yet).
+    case unsupported
 
-    init(fd: FileDescriptor, peer: String, relay: Relay) {
-        self.fd = fd
-        self.peer = peer
-        self.relay = relay
+    public static func detect(_ request: RequestHead) -> FrontEnd {
+        if request.asksForH2C, let settings = request.header("http2-settings").flatMap(Base64URL.decode) {
+            return .h2c(settings: settings)
+        }
+        return .unsupported
+    }
+}
+
+/// The relay's side of a connection's first bytes, as a value: bytes in, a decision out. The
+/// HTTP/2 preface (prior knowledge), or an HTTP/1.1 request that asks to upgrade, checked in a
+/// fixed order (head, framing, body size, target, protocol, body). No I/O: the executor
+/// (`PendingConnection`) reads, writes what the decision says, and starts the session.
+public struct Handshake {
+    public struct Limits: Sendable {
+        /// The request head, however it arrives (`--max-request-head`).
+        public var maxHead: Int
+        /// An upgrade request's body: it becomes stream 1's first bytes, so at most a stream window.
+        public var maxBody: Int
+
+        public init(maxHead: Int, maxBody: Int) {
+            self.maxHead = maxHead
+            self.maxBody = maxBody
+        }
     }
 
-    var timer: TimerID = 0
-    var done = false
-
-    func start() {
-        if timer == 0 {
-            timer = relay.reactor.timer(nanoseconds: UInt64(relay.limits.handshakeTimeout * 1e9), handler: self, tag: 1)
-        }
-        relay.reactor.receive(fd, handler: self, tag: 0)
+    /// An upgrade request, complete with its body.
+    public struct Upgrade {
+        public var request: RequestHead
+        public var frontEnd: FrontEnd
+        public var body: [UInt8]
     }
 
-    func complete(_ completion: Completion) {
-        if done {
-            if completion.buffer != BufferPool.none { relay.reactor.buffers.release(completion.buffer) }
-            return
-        }
-        if completion.tag == 1 {
-            return refuse(408, "no HTTP/2 preface or complete request within \(relay.limits.handshakeTimeout.formatted1) s")
-        }
-        guard completion.result > 0 else {
-            finish()
-            relay.reactor.close(fd)
-            return
-        }
-        let pool = relay.reactor.buffers
-        bytes.append(contentsOf: UnsafeRawBufferPointer(start: pool.pointer(completion.buffer), count: Int(completion.result)))
-        pool.release(completion.buffer)
-        decide()
+    public enum Decision {
+        /// Read more.
+        case needMore
+        /// Answer `100 Continue` (the client holds its body back until then), then read more.
+        case sendContinue
+        case refuse(status: Int, reason: String)
+        /// The HTTP/2 preface: the bytes so far are the session's first.
+        case priorKnowledge(initial: ArraySlice<UInt8>)
+        /// An upgrade; `initial` are the bytes after the request and its body.
+        case upgrade(Upgrade, initial: ArraySlice<UInt8>)
     }
 
-    private func decide() {
+    public let limits: Limits
+    /// Where a request's target leads: nil when it names a pod here, else the refusal.
+    private let resolve: (String) -> (status: Int, reason: String)?
+    public private(set) var bytes: [UInt8] = []
+    private var head: RequestHead?
+    private var scanned = 0
+    private var continued = false
+    public private(set) var decided = false
+
+    public init(limits: Limits, resolve: @escaping (String) -> (status: Int, reason: String)?) {
+        self.limits = limits
+        self.resolve = resolve
+    }
+
+    /// The next bytes read from the connection.
+    public mutating func receive(_ more: UnsafeRawBufferPointer) -> Decision {
+        bytes.append(contentsOf: more)
+        return decide()
+    }
+
+    /// No complete request (or preface) within the handshake timeout.
+    public mutating func timedOut(after seconds: Double) -> Decision {
+        finish(.refuse(status: 408, reason: "no HTTP/2 preface or complete request within \(seconds.formatted1) s"))
+    }
+
+    private mutating func finish(_ decision: Decision) -> Decision {
+        switch decision {
+        case .needMore, .sendContinue: break
+        default: decided = true
+        }
+        return decision
+    }
+
+    private mutating func decide() -> Decision {
         let preface = HTTPText.clientPrefacePrefix
         if head == nil {
             let prefix = min(bytes.count, preface.count)
             if bytes[..<prefix].elementsEqual(preface[..<prefix]) {
-                if bytes.count < preface.count { return start() }
-                return become(upgrade: nil, initial: bytes[...])
+                if bytes.count < preface.count { return .needMore }
+                return finish(.priorKnowledge(initial: bytes[...]))
             }
-            let limits = HeadLimits(maxBytes: relay.limits.maxRequestHead)
-            switch bytes.withUnsafeBytes({ RequestHead.parse($0, limits: limits, scannedBefore: scanned) }) {
+            let headLimits = HeadLimits(maxBytes: limits.maxHead)
+            switch bytes.withUnsafeBytes({ RequestHead.parse($0, limits: headLimits, scannedBefore: scanned) }) {
             case .incomplete(let upTo):
                 scanned = upTo
-                return start()
+                return .needMore
             case .invalid(let status, let reason):
-                return refuse(status, reason)
+                return finish(.refuse(status: status, reason: reason))
             case .complete(let request):
                 head = request
             }
         }
-        guard let request = head else { return }
+        guard let request = head else { return .needMore }
         if request.header("transfer-encoding") != nil {
-            return refuse(411, "a request body must have a Content-Length")
+            return finish(.refuse(status: 411, reason: "a request body must have a Content-Length"))
         }
         let bodyLength = request.contentLength
-        let maxBody = relay.limits.maxUpgradeBody(relay.settings)
-        if bodyLength > maxBody { return refuse(413, "request body larger than \(maxBody) bytes (the stream window)") }
-        if request.target != "*" {
-            if case .refused(let status, let reason) = relay.resolve(request.target) {
-                return refuse(status, reason)
-            }
+        if bodyLength > limits.maxBody {
+            return finish(.refuse(status: 413, reason: "request body larger than \(limits.maxBody) bytes (the stream window)"))
         }
-        guard request.asksForH2C, let settings = request.header("http2-settings").flatMap(Base64URL.decode) else {
-            return refuse(426, "this relay speaks HTTP/2: send Upgrade: h2c with HTTP2-Settings, or use prior knowledge")
+        if request.target != "*", let refusal = resolve(request.target) {
+            return finish(.refuse(status: refusal.status, reason: refusal.reason))
+        }
+        let frontEnd = FrontEnd.detect(request)
+        if frontEnd == .unsupported {
+            return finish(.refuse(status: 426, reason: "this relay speaks HTTP/2: send Upgrade: h2c with HTTP2-Settings, or use prior knowledge"))
         }
         if bytes.count < request.length + bodyLength {
             // curl holds back a large body until it is told to go on.
             if !continued, request.header("expect")?.lowercased() == "100-continue" {
                 continued = true
-                guard writeAll(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)) else { return refuse(400, "write failed") }
+                return .sendContinue
             }
-            return start()
+            return .needMore
         }
-        become(upgrade: (request, settings, Array(bytes[request.length..<(request.length + bodyLength)])),
-               initial: bytes[(request.length + bodyLength)...])
-    }
-
-    private func finish() {
-        done = true
-        relay.reactor.cancelTimer(timer)
-        relay.handshakeDone(self)
-    }
-
-    private func become(upgrade: (RequestHead, [UInt8], [UInt8])?, initial: ArraySlice<UInt8>) {
-        let session: RelaySession
-        do {
-            session = try RelaySession(fd: fd, peer: peer, relay: relay)
-        } catch {
-            finish()
-            relay.limitedLog("session: \(error)")
-            relay.reactor.close(fd)
-            return
-        }
-        if let (request, settings, body) = upgrade {
-            // The settings are checked before the answer: a payload nghttp2 refuses is a 400,
-            // and nothing is upgraded.
-            do {
-                try session.connection.session.upgrade(settingsPayload: settings, headRequest: request.method == "HEAD")
-            } catch {
-                return refuse(400, "invalid HTTP2-Settings: \(error)")
-            }
-            guard writeAll(Array(HTTPText.switchingProtocols.utf8)) else {
-                finish()
-                relay.reactor.close(fd)
-                return
-            }
-            finish()
-            relay.adopt(session)
-            var headers = HeaderList([(":method", request.method), (":path", request.target)])
-            for port in request.fields.all("port") { headers.fields.append(("port", port)) }
-            session.upgraded(headers: headers, body: body)
-        } else {
-            finish()
-            relay.adopt(session)
-        }
-        initial.withUnsafeBytes { session.connection.start(initial: $0) }
-    }
-
-    private func refuse(_ status: Int, _ reason: String) {
-        finish()
-        relay.limitedLog("request from \(peer) refused with \(status): \(reason)")
-        _ = writeAll(Array(HTTPText.response(status: status, reason: HTTPStatus.phrase(status), body: reason).utf8))
-        // Unread request bytes would turn the close into a reset that loses the answer.
-        Sockets.shutdownWrite(fd)
-        relay.reactor.close(fd)
-    }
-
-    /// A few hundred bytes on a fresh socket: the kernel takes them at once.
-    private func writeAll(_ data: [UInt8]) -> Bool {
-        data.withUnsafeBytes { raw in
-            var offset = 0
-            while offset < raw.count {
-                let written = Glibc.write(fd, raw.baseAddress! + offset, raw.count - offset)
-                if written <= 0 { return false }
-                offset += written
-            }
-            return true
-        }
+        let body = Array(bytes[request.length..<(request.length + bodyLength)])
+        return finish(.upgrade(Upgrade(request: request, frontEnd: frontEnd, body: body),
+                               initial: bytes[(request.length + bodyLength)...]))
     }
 }

@@ -7,8 +7,9 @@ import Reactor
 #endif
 
 /// The server side: the API server's part (`/proxy/nodes/<node>/portForward/...`) and the node's
-/// part (`/portForward/...`) in one process. Each accepted connection starts as a `Handshake`
-/// (prior-knowledge h2c, or HTTP/1.1 with `Upgrade: h2c`) and becomes a `RelaySession`.
+/// part (`/portForward/...`) in one process. Each accepted connection starts as a
+/// `PendingConnection`, whose `Handshake` decides what it is (prior-knowledge h2c, or HTTP/1.1
+/// with `Upgrade: h2c`), and becomes a `RelaySession`.
 public final class Relay: CompletionHandler {
     public let reactor: ReactorBackend
     public let node: String
@@ -19,7 +20,7 @@ public final class Relay: CompletionHandler {
     public let limits: RelayLimits
     public let settings: SessionSettings
     var sessions: [ObjectIdentifier: RelaySession] = [:]
-    var handshakes: [ObjectIdentifier: Handshake] = [:]
+    var handshakes: [ObjectIdentifier: PendingConnection] = [:]
     /// Protocol and connection errors, one line each, rate-limited (`-v`).
     public var log: (String) -> Void = { _ in } {
         didSet { limitedLog = LogLimiter(sink: log) }
@@ -79,7 +80,7 @@ public final class Relay: CompletionHandler {
             return
         }
         let peer = Sockets.peerAddress(fd)
-        let handshake = Handshake(fd: fd, peer: peer.length > 0 ? peer.ip : "?", relay: self)
+        let handshake = PendingConnection(fd: fd, peer: peer.length > 0 ? peer.ip : "?", relay: self)
         handshakes[ObjectIdentifier(handshake)] = handshake
         handshake.start()
     }
@@ -104,7 +105,7 @@ public final class Relay: CompletionHandler {
         return .pod(pod)
     }
 
-    func handshakeDone(_ handshake: Handshake) {
+    func handshakeDone(_ handshake: PendingConnection) {
         handshakes[ObjectIdentifier(handshake)] = nil
     }
 
