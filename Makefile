@@ -29,7 +29,7 @@ ASAN_OPTIONS ?= detect_leaks=0
 # of freed memory; code 2-3x slower): skipped there.
 ASAN_SKIP ?= heldBytesBound|memoryGivenBack
 
-.PHONY: deps build test demo bench bench-flood soak fuzz test-asan clean venv
+.PHONY: deps build test demo bench bench-flood soak fuzz test-asan clean venv malloc-count
 
 deps:
 	@missing=""; \
@@ -92,6 +92,10 @@ bench: build
 	fi
 
 # A healthy client's stream-open time while other clients flood the relay (docs/PERFORMANCE.md).
+# Calls to malloc while a relay and a client move iperf3 traffic (root; an LD_PRELOAD counter).
+malloc-count: build
+	PORTFORWARD=$(PORTFORWARD) scripts/malloc-count.sh
+
 bench-flood: build venv
 	PORTFORWARD=$(PORTFORWARD) scripts/bench-flood.sh
 

@@ -22,7 +22,11 @@
 # Knobs: PORTFORWARD (binary), BENCH_ROUNDS (3), BENCH_SECONDS (3, per iperf3 run),
 # BENCH_RATE_SECONDS (2, per connection-rate run), BENCH_FANOUT (10000 streams),
 # BENCH_ROWS (space-separated subset of: direct socat reference ssh pf-epoll pf-uring),
-# BENCH_COPY (the relay's and client's --copy; default: their own default).
+# BENCH_COPY (the relay's and client's --copy; default: their own default),
+# BENCH_BASELINE (another portforward binary, e.g. an older commit's: adds the rows base-epoll and
+# base-uring, its relay and client under the same loads in the same rounds; the load generators
+# stay this binary's).
+# BENCH_ROWS may name base-epoll and base-uring only with BENCH_BASELINE.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -31,7 +35,10 @@ rounds=${BENCH_ROUNDS:-3}
 seconds=${BENCH_SECONDS:-3}
 rate_seconds=${BENCH_RATE_SECONDS:-2}
 fanout_streams=${BENCH_FANOUT:-10000}
-rows=(${BENCH_ROWS:-direct socat reference ssh pf-epoll pf-uring})
+baseline=${BENCH_BASELINE:-}
+default_rows="direct socat reference ssh pf-epoll pf-uring"
+[ -n "$baseline" ] && default_rows+=" base-epoll base-uring"
+rows=(${BENCH_ROWS:-$default_rows})
 copy_args=()
 [ -n "${BENCH_COPY:-}" ] && copy_args=(--copy "$BENCH_COPY")
 out_dir=bench-results
@@ -44,6 +51,10 @@ note() { printf 'bench: %s\n' "$*" >&2; }
 
 [ -x "$bin" ] || fail "$bin not found or not executable: run 'make build' first (or set PORTFORWARD)"
 bin=$(realpath "$bin")
+if [ -n "$baseline" ]; then
+    [ -x "$baseline" ] || fail "BENCH_BASELINE=$baseline is not an executable"
+    baseline=$(realpath "$baseline")
+fi
 [ "$(id -u)" -eq 0 ] || fail "needs root: the target servers run in a network namespace"
 for tool in ip iperf3 socat nsenter python3 timeout; do
     command -v "$tool" >/dev/null || fail "$tool is missing: run 'make deps'"
@@ -148,18 +159,18 @@ EOF
 }
 
 # portforward: a relay that knows the pod, and `portforward forward` for both target ports.
-start_portforward() {
-    local row=$1 io=$2
+start_portforward() {  # ROW IO [BINARY]
+    local row=$1 io=$2 binary=${3:-$bin}
     local relay_port; relay_port=$(free_port)
-    "$bin" relay --listen "127.0.0.1:$relay_port" --node bench --pods "$work/pods.yaml" --io "$io" \
-        "${copy_args[@]}" >"$work/relay-$io.log" 2>&1 &
+    "$binary" relay --listen "127.0.0.1:$relay_port" --node bench --pods "$work/pods.yaml" --io "$io" \
+        "${copy_args[@]}" >"$work/relay-$row.log" 2>&1 &
     pids+=($!); wait_port $! "$relay_port" "portforward relay --io $io"
     where[$row]=host; relay_at[$row]=$relay_port
     iperf_at[$row]=$(free_port); echo_at[$row]=$(free_port)
     # The per-connection "Handling connection" lines go to a file, as a user's terminal would take them.
-    "$bin" forward --server "http://127.0.0.1:$relay_port" --io "$io" "${copy_args[@]}" --address 127.0.0.1 \
+    "$binary" forward --server "http://127.0.0.1:$relay_port" --io "$io" "${copy_args[@]}" --address 127.0.0.1 \
         -n bench target "${iperf_at[$row]}:$iperf_port" "${echo_at[$row]}:$echo_port" \
-        >"$work/forward-$io.log" 2>&1 &
+        >"$work/forward-$row.log" 2>&1 &
     pids+=($!); wait_port $! "${echo_at[$row]}" "portforward forward --io $io"
 }
 
@@ -172,6 +183,9 @@ for row in "${rows[@]}"; do
         ssh) if start_ssh; then active+=(ssh); else note "skipping ssh -L: ${skip_reason[ssh]}"; fi ;;
         pf-epoll) start_portforward pf-epoll epoll && active+=(pf-epoll) ;;
         pf-uring) start_portforward pf-uring uring && active+=(pf-uring) ;;
+        base-epoll|base-uring)
+            [ -n "$baseline" ] || fail "row $row needs BENCH_BASELINE"
+            start_portforward "$row" "${row#base-}" "$baseline" && active+=("$row") ;;
         *) fail "unknown row $row (BENCH_ROWS)" ;;
     esac
 done
@@ -218,7 +232,7 @@ print(json.load(open(sys.argv[1]))["results"]["connections_per_s"])' "$json")" |
 }
 
 run_fanout() {  # ROW ROUND
-    local row=$1 round=$2 json=$work/fanout-$1-$2.json io=${1#pf-}
+    local row=$1 round=$2 json=$work/fanout-$1-$2.json io=${1#*-}
     "$bin" bench fanout --server "http://127.0.0.1:${relay_at[$row]}" --pod bench/target --port "$echo_port" \
         --io "$io" -s "$fanout_streams" -t 2 --hold 0.5 -q --json "$json" >"$json.out" 2>&1 || true
     if [ -s "$json" ]; then
@@ -244,7 +258,7 @@ for round in $(seq "$rounds"); do
         for row in "${active[@]}"; do note "round $round/$rounds: connection rate x$parallel: $row"; run_rate "$row" "$parallel" "$round"; done
     done
     for row in "${active[@]}"; do
-        case $row in pf-*) note "round $round/$rounds: fan-out: $row"; run_fanout "$row" "$round" ;; esac
+        case $row in pf-*|base-*) note "round $round/$rounds: fan-out: $row"; run_fanout "$row" "$round" ;; esac
     done
 done
 elapsed=$((SECONDS - started))
@@ -271,10 +285,11 @@ python3 - "$results" "$out_dir/bench-$stamp" "$rounds" "$seconds" "$rate_seconds
 import json, math, os, platform, subprocess, sys, statistics
 (results, base, rounds, seconds, rate_seconds, fanout_streams, elapsed,
  env_json, skipped, copy, active) = sys.argv[1:12]
-rows_order = ["direct", "socat", "reference", "ssh", "pf-epoll", "pf-uring"]
+rows_order = ["direct", "socat", "reference", "ssh", "pf-epoll", "pf-uring", "base-epoll", "base-uring"]
 labels = {"direct": "direct loopback (no relay)", "socat": "socat relay",
           "reference": "reference design (socat -> nsenter + socat)", "ssh": "ssh -L (aes128-gcm)",
-          "pf-epoll": "portforward, epoll", "pf-uring": "portforward, io_uring"}
+          "pf-epoll": "portforward, epoll", "pf-uring": "portforward, io_uring",
+          "base-epoll": "baseline binary, epoll", "base-uring": "baseline binary, io_uring"}
 samples = {}
 for line in open(results):
     row, figure, rnd, value = line.rstrip("\n").split("\t")
@@ -322,8 +337,14 @@ out = []
 out.append("  ".join(h.ljust(colw[i]) if i == 0 else h.rjust(colw[i]) for i, h in enumerate(headers)))
 for c in cells:
     out.append("  ".join(x.ljust(colw[i]) if i == 0 else x.rjust(colw[i]) for i, x in enumerate(c)))
+for io in ("epoll", "uring"):
+    new, old = f"pf-{io}", f"base-{io}"
+    if new in rows and old in rows:
+        parts = [f"{t} {median(new, f) / median(old, f):.2f}" if median(new, f) and median(old, f) else f"{t} -"
+                 for f, t in figures]
+        out.append(f"this build / baseline, {io}: " + "; ".join(parts))
 held = [f"{r}: {fmt(median(r, 'fanout_held'))}/{int(fanout_streams):,} held, churn {fmt(median(r, 'churn_rate'))} streams/s, "
-        f"open TTFB p99 {fmt((median(r, 'fanout_ttfb_p99') or 0) / 1000)} ms" for r in rows if r.startswith("pf-")]
+        f"open TTFB p99 {fmt((median(r, 'fanout_ttfb_p99') or 0) / 1000)} ms" for r in rows if r.startswith(("pf-", "base-"))]
 env = json.loads(env_json or "{}")
 def version(cmd):
     try:

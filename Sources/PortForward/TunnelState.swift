@@ -165,8 +165,16 @@ public struct TunnelState {
     public var windowed = true
     /// Splice mode: socket -> pipe -> connection.
     public let splice: Bool
-    /// Client side: the relay answered with an error status; the body is the reason.
-    public private(set) var rejection: (status: Int, text: [UInt8])?
+    /// How the stream was answered, when with an error.
+    public enum Answer {
+        /// Not answered yet, or answered 200.
+        case none
+        /// Relay side: we answered with an error; what the peer sends is dropped.
+        case refusedHere
+        /// Client side: the peer answered with an error status; its body is the reason.
+        case refusedByPeer(status: Int, text: [UInt8])
+    }
+    public private(set) var answer = Answer.none
     /// A stream whose socket does not read holds at most this many chunks in pipes (its later
     /// DATA waits in pooled buffers), so that a few stalled streams cannot take the pipe pool.
     public static let maxQueuedPipes = 2
@@ -411,8 +419,10 @@ public struct TunnelState {
 
     /// Client side: part of a refusal's body, kept as its reason.
     public mutating func rejectionText(_ bytes: UnsafeRawBufferPointer) {
-        guard rejection != nil, rejection!.text.count < Self.maxRejectionText else { return }
-        rejection!.text.append(contentsOf: bytes)
+        guard case .refusedByPeer(let status, var text) = answer, text.count < Self.maxRejectionText else { return }
+        answer = .none
+        text.append(contentsOf: bytes)
+        answer = .refusedByPeer(status: status, text: text)
     }
 
     /// Whether arriving bytes may be written straight from the buffer they were received into.
@@ -447,8 +457,8 @@ public struct TunnelState {
     /// The peer ended its side of the stream.
     public mutating func peerEnded(_ out: inout [TunnelAction]) {
         if isFinished { return }
-        if let rejection {
-            out.append(.rejected(status: rejection.status, text: rejection.text))
+        if case .refusedByPeer(let status, let text) = answer {
+            out.append(.rejected(status: status, text: text))
             abort(&out)
             return
         }
@@ -459,12 +469,15 @@ public struct TunnelState {
     /// Client side: the answer's head arrived.
     public mutating func responded(status: Int, _ out: inout [TunnelAction]) {
         guard status != 200 else { return }
-        rejection = (status, [])
+        answer = .refusedByPeer(status: status, text: [])
         dropQueued(&out)
     }
 
     /// Relay side: the stream is answered with an error; whatever the client sends is dropped.
-    public mutating func refused(_ out: inout [TunnelAction]) { dropQueued(&out) }
+    public mutating func refused(_ out: inout [TunnelAction]) {
+        answer = .refusedHere
+        dropQueued(&out)
+    }
 
     /// The stream is gone: 0 when both sides ended it, else the peer's (or our) reset code.
     public mutating func streamClosed(errorCode: UInt32, _ out: inout [TunnelAction]) {
@@ -543,7 +556,9 @@ public struct TunnelState {
 
     private mutating func finishIfDone(_ out: inout [TunnelAction]) {
         guard case .streamClosed = phase else { return }
-        if rejection == nil {
+        if case .refusedByPeer = answer {
+            // Refused: nothing is left to write; close at once.
+        } else {
             // Both directions ended cleanly: the last written byte closes the socket.
             if queue.writing || !queue.isEmpty { return }
             if case .sending(let outgoing) = up, outgoing.taken > outgoing.sent { return }
