@@ -36,6 +36,8 @@ let package = Package(
         .testTarget(name: "ReactorTests", dependencies: ["Reactor", "CLinuxShim"]),
         // The child process ReactorTests start where a test must run out of descriptors.
         .executableTarget(name: "reactor-probe", dependencies: ["Reactor", "CLinuxShim"], path: "Tests/ReactorProbe"),
+        // Tests mirror modules; EndToEndTests drive the built binary as real processes.
+        .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "CNGHTTP2"]),
         .testTarget(name: "PortForwardTests", dependencies: ["PortForward", "HTTP2", "Reactor"]),
         .testTarget(name: "EndToEndTests", dependencies: ["PortForward", "Reactor", "CLinuxShim"]),
     ]
