@@ -21,7 +21,8 @@ let package = Package(
         .target(name: "CLinuxShim"),
         // The reactor: one thread, completion-style operations, epoll and io_uring backends.
         .target(name: "Reactor", dependencies: ["CLinuxShim", "CURing"]),
-        // HTTP/2 sessions over libnghttp2: no I/O of their own.
+        // HTTP/2 over libnghttp2: the session (no I/O, testable in memory) and the connection that
+        // drives it through the reactor.
         .target(name: "HTTP2", dependencies: ["CNGHTTP2", "CLinuxShim", "Reactor"]),
         // The port-forward protocol, the relay and the client.
         .target(name: "PortForward", dependencies: ["Reactor", "HTTP2", "CLinuxShim", "CNGHTTP2",
