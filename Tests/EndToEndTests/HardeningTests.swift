@@ -55,6 +55,11 @@ extension EndToEndTests {
                 ("conflicting lengths", upgradeLine + host + upgradeFields + "Content-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
                 ("60 KiB head in one write", upgradeLine + host + upgradeFields + "X-Pad: \(String(repeating: "a", count: 60 * 1024))\r\n\r\n", 431),
                 ("body over the stream window", upgradeLine + host + upgradeFields + "Content-Length: 16777216\r\n\r\n", 413),
+                // RFC 7540 section 3.2: an Upgrade not listed in Connection is not for this hop.
+                ("Upgrade without Connection", upgradeLine + host
+                    + "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nport: 7000\r\n\r\n", 426),
+                ("Connection without HTTP2-Settings", upgradeLine + host
+                    + "Connection: Upgrade\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nport: 7000\r\n\r\n", 426),
                 ("HTTP2-Settings nghttp2 refuses", upgradeLine + host
                     + "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAM\r\nport: 7000\r\n\r\n", 400),
             ]
