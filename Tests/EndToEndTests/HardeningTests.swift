@@ -208,7 +208,7 @@ extension EndToEndTests {
             let namespace = try scene.makeNamespace()
             try scene.serve(in: namespace, port: echoPort)
             try scene.serve(in: namespace, port: sinkPort, address: "SYSTEM:sleep 3600")
-            let relay = try scene.startRelay(pods: ["web": namespace], connector: .native, extra: ["--copy", "splice"])
+            let relay = try scene.startRelay(pods: ["web": namespace], connector: .native, copy: .splice)
             let idle = relay.child.openFiles()
             try waitSent(try floodSink(scene, relay, count: 10, bytes: 16 * mebibyte, seconds: 8, hold: 10))
             let busy = relay.child.openFiles()
@@ -243,7 +243,7 @@ extension EndToEndTests {
             try Peers.require()
             let namespace = try scene.makeNamespace()
             try scene.serve(in: namespace, port: sinkPort, address: "SYSTEM:sleep 3600")
-            let relay = try scene.startRelay(pods: ["web": namespace], connector: .native, extra: ["--copy", "buffers"])
+            let relay = try scene.startRelay(pods: ["web": namespace], connector: .native, copy: .buffers)
             usleep(500_000)
             let idle = try relay.child.residentBytes()
             // 40 streams to a pod that never reads: the relay holds up to a window (2 MiB) each
