@@ -21,7 +21,8 @@ let package = Package(
         .target(name: "CLinuxShim"),
         // The reactor: one thread, completion-style operations, epoll and io_uring backends.
         .target(name: "Reactor", dependencies: ["CLinuxShim", "CURing"]),
-        // HTTP/2 sessions over libnghttp2: no I/O of their own.
+        // HTTP/2 over libnghttp2: the session (no I/O, testable in memory) and the connection that
+        // drives it through the reactor.
         .target(name: "HTTP2", dependencies: ["CNGHTTP2", "CLinuxShim", "Reactor"]),
         // The port-forward protocol, the relay and the client.
         .target(name: "PortForward", dependencies: ["Reactor", "HTTP2", "CLinuxShim", "CNGHTTP2",
@@ -36,6 +37,8 @@ let package = Package(
         .testTarget(name: "ReactorTests", dependencies: ["Reactor", "CLinuxShim"]),
         // The child process ReactorTests start where a test must run out of descriptors.
         .executableTarget(name: "reactor-probe", dependencies: ["Reactor", "CLinuxShim"], path: "Tests/ReactorProbe"),
+        // Tests mirror modules; EndToEndTests drive the built binary as real processes.
+        .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "CNGHTTP2"]),
         .testTarget(name: "PortForwardTests", dependencies: ["PortForward", "HTTP2", "Reactor"]),
         .testTarget(name: "EndToEndTests", dependencies: ["PortForward", "Reactor", "CLinuxShim"]),
     ]

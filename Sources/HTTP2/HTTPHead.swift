@@ -37,6 +37,17 @@ public struct HeadFields: Sendable {
         return fields.filter { $0.name == wanted }.map(\.value)
     }
 
+    /// Whether one of the comma-separated values of `name`, in any of its field lines, is `token`
+    /// (ASCII case-insensitive, as tokens compare).
+    public func lists(_ name: String, _ token: String) -> Bool {
+        let wanted = Array(token.lowercased().utf8)
+        return all(name).contains { line in
+            line.utf8.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false).contains { part in
+                HeadLines.withoutOWS(part).elementsEqual(wanted) { $0 | ($0 >= 65 && $0 <= 90 ? 32 : 0) == $1 }
+            }
+        }
+    }
+
     /// The body length a `Content-Length` gives: nil when there is none; `.failure` with the reason
     /// when it is not one non-negative decimal number (every value, in every field line, the same).
     public func contentLength() -> Result<Int?, HeadError> {
@@ -76,12 +87,14 @@ public struct RequestHead: Sendable {
 
     public func header(_ name: String) -> String? { fields.first(name) }
 
-    /// True when `Upgrade` asks for h2c.
+    /// True when an HTTP/1.1 request asks for h2c as RFC 7540 section 3.2 says a client must:
+    /// `Upgrade` lists h2c and `Connection` lists both `Upgrade` and `HTTP2-Settings`. Without
+    /// them an intermediary may have forwarded the fields from another hop (the reason RFC 9110
+    /// section 7.8 has a sender list Upgrade in Connection, and a server ignore Upgrade in an
+    /// HTTP/1.0 request). curl, nghttp, Go's h2c and this project's client all send both.
     public var asksForH2C: Bool {
-        guard let upgrade = header("upgrade") else { return false }
-        return upgrade.lowercased().split(separator: ",").contains { (part: Substring) in
-            HeadLines.withoutOWS(part.utf8).elementsEqual("h2c".utf8)
-        }
+        guard version == "HTTP/1.1", fields.lists("upgrade", "h2c") else { return false }
+        return fields.lists("connection", "upgrade") && fields.lists("connection", "http2-settings")
     }
 
     public typealias ParseResult = HeadParse<RequestHead>

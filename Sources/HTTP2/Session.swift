@@ -110,12 +110,17 @@ public final class Session {
     /// nghttp2 holds a stream's body as a raw pointer: the session keeps it alive until the
     /// stream closes.
     private var bodies: [StreamID: DataSource] = [:]
+    /// The first fatal error (out of memory) of an nghttp2 call made where nothing can throw
+    /// (`resume`, `consume`, `reset`, `ping`, `terminate`, a callback): from then on `receive` and
+    /// `produce` throw it, so the connection closes instead of going on with a broken session.
+    public private(set) var failure: HTTP2Error?
 
     public init(role: Role, settings: SessionSettings = SessionSettings()) throws {
         self.role = role
         maxHeaderListSize = Int(settings.maxHeaderListSize)
         var callbacks: OpaquePointer?
-        nghttp2_session_callbacks_new(&callbacks)
+        let made = nghttp2_session_callbacks_new(&callbacks)
+        guard made == 0 else { throw HTTP2Error("nghttp2_session_callbacks_new", Int(made)) }
         defer { nghttp2_session_callbacks_del(callbacks) }
         nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, onBeginHeaders)
         nghttp2_session_callbacks_set_on_header_callback(callbacks, onHeader)
@@ -126,9 +131,11 @@ public final class Session {
         nghttp2_session_callbacks_set_data_source_read_length_callback(callbacks, onReadLength)
         nghttp2_session_callbacks_set_error_callback2(callbacks, onError)
         nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, onFrameSend)
+        nghttp2_session_callbacks_set_on_frame_not_send_callback(callbacks, onFrameNotSend)
 
         var options: OpaquePointer?
-        nghttp2_option_new(&options)
+        let madeOptions = nghttp2_option_new(&options)
+        guard madeOptions == 0 else { throw HTTP2Error("nghttp2_option_new", Int(madeOptions)) }
         defer { nghttp2_option_del(options) }
         // Windows open only when bytes have left for their destination (Session.consume).
         nghttp2_option_set_no_auto_window_update(options, 1)
@@ -155,9 +162,14 @@ public final class Session {
         raw = session
         nghttp2_session_set_user_data(raw, Unmanaged.passUnretained(self).toOpaque())
 
+        // Settings nghttp2 refuses (a frame size out of range, a negative window) are the
+        // caller's mistake: a session that silently kept the defaults would advertise other
+        // limits than the ones asked for.
         var entries = settings.entries
-        nghttp2_submit_settings(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), &entries, entries.count)
-        nghttp2_session_set_local_window_size(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, settings.connectionWindow)
+        let submitted = nghttp2_submit_settings(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), &entries, entries.count)
+        guard submitted == 0 else { throw HTTP2Error("nghttp2_submit_settings", Int(submitted)) }
+        let windowSet = nghttp2_session_set_local_window_size(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, settings.connectionWindow)
+        guard windowSet == 0 else { throw HTTP2Error("nghttp2_session_set_local_window_size", Int(windowSet)) }
     }
 
     deinit {
@@ -169,18 +181,22 @@ public final class Session {
 
     /// Feeds received bytes; delegate calls happen inside.
     public func receive(_ bytes: UnsafeRawBufferPointer) throws {
+        if let failure { throw failure }
         guard let base = bytes.baseAddress, bytes.count > 0 else { return }
         let result = nghttp2_session_mem_recv(raw, base.assumingMemoryBound(to: UInt8.self), bytes.count)
+        if let failure { throw failure }
         if result < 0 { throw HTTP2Error("nghttp2_session_mem_recv", result) }
     }
 
     /// Serializes pending frames into `queue` until it holds `limit` bytes or nothing is left.
     public func produce(into queue: OutputQueue, limit: Int) throws {
+        if let failure { throw failure }
         output = queue
         defer { output = nil }
         while queue.queuedBytes < limit {
             var data: UnsafePointer<UInt8>?
             let count = nghttp2_session_mem_send(raw, &data)
+            if let failure { throw failure }
             if count < 0 { throw HTTP2Error("nghttp2_session_mem_send", count) }
             if count == 0 { break }
             queue.append(bytes: data!, count: count)
@@ -219,19 +235,35 @@ public final class Session {
         if let body { bodies[stream] = body }
     }
 
-    /// The body of `stream` has more bytes ready (or has ended).
-    public func resume(_ stream: StreamID) {
-        nghttp2_session_resume_data(raw, stream)
+    /// The body of `stream` has more bytes ready (or has ended). False when nghttp2 was not
+    /// waiting for it: the stream is gone, or its body was not deferred (nghttp2 asks again by
+    /// itself), both normal for a source that says so whenever bytes arrive.
+    @discardableResult
+    public func resume(_ stream: StreamID) -> Bool {
+        let result = nghttp2_session_resume_data(raw, stream)
+        if result == NGHTTP2_ERR_INVALID_ARGUMENT.rawValue { return false }
+        return check("nghttp2_session_resume_data", result, stream: stream)
     }
 
     /// `count` received bytes of `stream` have left for their destination: open its window.
     public func consume(_ stream: StreamID, _ count: Int) {
         guard count > 0 else { return }
-        nghttp2_session_consume_stream(raw, stream, count)
+        // nghttp2 keeps consumed bytes beyond what arrived as credit (and past 2^31 ends the
+        // session with FLOW_CONTROL_ERROR): a caller's miscount would let the peer overrun
+        // the window that bounds what a stream can make this side hold.
+        let unconsumed = nghttp2_session_get_stream_effective_recv_data_length(raw, stream)
+        var count = count
+        if unconsumed >= 0 && count > Int(unconsumed) {
+            log?("stream \(stream): \(count) bytes consumed, but only \(unconsumed) received and not yet consumed")
+            count = Int(unconsumed)
+            if count == 0 { return }
+        }
+        check("nghttp2_session_consume_stream", nghttp2_session_consume_stream(raw, stream, count), stream: stream)
     }
 
     public func reset(_ stream: StreamID, code: UInt32 = NGHTTP2_CANCEL.rawValue) {
-        nghttp2_submit_rst_stream(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, code)
+        check("nghttp2_submit_rst_stream", nghttp2_submit_rst_stream(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, code),
+              stream: stream)
     }
 
     /// Frames nghttp2 holds for sending (HEADERS, RST_STREAM, SETTINGS, PING and WINDOW_UPDATE; not
@@ -240,12 +272,12 @@ public final class Session {
 
     /// Sends a PING; `onPingAcknowledged` says when its answer came.
     public func ping() {
-        nghttp2_submit_ping(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil)
+        check("nghttp2_submit_ping", nghttp2_submit_ping(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil))
     }
 
     /// GOAWAY; the session wants no more I/O once it is sent.
     public func terminate(code: UInt32 = NGHTTP2_NO_ERROR.rawValue) {
-        nghttp2_session_terminate_session(raw, code)
+        check("nghttp2_session_terminate_session", nghttp2_session_terminate_session(raw, code))
     }
 
     /// Takes over stream 1 after an HTTP/1.1 Upgrade (RFC 7540 section 3.2).
@@ -257,6 +289,17 @@ public final class Session {
     }
 
     // MARK: helpers
+
+    /// Where the result of an nghttp2 call that cannot throw goes: a fatal error ends the
+    /// session (`failure`); any error is logged with the call and the stream. True on success.
+    @discardableResult
+    func check(_ call: String, _ result: Int32, stream: StreamID? = nil) -> Bool {
+        guard result < 0 else { return true }
+        let error = HTTP2Error((stream.map { "stream \($0): " } ?? "") + HTTP2Error(call, Int(result)).description)
+        if nghttp2_is_fatal(result) != 0 && failure == nil { failure = error }
+        log?(error.description)
+        return false
+    }
 
     private func dataProvider(_ body: DataSource) -> nghttp2_data_provider {
         var provider = nghttp2_data_provider()
@@ -293,6 +336,18 @@ public final class Session {
         oversized.remove(stream)
     }
 
+    /// A frame nghttp2 dropped instead of sending (a response to a stream that closed first, any
+    /// frame once the session is closing). A dropped response leaves its body here with no stream
+    /// left to close: it is released now.
+    fileprivate func notSent(type: UInt32, stream: StreamID, code: Int32) {
+        if code != NGHTTP2_ERR_SESSION_CLOSING.rawValue {
+            log?("stream \(stream): frame type \(type) not sent: \(String(cString: nghttp2_strerror(code)))")
+        }
+        if type == NGHTTP2_HEADERS.rawValue, stream > 0, nghttp2_session_find_stream(raw, stream) == nil {
+            streamClosed(stream)
+        }
+    }
+
     fileprivate func beginHeaders(_ stream: StreamID) { pendingHeaders[stream] = HeaderList() }
 
     /// Keeps one decoded field, unless the list has outgrown the limit: the size is checked
@@ -314,8 +369,14 @@ public final class Session {
         if oversized.remove(stream) != nil {
             log?("stream \(stream): header list larger than \(maxHeaderListSize) bytes")
             if role == .server {
-                try? submitResponse(stream, headers: [(":status", "431"), ("content-type", "text/plain; charset=utf-8")],
-                                    body: StaticBody("header list larger than \(maxHeaderListSize) bytes\n"))
+                do {
+                    try submitResponse(stream, headers: [(":status", "431"), ("content-type", "text/plain; charset=utf-8")],
+                                       body: StaticBody("header list larger than \(maxHeaderListSize) bytes\n"))
+                } catch {
+                    // Without its answer the stream would stay open: reset it instead.
+                    log?("stream \(stream): the 431 answer: \(error)")
+                    reset(stream, code: NGHTTP2_REFUSED_STREAM.rawValue)
+                }
             } else {
                 reset(stream, code: NGHTTP2_PROTOCOL_ERROR.rawValue)
             }
@@ -393,8 +454,17 @@ private let onDataChunk: nghttp2_on_data_chunk_recv_callback = { raw, _, stream,
     // The connection window opens at once: were it held until the bytes are written, a few
     // streams whose readers stopped would stall every other stream of the connection. What one
     // stream may make this side hold is bounded by its own window, opened by `consume`.
-    nghttp2_session_consume_connection(raw, length)
+    let consumed = nghttp2_session_consume_connection(raw, length)
+    if !owner.check("nghttp2_session_consume_connection", consumed) && nghttp2_is_fatal(consumed) != 0 {
+        return Int32(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue)
+    }
     owner.delegate?.session(owner, data: UnsafeRawBufferPointer(start: data, count: length), stream: stream)
+    return 0
+}
+
+private let onFrameNotSend: nghttp2_on_frame_not_send_callback = { _, frame, code, userData in
+    let header = frame!.pointee.hd
+    session(userData).notSent(type: UInt32(header.type), stream: header.stream_id, code: code)
     return 0
 }
 

@@ -16,24 +16,25 @@ let mebibyte = 1 << 20
 
 @Suite("End to end: relay, client and pods in network namespaces", .serialized)
 struct EndToEndTests {
-    @Test("64 MiB in both directions arrive intact", arguments: ConnectorKind.allCases)
-    func bulk(_ connector: ConnectorKind) throws {
+    @Test("64 MiB in both directions arrive intact", arguments: ConnectorKind.allCases, CopyChoice.allCases)
+    func bulk(_ connector: ConnectorKind, _ copy: CopyChoice) throws {
         try withScene { scene in
-            let (_, relay) = try scene.echoPod(connector: connector)
-            let forwarder = try scene.startForwarder(relay: relay, pod: "web", remotePorts: [echoPort])
+            let (_, relay) = try scene.echoPod(connector: connector, copy: copy)
+            let forwarder = try scene.startForwarder(relay: relay, pod: "web", remotePorts: [echoPort], copy: copy)
             let payload = Net.randomBytes(64 * mebibyte)
             // Sent and received at once: the echo comes back while the rest is still going out.
             let received = try Net.echo("127.0.0.1", try forwarder.local(echoPort), payload, timeout: 90)
             #expect(Net.same(payload, received), "\(Net.firstDifference(payload, received))")
             #expect(relay.child.isRunning && forwarder.child.isRunning)
+            copy.expectUsed(relay: relay, forwarder: forwarder, connector: connector)
         }
     }
 
-    @Test("100 concurrent connections each arrive intact", arguments: ConnectorKind.allCases)
-    func concurrent(_ connector: ConnectorKind) throws {
+    @Test("100 concurrent connections each arrive intact", arguments: ConnectorKind.allCases, CopyChoice.allCases)
+    func concurrent(_ connector: ConnectorKind, _ copy: CopyChoice) throws {
         try withScene { scene in
-            let (_, relay) = try scene.echoPod(connector: connector)
-            let forwarder = try scene.startForwarder(relay: relay, pod: "web", remotePorts: [echoPort])
+            let (_, relay) = try scene.echoPod(connector: connector, copy: copy)
+            let forwarder = try scene.startForwarder(relay: relay, pod: "web", remotePorts: [echoPort], copy: copy)
             let port = try forwarder.local(echoPort)
             var flows: [Flow] = []
             defer { for flow in flows { close(flow.fd) } }
@@ -54,18 +55,19 @@ struct EndToEndTests {
             }
             #expect(handled == 100)
             #expect(relay.child.isRunning && forwarder.child.isRunning)
+            copy.expectUsed(relay: relay, forwarder: forwarder, connector: connector)
         }
     }
 
-    @Test("A half-closed connection still gets the whole answer", arguments: ConnectorKind.allCases)
-    func halfClose(_ connector: ConnectorKind) throws {
+    @Test("A half-closed connection still gets the whole answer", arguments: ConnectorKind.allCases, CopyChoice.allCases)
+    func halfClose(_ connector: ConnectorKind, _ copy: CopyChoice) throws {
         try withScene { scene in
             let namespace = try scene.makeNamespace()
             try scene.serve(in: namespace, port: echoPort)
             // Answers only once its input has ended: the digest of everything it read.
             try scene.serve(in: namespace, port: 7004, address: "EXEC:sha256sum")
-            let relay = try scene.startRelay(pods: ["web": namespace], connector: connector)
-            let forwarder = try scene.startForwarder(relay: relay, pod: "web", remotePorts: [echoPort, 7004])
+            let relay = try scene.startRelay(pods: ["web": namespace], connector: connector, copy: copy)
+            let forwarder = try scene.startForwarder(relay: relay, pod: "web", remotePorts: [echoPort, 7004], copy: copy)
 
             let payload = Net.randomBytes(mebibyte)
             let echoed = try Net.echo("127.0.0.1", try forwarder.local(echoPort), payload, halfClose: true, timeout: 60)
@@ -77,6 +79,7 @@ struct EndToEndTests {
             let expected = try #require(local.stdout.split(separator: " ").first.map(String.init))
             let answer = try Net.echo("127.0.0.1", try forwarder.local(7004), payload, halfClose: true, timeout: 60)
             #expect(String(decoding: answer, as: UTF8.self) == "\(expected)  -\n")
+            copy.expectUsed(relay: relay, forwarder: forwarder, connector: connector)
         }
     }
 

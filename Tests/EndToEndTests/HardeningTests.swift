@@ -55,6 +55,11 @@ extension EndToEndTests {
                 ("conflicting lengths", upgradeLine + host + upgradeFields + "Content-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
                 ("60 KiB head in one write", upgradeLine + host + upgradeFields + "X-Pad: \(String(repeating: "a", count: 60 * 1024))\r\n\r\n", 431),
                 ("body over the stream window", upgradeLine + host + upgradeFields + "Content-Length: 16777216\r\n\r\n", 413),
+                // RFC 7540 section 3.2: an Upgrade not listed in Connection is not for this hop.
+                ("Upgrade without Connection", upgradeLine + host
+                    + "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nport: 7000\r\n\r\n", 426),
+                ("Connection without HTTP2-Settings", upgradeLine + host
+                    + "Connection: Upgrade\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nport: 7000\r\n\r\n", 426),
                 ("HTTP2-Settings nghttp2 refuses", upgradeLine + host
                     + "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAM\r\nport: 7000\r\n\r\n", 400),
             ]
@@ -203,7 +208,7 @@ extension EndToEndTests {
             let namespace = try scene.makeNamespace()
             try scene.serve(in: namespace, port: echoPort)
             try scene.serve(in: namespace, port: sinkPort, address: "SYSTEM:sleep 3600")
-            let relay = try scene.startRelay(pods: ["web": namespace], connector: .native, extra: ["--copy", "splice"])
+            let relay = try scene.startRelay(pods: ["web": namespace], connector: .native, copy: .splice)
             let idle = relay.child.openFiles()
             try waitSent(try floodSink(scene, relay, count: 10, bytes: 16 * mebibyte, seconds: 8, hold: 10))
             let busy = relay.child.openFiles()
@@ -238,7 +243,7 @@ extension EndToEndTests {
             try Peers.require()
             let namespace = try scene.makeNamespace()
             try scene.serve(in: namespace, port: sinkPort, address: "SYSTEM:sleep 3600")
-            let relay = try scene.startRelay(pods: ["web": namespace], connector: .native, extra: ["--copy", "buffers"])
+            let relay = try scene.startRelay(pods: ["web": namespace], connector: .native, copy: .buffers)
             usleep(500_000)
             let idle = try relay.child.residentBytes()
             // 40 streams to a pod that never reads: the relay holds up to a window (2 MiB) each

@@ -29,6 +29,14 @@ enum E2E {
     /// The reactor backend every relay and forwarder of this run uses.
     static let io: String = ProcessInfo.processInfo.environment["PORTFORWARD_IO"].flatMap { $0.isEmpty ? nil : $0 } ?? "epoll"
 
+    /// The copy mode of relays and forwarders whose test does not choose one: PORTFORWARD_COPY
+    /// (splice or buffers), else none is given and the binary's default (auto) applies.
+    static let copy: CopyChoice? = ProcessInfo.processInfo.environment["PORTFORWARD_COPY"].flatMap { text in
+        guard !text.isEmpty else { return nil }
+        guard let choice = CopyChoice(rawValue: text) else { fatalError("PORTFORWARD_COPY=\(text): expected splice or buffers") }
+        return choice
+    }
+
     /// Why the end-to-end tests cannot run here (nil: they can). Checked once.
     static let unavailableReason: String? = {
         if geteuid() != 0 { return "not root: the end-to-end tests create network namespaces (ip netns add)" }
@@ -246,6 +254,22 @@ final class Child: @unchecked Sendable {
         }.count
     }
 
+    /// Pipes the process holds open. Splice mode's pipe pool opens one at start and keeps its
+    /// spare pipes; buffers mode opens none.
+    func openPipes() -> Int {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd") else { return -1 }
+        return entries.filter { entry in
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(entry)"))?.hasPrefix("pipe:") == true
+        }.count
+    }
+
+    /// The arguments the process runs with, from /proc (what was really started, whatever the
+    /// harness meant to pass).
+    func commandLine() -> [String] {
+        guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return [] }
+        return data.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+    }
+
     /// The process's children (the nsenter connector's socat processes, say), with their state.
     func children() -> [(pid: String, state: String)] {
         guard let result = try? E2E.run(["ps", "--ppid", "\(pid)", "-o", "pid=,stat="], timeout: 10) else { return [] }
@@ -270,6 +294,32 @@ final class Child: @unchecked Sendable {
 enum ConnectorKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
     case native, nsenter
     var testDescription: String { "connector \(rawValue)" }
+}
+
+/// How a stream's bytes move in the relay and the client (`--copy`), as the data-integrity tests
+/// are parameterized: the splice path and the shared-buffer write path each carry every case.
+enum CopyChoice: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case splice, buffers
+    var testDescription: String { "copy \(rawValue)" }
+    var arguments: [String] { ["--copy", rawValue] }
+
+    /// Records an issue unless the relay and the forwarder were started with this mode and hold
+    /// pipes only if they splice. Called once the bytes have moved, so a mode that silently fell
+    /// back shows. An nsenter relay holds a pipe per connection for its socat's errors, so there
+    /// only the command line tells.
+    func expectUsed(relay: RelayProcess, forwarder: ForwarderProcess, connector: ConnectorKind) {
+        for process in [relay.child, forwarder.child] {
+            let line = process.commandLine()
+            let flag = line.firstIndex(of: "--copy").flatMap { line.indices.contains($0 + 1) ? line[$0 + 1] : nil }
+            #expect(flag == rawValue, "\(process.name) runs with --copy \(flag ?? "(none)"), not \(rawValue): \(line)")
+            if process === relay.child && connector == .nsenter { continue }
+            let pipes = process.openPipes()
+            switch self {
+            case .splice: #expect(pipes > 0, "\(process.name) holds no pipe: it does not splice")
+            case .buffers: #expect(pipes == 0, "\(process.name) holds \(pipes) pipe descriptors in buffers mode")
+            }
+        }
+    }
 }
 
 /// A network namespace standing for a pod.
@@ -377,21 +427,22 @@ final class Scene: @unchecked Sendable {
 
     /// A relay that knows the pods `name -> namespace`, listening on a free port.
     func startRelay(pods: [String: PodNamespace], connector: ConnectorKind, listen: String = "127.0.0.1:0",
-                    extra: [String] = []) throws -> RelayProcess {
+                    copy: CopyChoice? = nil, extra: [String] = []) throws -> RelayProcess {
         var yaml = "pods:\n"
         for (name, namespace) in pods.sorted(by: { $0.key < $1.key }) {
             yaml += "  - {namespace: default, name: \(name), netns: \(namespace.path)}\n"
         }
-        return try startRelay(podsFile: yaml, connector: connector, listen: listen, extra: extra)
+        return try startRelay(podsFile: yaml, connector: connector, listen: listen, copy: copy, extra: extra)
     }
 
-    /// A relay whose pods file is `yaml`, as given.
+    /// A relay whose pods file is `yaml`, as given; `copy` nil means `E2E.copy`.
     func startRelay(podsFile yaml: String, connector: ConnectorKind, listen: String = "127.0.0.1:0",
-                    extra: [String] = []) throws -> RelayProcess {
+                    copy: CopyChoice? = nil, extra: [String] = []) throws -> RelayProcess {
         let file = "\(directory)/pods.yaml"
         try yaml.write(toFile: file, atomically: true, encoding: .utf8)
         let child = try start([E2E.binary, "relay", "--listen", listen, "--node", node, "--pods", file,
-                               "--connector", connector.rawValue, "--io", E2E.io] + extra, name: "relay")
+                               "--connector", connector.rawValue, "--io", E2E.io] + ((copy ?? E2E.copy)?.arguments ?? []) + extra,
+                          name: "relay")
         let port = try child.waitFor("the line \"Relay listening on ...\"") { text -> Int? in
             guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("Relay listening on ") }) else { return nil }
             // "Relay listening on 127.0.0.1:PORT (node ...)"
@@ -405,12 +456,14 @@ final class Scene: @unchecked Sendable {
     /// spec printed its "Forwarding from 127.0.0.1:PORT -> REMOTE" line (and the ::1 one, when
     /// `addresses` is localhost).
     /// With `serverFromEnvironment`, the relay's URL is given as PORTFORWARD_SERVER, not --server.
-    func startForwarder(relay: RelayProcess, pod: String, remotePorts: [Int], extra: [String] = [],
+    /// `copy` nil means `E2E.copy`.
+    func startForwarder(relay: RelayProcess, pod: String, remotePorts: [Int], copy: CopyChoice? = nil, extra: [String] = [],
                         serverFromEnvironment: Bool = false) throws -> ForwarderProcess {
         let command = serverFromEnvironment
             ? ["env", "PORTFORWARD_SERVER=\(relay.url)", E2E.binary, "forward"]
             : [E2E.binary, "forward", "--server", relay.url]
-        let child = try start(command + ["--io", E2E.io] + extra + [pod] + remotePorts.map { ":\($0)" }, name: "forward")
+        let child = try start(command + ["--io", E2E.io] + ((copy ?? E2E.copy)?.arguments ?? []) + extra + [pod]
+                              + remotePorts.map { ":\($0)" }, name: "forward")
         let lines = try child.waitFor("a \"Forwarding from\" line for every port") { text -> [String]? in
             let lines = text.split(separator: "\n").map(String.init).filter { $0.hasPrefix("Forwarding from ") }
             let complete = remotePorts.allSatisfy { remote in
@@ -436,10 +489,11 @@ final class Scene: @unchecked Sendable {
     }
 
     /// A pod namespace with an echo server on `port`, a relay for it, named `pod`.
-    func echoPod(named pod: String = "web", port: Int = 7000, connector: ConnectorKind) throws -> (PodNamespace, RelayProcess) {
+    func echoPod(named pod: String = "web", port: Int = 7000, connector: ConnectorKind,
+                 copy: CopyChoice? = nil) throws -> (PodNamespace, RelayProcess) {
         let namespace = try makeNamespace()
         try serve(in: namespace, port: port)
-        let relay = try startRelay(pods: [pod: namespace], connector: connector)
+        let relay = try startRelay(pods: [pod: namespace], connector: connector, copy: copy)
         return (namespace, relay)
     }
 }

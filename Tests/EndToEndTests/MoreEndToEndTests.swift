@@ -115,13 +115,14 @@ extension EndToEndTests {
         }
     }
 
-    @Test("The pod answers and closes first: the client gets the answer, then end of file", arguments: ConnectorKind.allCases)
-    func podClosesFirst(_ connector: ConnectorKind) throws {
+    @Test("The pod answers and closes first: the client gets the answer, then end of file",
+          arguments: ConnectorKind.allCases, CopyChoice.allCases)
+    func podClosesFirst(_ connector: ConnectorKind, _ copy: CopyChoice) throws {
         try withScene { scene in
             let namespace = try scene.makeNamespace()
             try scene.serve(in: namespace, port: greeterPort, address: "SYSTEM:echo hello")
-            let relay = try scene.startRelay(pods: ["web": namespace], connector: connector)
-            let forwarder = try scene.startForwarder(relay: relay, pod: "web", remotePorts: [greeterPort])
+            let relay = try scene.startRelay(pods: ["web": namespace], connector: connector, copy: copy)
+            let forwarder = try scene.startForwarder(relay: relay, pod: "web", remotePorts: [greeterPort], copy: copy)
             // The client sends nothing and keeps its side open: only the pod's FIN can end the read.
             let fd = try Net.connect("127.0.0.1", try forwarder.local(greeterPort))
             defer { close(fd) }
@@ -129,6 +130,7 @@ extension EndToEndTests {
             #expect(greeting.bytes == 6, "\(greeting)")
             #expect(greeting.outcome == "eof", "the pod closed its side; the client got: \(greeting)")
             #expect(relay.child.isRunning && forwarder.child.isRunning)
+            copy.expectUsed(relay: relay, forwarder: forwarder, connector: connector)
         }
     }
 

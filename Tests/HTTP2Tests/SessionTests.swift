@@ -126,7 +126,7 @@ private func request(port: String?, path: String = "/portForward/default/web") -
     return headers
 }
 
-private func randomBytes(_ count: Int) -> [UInt8] {
+func randomBytes(_ count: Int) -> [UInt8] {
     var generator = SystemRandomNumberGenerator()
     var bytes = [UInt8](repeating: 0, count: count)
     for index in stride(from: 0, to: count, by: 8) {

@@ -42,19 +42,34 @@ struct HTTPTextTests {
         #expect(head.header("x-missing") == nil)
     }
 
+    /// RFC 7540 section 3.2: `Upgrade: h2c`, with `Upgrade` and `HTTP2-Settings` in `Connection`
+    /// (what curl --http2, nghttp -u and HTTPText.upgradeRequest send), in an HTTP/1.1 request.
     @Test("asksForH2C", arguments: [
-        ("Upgrade: h2c\r\n", true),
-        ("Upgrade: H2C\r\n", true),
-        ("Upgrade: websocket, h2c\r\n", true),
-        ("Upgrade:h2c\r\n", true),
-        ("Upgrade: websocket\r\n", false),
-        ("Upgrade: h2\r\n", false),
-        ("Upgrade: h2cx\r\n", false),
+        ("Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n", true),
+        ("connection: upgrade,http2-settings\r\nupgrade: H2C\r\n", true),
+        ("Connection: keep-alive, Upgrade , HTTP2-Settings\r\nUpgrade: websocket, h2c\r\n", true),
+        ("Connection: Upgrade\r\nConnection: HTTP2-Settings\r\nUpgrade:h2c\r\n", true),
+        ("Connection: Upgrade, HTTP2-Settings\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n", true),
+        ("Upgrade: h2c\r\n", false),
+        ("Connection: Upgrade\r\nUpgrade: h2c\r\n", false),
+        ("Connection: HTTP2-Settings\r\nUpgrade: h2c\r\n", false),
+        ("Connection: Upgraded, HTTP2-Settings\r\nUpgrade: h2c\r\n", false),
+        ("Connection: close\r\nUpgrade: h2c\r\n", false),
+        ("Connection: Upgrade, HTTP2-Settings\r\nUpgrade: websocket\r\n", false),
+        ("Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2\r\n", false),
+        ("Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2cx\r\n", false),
+        ("Connection: Upgrade, HTTP2-Settings\r\n", false),
         ("", false),
     ])
-    func asksForH2C(_ upgrade: String, _ expected: Bool) throws {
-        let head = try completeRequest("GET / HTTP/1.1\r\nHost: x\r\n\(upgrade)\r\n")
+    func asksForH2C(_ fields: String, _ expected: Bool) throws {
+        let head = try completeRequest("GET / HTTP/1.1\r\nHost: x\r\n\(fields)\r\n")
         #expect(head.asksForH2C == expected)
+    }
+
+    @Test("An HTTP/1.0 request's Upgrade is ignored (RFC 9110 section 7.8)")
+    func upgradeInHTTP10() throws {
+        let head = try completeRequest("GET / HTTP/1.0\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\n")
+        #expect(!head.asksForH2C)
     }
 
     @Test("An incomplete head asks for more bytes",
@@ -189,8 +204,10 @@ struct StrictHeadTests {
         let head = try completeRequest(Self.valid + "X-A: \t\u{A0}a\u{85} \r\nX-B: b \u{301}\r\n\r\n")
         #expect(Array(head.header("x-a")!.utf8) == Array("\u{A0}a\u{85}".utf8))
         #expect(Array(head.header("x-b")!.utf8) == Array("b \u{301}".utf8))
-        let upgrade = try completeRequest("POST / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\u{A0}\r\n\r\n")
-        #expect(!upgrade.asksForH2C)
+        let fields = "POST / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        #expect(try completeRequest(fields + "Upgrade: h2c\r\n\r\n").asksForH2C)
+        #expect(try !completeRequest(fields + "Upgrade: h2c\u{A0}\r\n\r\n").asksForH2C)
+        #expect(try !completeRequest("POST / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\u{A0}, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\n").asksForH2C)
     }
 
     @Test("A head over the size limit is 431, complete or not, and so is one with too many fields")
