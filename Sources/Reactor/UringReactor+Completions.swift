@@ -37,7 +37,7 @@ extension UringReactor {
             if slots[index].linkError == 0 { slots[index].linkError = result < 0 ? result : -ECANCELED }
             return
         }
-        let operation = slots[index].operation
+        let operation = slots[index].request.operation
         let more = flags & pf_ioring_cqe_f_more != 0
         if slots[index].state == .cancelled {
             if operation == .accept && result >= 0 { Glibc.close(result) }

@@ -21,21 +21,16 @@ extension UringReactor {
     struct Slot {
         var handler: CompletionHandler?
         var state = State.free
-        var operation = Operation.read
+        /// Kept after release until the slot is claimed again: a free slot is found by `state`.
+        var request = Request.poll(-1)
         var tag: UInt32 = 0
         var generation: UInt32 = 0
-        /// The descriptor `close` finds the slot under (for splice, the socket).
-        var fd: FileDescriptor = -1
-        var source: FileDescriptor = -1
-        var destination: FileDescriptor = -1
-        var pointer: UnsafeMutableRawPointer?
-        var count = 0
         /// Polls linked in front of the operation in its current submission (0, 1 or 2).
         var links: UInt8 = 0
         /// The error of a failed poll in front, reported instead of the operation's -ECANCELED.
         var linkError: Int32 = 0
         var restTimer: TimerID = 0
-        /// Linked through `next`: the free list while free, the slots of `fd` while in use.
+        /// Linked through `next`: the free list while free, the slots of its descriptor while in use.
         var listed = false
         var next: Int32 = -1
         var previous: Int32 = -1
@@ -54,15 +49,14 @@ extension UringReactor {
         part << 62 | UInt64(slots[index].generation & Self.generationMask) << 32 | UInt64(index)
     }
 
-    func claim(_ operation: Operation, _ fd: FileDescriptor, _ handler: CompletionHandler, _ tag: UInt32) -> Int {
+    func claim(_ request: Request, _ handler: CompletionHandler, _ tag: UInt32) -> Int {
         if freeHead < 0 { grow() }
         let index = Int(freeHead)
         freeHead = slots[index].next
         slots[index].handler = handler
         slots[index].state = .active
-        slots[index].operation = operation
+        slots[index].request = request
         slots[index].tag = tag
-        slots[index].fd = fd
         slots[index].links = 0
         slots[index].linkError = 0
         live += 1
@@ -73,7 +67,6 @@ extension UringReactor {
     func release(_ index: Int) {
         unlist(index)
         slots[index].handler = nil
-        slots[index].pointer = nil
         slots[index].state = .free
         slots[index].generation &+= 1
         slots[index].next = freeHead
@@ -92,7 +85,7 @@ extension UringReactor {
     }
 
     func list(_ index: Int) {
-        let fd = Int(slots[index].fd)
+        let fd = Int(slots[index].request.descriptor)
         guard fd >= 0 else { return }
         if fd >= fdHeads.count {
             fdHeads.append(contentsOf: repeatElement(-1, count: max(fd + 1 - fdHeads.count, fdHeads.count, 1024)))
@@ -109,7 +102,7 @@ extension UringReactor {
         guard slots[index].listed else { return }
         slots[index].listed = false
         let previous = slots[index].previous, next = slots[index].next
-        if previous >= 0 { slots[Int(previous)].next = next } else { fdHeads[Int(slots[index].fd)] = next }
+        if previous >= 0 { slots[Int(previous)].next = next } else { fdHeads[Int(slots[index].request.descriptor)] = next }
         if next >= 0 { slots[Int(next)].previous = previous }
         slots[index].next = -1
         slots[index].previous = -1

@@ -8,52 +8,51 @@ import CURing
 /// its cancellation, and the reactor's own requests.
 extension UringReactor {
     func issue(_ index: Int, pollFirst: Bool = false) {
-        let slot = slots[index]
-        if slot.operation == .splice {
+        let request = slots[index].request
+        if case .splice(let source, let destination, let count, let socket) = request {
             // io_uring runs splice in a worker that gives up at once on non-blocking descriptors,
             // so it waits behind polls: the socket for its direction, then the pipe for room or
             // data (which epoll leaves to the caller; here a full pipe waits instead of spinning).
             reserve(3)
-            let fromSocket = slot.fd == slot.source
-            let pipe = fromSocket ? slot.destination : slot.source
-            linkPoll(slot.fd, fromSocket ? POLLIN : POLLOUT, index, Self.firstPollPart)
+            let fromSocket = socket == source
+            let pipe = fromSocket ? destination : source
+            linkPoll(socket, fromSocket ? POLLIN : POLLOUT, index, Self.firstPollPart)
             linkPoll(pipe, fromSocket ? POLLOUT : POLLIN, index, Self.secondPollPart)
             slots[index].links = 2
             let sqe = io_uring_get_sqe(ring)!
             let flags = pf_splice_move | pf_splice_nonblock
-            io_uring_prep_splice(sqe, slot.source, -1, slot.destination, -1, UInt32(clamping: slot.count), flags)
+            io_uring_prep_splice(sqe, source, -1, destination, -1, UInt32(clamping: count), flags)
             io_uring_sqe_set_data64(sqe, userData(index, Self.operationPart))
             return
         }
         reserve(pollFirst ? 2 : 1)
         if pollFirst {
-            let writes = slot.operation == .write || slot.operation == .writev || slot.operation == .connect
-            linkPoll(slot.fd, writes ? POLLOUT : POLLIN, index, Self.firstPollPart)
+            linkPoll(request.descriptor, request.writes ? POLLOUT : POLLIN, index, Self.firstPollPart)
         }
         slots[index].links = pollFirst ? 1 : 0
         let sqe = io_uring_get_sqe(ring)!
         // Offset -1: the file position, as read(2) and write(2) use (ignored by sockets and pipes).
         let current = UInt64.max
-        switch slot.operation {
-        case .accept:
-            io_uring_prep_multishot_accept(sqe, slot.fd, nil, nil, pf_accept_flags)
-        case .connect:
+        switch request {
+        case .accept(let fd):
+            io_uring_prep_multishot_accept(sqe, fd, nil, nil, pf_accept_flags)
+        case .connect(let fd, let length):
             let address = UnsafeRawPointer(addressStorage(index)).assumingMemoryBound(to: sockaddr.self)
-            io_uring_prep_connect(sqe, slot.fd, address, socklen_t(slot.count))
-        case .receive:
-            io_uring_prep_read(sqe, slot.fd, nil, UInt32(buffers.bufferSize), current)
+            io_uring_prep_connect(sqe, fd, address, length)
+        case .receive(let fd):
+            io_uring_prep_read(sqe, fd, nil, UInt32(buffers.bufferSize), current)
             sqe.pointee.flags |= UInt8(pf_iosqe_buffer_select)
             sqe.pointee.buf_group = Self.bufferGroup
-        case .read:
-            io_uring_prep_read(sqe, slot.fd, slot.pointer, UInt32(clamping: slot.count), current)
-        case .write:
-            io_uring_prep_write(sqe, slot.fd, slot.pointer, UInt32(clamping: slot.count), current)
-        case .writev:
-            io_uring_prep_writev(sqe, slot.fd, slot.pointer!.assumingMemoryBound(to: iovec.self), UInt32(clamping: slot.count), current)
-        case .poll:
-            io_uring_prep_poll_add(sqe, slot.fd, UInt32(POLLIN))
-        case .splice, .timer:
-            io_uring_prep_nop(sqe)
+        case .read(let fd, let pointer, let count):
+            io_uring_prep_read(sqe, fd, pointer, UInt32(clamping: count), current)
+        case .write(let fd, let pointer, let count):
+            io_uring_prep_write(sqe, fd, pointer, UInt32(clamping: count), current)
+        case .writev(let fd, let vectors, let count):
+            io_uring_prep_writev(sqe, fd, vectors, UInt32(clamping: count), current)
+        case .poll(let fd):
+            io_uring_prep_poll_add(sqe, fd, UInt32(POLLIN))
+        case .splice:
+            preconditionFailure("a splice is issued above, behind its polls")
         }
         io_uring_sqe_set_data64(sqe, userData(index, Self.operationPart))
     }

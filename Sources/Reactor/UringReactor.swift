@@ -110,42 +110,32 @@ public final class UringReactor: ReactorBackend {
     // MARK: operations
 
     public func accept(_ fd: FileDescriptor, handler: CompletionHandler, tag: UInt32) {
-        issue(claim(.accept, fd, handler, tag))
+        issue(claim(.accept(fd), handler, tag))
     }
 
     public func connect(_ fd: FileDescriptor, address: SocketAddress, handler: CompletionHandler, tag: UInt32) {
-        let index = claim(.connect, fd, handler, tag)
+        let index = claim(.connect(fd, addressLength: address.length), handler, tag)
         let storage = addressStorage(index)
         address.withSockaddr { pointer, length in
             UnsafeMutableRawPointer(storage).copyMemory(from: pointer, byteCount: Int(length))
-            slots[index].count = Int(length)
         }
         issue(index)
     }
 
     public func receive(_ fd: FileDescriptor, handler: CompletionHandler, tag: UInt32) {
-        issue(claim(.receive, fd, handler, tag))
+        issue(claim(.receive(fd), handler, tag))
     }
 
     public func read(_ fd: FileDescriptor, into buffer: UnsafeMutableRawPointer, count: Int, handler: CompletionHandler, tag: UInt32) {
-        let index = claim(.read, fd, handler, tag)
-        slots[index].pointer = buffer
-        slots[index].count = count
-        issue(index)
+        issue(claim(.read(fd, into: buffer, count: count), handler, tag))
     }
 
     public func write(_ fd: FileDescriptor, from buffer: UnsafeRawPointer, count: Int, handler: CompletionHandler, tag: UInt32) {
-        let index = claim(.write, fd, handler, tag)
-        slots[index].pointer = UnsafeMutableRawPointer(mutating: buffer)
-        slots[index].count = count
-        issue(index)
+        issue(claim(.write(fd, from: buffer, count: count), handler, tag))
     }
 
     public func writev(_ fd: FileDescriptor, vectors: UnsafePointer<iovec>, count: Int, handler: CompletionHandler, tag: UInt32) {
-        let index = claim(.writev, fd, handler, tag)
-        slots[index].pointer = UnsafeMutableRawPointer(mutating: vectors)
-        slots[index].count = count
-        issue(index)
+        issue(claim(.writev(fd, vectors: vectors, count: count), handler, tag))
     }
 
     public func splice(from source: FileDescriptor, to destination: FileDescriptor, count: Int, socket: FileDescriptor,
@@ -165,15 +155,11 @@ public final class UringReactor: ReactorBackend {
                 return
             }
         }
-        let index = claim(.splice, socket, handler, tag)
-        slots[index].source = source
-        slots[index].destination = destination
-        slots[index].count = count
-        issue(index)
+        issue(claim(.splice(from: source, to: destination, count: count, socket: socket), handler, tag))
     }
 
     public func pollReadable(_ fd: FileDescriptor, handler: CompletionHandler, tag: UInt32) {
-        issue(claim(.poll, fd, handler, tag))
+        issue(claim(.poll(fd), handler, tag))
     }
 
     public func timer(nanoseconds: UInt64, handler: CompletionHandler, tag: UInt32) -> TimerID {
