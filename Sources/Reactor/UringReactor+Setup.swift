@@ -24,6 +24,7 @@ extension UringReactor {
         ring.initialize(to: io_uring())
         var result: Int32 = -EINVAL
         var chosen: UInt32 = 0
+        var features: UInt32 = 0
         for flags in setups {
             var params = io_uring_params()
             params.flags = flags | pf_ioring_setup_cqsize
@@ -31,6 +32,7 @@ extension UringReactor {
             result = io_uring_queue_init_params(Self.submissionEntries, ring, &params)
             if result == 0 {
                 chosen = flags
+                features = params.features
                 break
             }
             // Only an unknown flag is worth another try; ENOSYS, EPERM or ENOMEM are final.
@@ -45,7 +47,7 @@ extension UringReactor {
             ring.deallocate()
             return SystemError(call, errno: errno, subject: subject)
         }
-        if ring.pointee.features & pf_ioring_feat_cqe_skip == 0 {
+        if features & pf_ioring_feat_cqe_skip == 0 {
             throw fail("io_uring_queue_init", EOPNOTSUPP, "(no IORING_FEAT_CQE_SKIP)")
         }
         if let missing = Self.missingOpcode(ring) {
@@ -100,6 +102,7 @@ extension UringReactor {
             _ = io_uring_register_ring_fd(ring)
         }
         enabled = true
+        unsubmitted = []
         return true
     }
 }

@@ -19,7 +19,7 @@ extension UringReactor {
             linkPoll(socket, fromSocket ? POLLIN : POLLOUT, index, Self.firstPollPart)
             linkPoll(pipe, fromSocket ? POLLOUT : POLLIN, index, Self.secondPollPart)
             slots[index].links = 2
-            let sqe = io_uring_get_sqe(ring)!
+            let sqe = nextEntry()
             let flags = pf_splice_move | pf_splice_nonblock
             io_uring_prep_splice(sqe, source, -1, destination, -1, UInt32(clamping: count), flags)
             io_uring_sqe_set_data64(sqe, userData(index, Self.operationPart))
@@ -30,7 +30,7 @@ extension UringReactor {
             linkPoll(request.descriptor, request.writes ? POLLOUT : POLLIN, index, Self.firstPollPart)
         }
         slots[index].links = pollFirst ? 1 : 0
-        let sqe = io_uring_get_sqe(ring)!
+        let sqe = nextEntry()
         // Offset -1: the file position, as read(2) and write(2) use (ignored by sockets and pipes).
         let current = UInt64.max
         switch request {
@@ -59,7 +59,7 @@ extension UringReactor {
 
     /// A one-shot poll linked to the next SQE; it posts a completion only if it fails.
     func linkPoll(_ fd: FileDescriptor, _ events: Int32, _ index: Int, _ part: UInt64) {
-        let sqe = io_uring_get_sqe(ring)!
+        let sqe = nextEntry()
         io_uring_prep_poll_add(sqe, fd, UInt32(events))
         sqe.pointee.flags |= UInt8(pf_iosqe_io_link | pf_iosqe_cqe_skip_success)
         io_uring_sqe_set_data64(sqe, userData(index, part))
@@ -78,7 +78,7 @@ extension UringReactor {
             let links = UInt64(slots[index].links)
             reserve(UInt32(links) + 1)
             for part in 0...links {
-                let sqe = io_uring_get_sqe(ring)!
+                let sqe = nextEntry()
                 io_uring_prep_cancel64(sqe, userData(index, part), 0)
                 sqe.pointee.flags |= UInt8(pf_iosqe_cqe_skip_success)
                 io_uring_sqe_set_data64(sqe, Self.internalData)
@@ -91,22 +91,36 @@ extension UringReactor {
         }
     }
 
-    /// Before the first submission nothing has reached the kernel: the operation's SQEs are
-    /// still in the queue and become no-ops that post nothing. (Submitting them to cancel them
-    /// would make the closing thread the ring's owner.)
+    /// Before the first submission nothing has reached the kernel: the operation's SQEs are still
+    /// ours to fill, and become no-ops that post nothing. (Submitting them to cancel them would
+    /// make the closing thread the ring's owner.)
+    ///
+    /// They are found among the SQEs `io_uring_get_sqe` handed out so far (`unsubmitted`), and
+    /// rewritten with liburing's own `io_uring_prep_nop`; no field of `struct io_uring` is read or
+    /// written. In liburing 2.3, an SQE is the caller's to fill until `io_uring_submit`
+    /// (src/include/liburing.h, `_io_uring_get_sqe`, lines 1251-1280): only the submission's
+    /// `__io_uring_flush_sq` (src/queue.c, lines 200-231) moves the tail the kernel reads.
+    /// `io_uring_prep_nop` goes through `io_uring_prep_rw` (liburing.h, lines 363-380 and 545-548),
+    /// which resets the opcode, descriptor, addresses and flags, IOSQE_IO_LINK of a linked poll
+    /// among them, so a withdrawn chain does not swallow the next SQE.
     func withdraw(_ index: Int) {
-        let queue = ring.pointee.sq
         let operation = userData(index, Self.operationPart)
-        var position = queue.sqe_head
-        while position != queue.sqe_tail {
-            let sqe = queue.sqes + Int(position & queue.ring_mask)
-            position &+= 1
+        for sqe in unsubmitted {
             let data = sqe.pointee.user_data
             guard data >> 62 != 3, data & ~(3 << 62) == operation else { continue }
             io_uring_prep_nop(sqe)
             sqe.pointee.flags = UInt8(pf_iosqe_cqe_skip_success)
             io_uring_sqe_set_data64(sqe, Self.internalData)
         }
+    }
+
+    /// An SQE to fill, from a queue `reserve` has made room in. Until the first submission its
+    /// address is kept for `withdraw`.
+    @inline(__always)
+    func nextEntry() -> UnsafeMutablePointer<io_uring_sqe> {
+        let sqe = io_uring_get_sqe(ring)!
+        if !enabled { unsubmitted.append(sqe) }
+        return sqe
     }
 
     /// Makes room for `count` SQEs that must go in together (a linked chain must not be split
@@ -150,7 +164,7 @@ extension UringReactor {
         }
         guard live > 0 else { return }
         reserve(1)
-        let sqe = io_uring_get_sqe(ring)!
+        let sqe = nextEntry()
         io_uring_prep_cancel64(sqe, 0, Int32(pf_ioring_async_cancel_any | pf_ioring_async_cancel_all))
         io_uring_sqe_set_data64(sqe, Self.internalData)
         for _ in 0..<50 where live > 0 {

@@ -37,6 +37,8 @@ public final class UringReactor: ReactorBackend {
     let ring: UnsafeMutablePointer<io_uring>
     let startsDisabled: Bool
     var enabled = false
+    /// The SQEs handed out before the first submission, which `withdraw` may still rewrite.
+    var unsubmitted: [UnsafeMutablePointer<io_uring_sqe>] = []
     let core = LoopCore()
     var slots: [Slot] = []
     var freeHead: Int32 = -1
