@@ -30,10 +30,20 @@ extension UringReactor {
         /// The error of a failed poll in front, reported instead of the operation's -ECANCELED.
         var linkError: Int32 = 0
         var restTimer: TimerID = 0
+        /// The entry in `quiets` waiting for this cancelled slot's last completion (-1: none).
+        var quiet: Int32 = -1
         /// Linked through `next`: the free list while free, the slots of its descriptor while in use.
         var listed = false
         var next: Int32 = -1
         var previous: Int32 = -1
+    }
+
+    /// One `close(fd, quiet:)` waiting for the requests it cancelled.
+    struct Quiet {
+        var callback: (() -> Void)?
+        /// Cancelled slots whose last completion has not arrived.
+        var waiting = 0
+        var nextFree: Int32 = -1
     }
 
     // user_data: part (2 bits) | generation (30 bits) | slot index (32 bits). Part 0 is the
@@ -66,12 +76,41 @@ extension UringReactor {
 
     func release(_ index: Int) {
         unlist(index)
+        if slots[index].quiet >= 0 {
+            settleQuiet(slots[index].quiet)
+            slots[index].quiet = -1
+        }
         slots[index].handler = nil
         slots[index].state = .free
         slots[index].generation &+= 1
         slots[index].next = freeHead
         freeHead = Int32(index)
         live -= 1
+    }
+
+    func claimQuiet(_ callback: @escaping () -> Void) -> Int32 {
+        if freeQuiet < 0 {
+            quiets.append(Quiet())
+            freeQuiet = Int32(quiets.count - 1)
+        }
+        let entry = freeQuiet
+        freeQuiet = quiets[Int(entry)].nextFree
+        quiets[Int(entry)] = Quiet(callback: callback)
+        return entry
+    }
+
+    func releaseQuiet(_ entry: Int32) {
+        quiets[Int(entry)] = Quiet(nextFree: freeQuiet)
+        freeQuiet = entry
+    }
+
+    /// One of the entry's cancelled slots has had its last completion; after the last of them,
+    /// the callback runs with the completions of this turn, in the loop and not inside `reap`.
+    func settleQuiet(_ entry: Int32) {
+        quiets[Int(entry)].waiting -= 1
+        guard quiets[Int(entry)].waiting == 0, let callback = quiets[Int(entry)].callback else { return }
+        releaseQuiet(entry)
+        core.post(callback)
     }
 
     func grow() {

@@ -57,6 +57,11 @@ public final class UringReactor: ReactorBackend {
     var ringBuffers: [BufferID]
     var buffersToPublish: Int32 = 0
 
+    /// The callbacks of `close(fd, quiet:)` whose cancelled requests have not all completed, and
+    /// the free entries among them (linked through `nextFree`).
+    var quiets: [Quiet] = []
+    var freeQuiet: Int32 = -1
+
     /// Connect addresses, kept until the kernel has read them; in chunks so they never move.
     var addressChunks: [UnsafeMutablePointer<sockaddr_storage>] = []
     static let addressesPerChunk = 64
@@ -170,7 +175,24 @@ public final class UringReactor: ReactorBackend {
 
     public func cancelTimer(_ id: TimerID) { core.timers.cancel(id) }
 
-    public func close(_ fd: FileDescriptor) {
+    public func close(_ fd: FileDescriptor) { close(fd, quietEntry: -1) }
+
+    /// `quiet` runs inside `close` when nothing issued on `fd` is in the kernel (never
+    /// submitted, or an accept resting between tries); otherwise from the loop, with the
+    /// completions of the turn that reaps the last completion of the requests `close` cancelled
+    /// (their slots are kept until then, which is the hook). A reactor torn down first drops it.
+    public func close(_ fd: FileDescriptor, quiet: @escaping () -> Void) {
+        let entry = claimQuiet(quiet)
+        close(fd, quietEntry: entry)
+        if quiets[Int(entry)].waiting == 0 {
+            releaseQuiet(entry)
+            quiet()
+        }
+    }
+
+    /// Cancels what `fd` has pending; the cancelled slots that stay until their last completion
+    /// are counted in quiet entry `quietEntry` (-1: nobody waits for them).
+    private func close(_ fd: FileDescriptor, quietEntry: Int32) {
         guard fd >= 0 else { return }
         if Int(fd) < fdHeads.count {
             var next = fdHeads[Int(fd)]
@@ -178,6 +200,10 @@ public final class UringReactor: ReactorBackend {
                 let index = Int(next)
                 next = slots[index].next
                 cancel(index)
+                if quietEntry >= 0 && slots[index].state == .cancelled {
+                    slots[index].quiet = quietEntry
+                    quiets[Int(quietEntry)].waiting += 1
+                }
             }
         }
         // SQEs not yet submitted name `fd` by its number, which the close below frees for reuse:
@@ -190,12 +216,6 @@ public final class UringReactor: ReactorBackend {
             record(result, "io_uring_submit")
         }
         Glibc.close(fd)
-    }
-
-    // TODO(arch-reactor): on io_uring, call `quiet` on the cancellations' completion.
-    public func close(_ fd: FileDescriptor, quiet: @escaping () -> Void) {
-        close(fd)
-        quiet()
     }
 
     public func spliceNow(from source: FileDescriptor, to destination: FileDescriptor, count: Int) -> Int {
