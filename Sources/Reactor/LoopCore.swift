@@ -158,10 +158,15 @@ struct TimerHeap {
     }
 
     mutating func add(after nanoseconds: UInt64, handler: CompletionHandler, tag: UInt32) -> TimerID {
+        add(at: Clock.nanoseconds() + nanoseconds, handler: handler, tag: tag)
+    }
+
+    /// At a deadline on `Clock`: what `add(after:)` does, and what tests use to control time.
+    mutating func add(at deadline: UInt64, handler: CompletionHandler, tag: UInt32) -> TimerID {
         let id = nextID
         nextID += 1
         active.insert(id)
-        heap.append(Entry(deadline: Clock.nanoseconds() + nanoseconds, id: id, handler: handler, tag: tag))
+        heap.append(Entry(deadline: deadline, id: id, handler: handler, tag: tag))
         var child = heap.count - 1
         while child > 0 {
             let parent = (child - 1) / 2
