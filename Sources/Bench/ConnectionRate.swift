@@ -22,7 +22,7 @@ public final class ConnectionRateScenario {
     private var startTime = 0.0, endTime = 0.0
     private var lastCount = 0, lastTime = 0.0
     private var progress: ProgressLine!
-    private var signals: SignalWatch?
+    private var signals: SignalWatcher?
     private var interrupted = false
     let message: UnsafeMutableRawPointer
 
@@ -43,11 +43,10 @@ public final class ConnectionRateScenario {
 
     public func run() throws -> BenchResult {
         let parallel = max(1, options.concurrency ?? 1)
-        signals = SignalWatch(reactor: reactor) { [unowned self] in
+        signals = try SignalWatcher(benchStopSignals, reactor: reactor) { [unowned self] _ in
             self.interrupted = true
             self.reactor.stop()
         }
-        signals?.arm()
         for _ in 0..<parallel {
             let worker = ConnectionWorker(scenario: self)
             workers.append(worker)
@@ -65,6 +64,8 @@ public final class ConnectionRateScenario {
             self.reactor.after(self.options.duration) { [weak self] in self?.stop() }
         }
         try reactor.run()
+        // The next run may use the same reactor: its signals are its own.
+        signals?.stop()
         progress.stop()
         if interrupted { throw BenchError("interrupted") }
         let seconds = endTime - startTime

@@ -50,7 +50,7 @@ class RelayScenario: StreamEvents {
     let counters = Counters()
     var progress: ProgressLine!
     var result: BenchResult
-    private var signals: SignalWatch?
+    private var signals: SignalWatcher?
     private(set) var finished = false
     var failure: String?
     /// Reasons streams failed, with counts (the first few kept).
@@ -68,10 +68,9 @@ class RelayScenario: StreamEvents {
 
     /// Runs the scenario to its end; throws when it could not run at all.
     func run() throws -> BenchResult {
-        signals = SignalWatch(reactor: reactor) { [unowned self] in
+        signals = try SignalWatcher(benchStopSignals, reactor: reactor) { [unowned self] _ in
             self.fail("interrupted")
         }
-        signals?.arm()
         var pending = options.connections
         for index in 0..<options.connections {
             let connection = BenchConnection(reactor: reactor, target: target, index: index)
@@ -88,6 +87,8 @@ class RelayScenario: StreamEvents {
         }
         progress.start()
         try reactor.run()
+        // The next run may use the same reactor: its signals are its own.
+        signals?.stop()
         progress.stop()
         for connection in connections { connection.close(now: true) }
         if let failure { throw BenchError(failure) }

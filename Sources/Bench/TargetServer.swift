@@ -170,33 +170,8 @@ final class EndOfFileStop: CompletionHandler {
     }
 }
 
-/// SIGINT, SIGTERM (and SIGHUP) read from a signalfd, like any other descriptor.
-final class SignalWatch: CompletionHandler {
-    let reactor: ReactorBackend
-    let buffer = UnsafeMutableRawPointer.allocate(byteCount: 128, alignment: 8)
-    var fd: FileDescriptor = -1
-    var onSignal: () -> Void
-
-    init(reactor: ReactorBackend, onSignal: @escaping () -> Void) {
-        self.reactor = reactor
-        self.onSignal = onSignal
-    }
-
-    deinit { buffer.deallocate() }
-
-    func arm() {
-        if fd < 0 {
-            var signals: [Int32] = [SIGINT, SIGTERM, SIGHUP]
-            fd = pf_signalfd(&signals, Int32(signals.count))
-        }
-        if fd >= 0 { reactor.read(fd, into: buffer, count: 128, handler: self, tag: 0) }
-    }
-
-    func complete(_ completion: Completion) {
-        onSignal()
-        arm()
-    }
-}
+/// What ends a bench run or a target server early.
+let benchStopSignals = [SIGINT, SIGTERM, SIGHUP]
 
 /// `portforward bench --serve MODE`: runs a target server until SIGINT/SIGTERM (or, with
 /// `watchStandardInput`, until its standard input ends). Prints one ready line on stdout:
@@ -208,8 +183,7 @@ public func serveTarget(mode: TargetMode, host: String, port: Int, backend: IOBa
     let reactor = try Reactors.make(backend)
     let server = try TargetServer(reactor: reactor, mode: mode, host: host, port: port)
     server.start()
-    let signals = SignalWatch(reactor: reactor) { reactor.stop() }
-    signals.arm()
+    let signals = try SignalWatcher(benchStopSignals, reactor: reactor) { _ in reactor.stop() }
     print("bench target ready: \(server.summary) io=\(reactor.name)")
     fflush(stdout)
     var watcher: EndOfFileStop?

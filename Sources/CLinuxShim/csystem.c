@@ -88,11 +88,19 @@ int pf_unblock_all_signals(void) {
     return sigprocmask(SIG_SETMASK, &set, NULL);
 }
 
+/* The signalfd first, the mask after: blocked signals without a descriptor to read them from would
+   be lost (Ctrl-C doing nothing). */
 int pf_signalfd(const int *signals, int count) {
     sigset_t set;
     fill(&set, signals, count);
-    if (sigprocmask(SIG_BLOCK, &set, NULL) != 0) return -1;
-    return signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (fd < 0) return -errno;
+    if (sigprocmask(SIG_BLOCK, &set, NULL) != 0) {
+        int code = errno;
+        close(fd);
+        return -code;
+    }
+    return fd;
 }
 
 int pf_socket_nonblock(int domain, int type) {

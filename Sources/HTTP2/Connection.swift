@@ -272,14 +272,20 @@ public final class Connection: CompletionHandler, DeferredTask {
         do { try session.receive(bytes) } catch { close(reason: "\(error)") }
     }
 
-    /// Closes the socket; everything queued is dropped.
+    /// Closes the socket; everything queued is dropped. The payloads queued for it (streams'
+    /// buffers and pipes) and the receive pipe go back in `quiet`: on io_uring a cancelled
+    /// writev, splice or splice-in may still be reading or filling them until its completion,
+    /// which comes after `onClose` has been called.
     public func close(reason: String?) {
         if isClosed { return }
         isClosed = true
         reactor.cancelTimer(tickTimer)
-        output.discard()
-        if let pipe = inPipe { pipes?.discard(pipe); inPipe = nil }
-        reactor.close(fd)
+        let receivePipe = inPipe
+        inPipe = nil
+        reactor.close(fd) { [self] in
+            output.discard()
+            if let receivePipe { pipes?.discard(receivePipe) }
+        }
         let callback = onClose
         onClose = nil
         callback?(reason)

@@ -8,13 +8,9 @@ import CLinuxShim
 /// descriptor's slot (one reader, one writer) until epoll reports the descriptor ready.
 public final class EpollReactor: ReactorBackend {
     struct Pending {
-        var operation: Operation
+        var request: Request
         var handler: CompletionHandler
         var tag: UInt32
-        var pointer: UnsafeMutableRawPointer? = nil
-        var count: Int = 0
-        var source: FileDescriptor = -1
-        var destination: FileDescriptor = -1
     }
 
     struct Slot {
@@ -50,7 +46,7 @@ public final class EpollReactor: ReactorBackend {
     // MARK: operations
 
     public func accept(_ fd: FileDescriptor, handler: CompletionHandler, tag: UInt32) {
-        submitReader(fd, Pending(operation: .accept, handler: handler, tag: tag))
+        submitReader(fd, Pending(request: .accept(fd), handler: handler, tag: tag))
     }
 
     public func connect(_ fd: FileDescriptor, address: SocketAddress, handler: CompletionHandler, tag: UInt32) {
@@ -65,35 +61,35 @@ public final class EpollReactor: ReactorBackend {
             return
         }
         register(fd)
-        slots[Int(fd)].writer = Pending(operation: .connect, handler: handler, tag: tag)
+        slots[Int(fd)].writer = Pending(request: .connect(fd, addressLength: address.length), handler: handler, tag: tag)
     }
 
     public func receive(_ fd: FileDescriptor, handler: CompletionHandler, tag: UInt32) {
-        submitReader(fd, Pending(operation: .receive, handler: handler, tag: tag))
+        submitReader(fd, Pending(request: .receive(fd), handler: handler, tag: tag))
     }
 
     public func read(_ fd: FileDescriptor, into buffer: UnsafeMutableRawPointer, count: Int, handler: CompletionHandler, tag: UInt32) {
-        submitReader(fd, Pending(operation: .read, handler: handler, tag: tag, pointer: buffer, count: count))
+        submitReader(fd, Pending(request: .read(fd, into: buffer, count: count), handler: handler, tag: tag))
     }
 
     public func write(_ fd: FileDescriptor, from buffer: UnsafeRawPointer, count: Int, handler: CompletionHandler, tag: UInt32) {
-        submitWriter(fd, Pending(operation: .write, handler: handler, tag: tag, pointer: UnsafeMutableRawPointer(mutating: buffer), count: count))
+        submitWriter(fd, Pending(request: .write(fd, from: buffer, count: count), handler: handler, tag: tag))
     }
 
     public func writev(_ fd: FileDescriptor, vectors: UnsafePointer<iovec>, count: Int, handler: CompletionHandler, tag: UInt32) {
-        submitWriter(fd, Pending(operation: .writev, handler: handler, tag: tag,
-                                 pointer: UnsafeMutableRawPointer(mutating: vectors), count: count))
+        submitWriter(fd, Pending(request: .writev(fd, vectors: vectors, count: count), handler: handler, tag: tag))
     }
 
     public func splice(from source: FileDescriptor, to destination: FileDescriptor, count: Int, socket: FileDescriptor,
                        handler: CompletionHandler, tag: UInt32) {
-        let pending = Pending(operation: .splice, handler: handler, tag: tag, count: count, source: source, destination: destination)
-        if socket == source { submitReader(socket, pending) } else { submitWriter(socket, pending) }
+        let request = Request.splice(from: source, to: destination, count: count, socket: socket)
+        let pending = Pending(request: request, handler: handler, tag: tag)
+        if request.writes { submitWriter(socket, pending) } else { submitReader(socket, pending) }
     }
 
     public func pollReadable(_ fd: FileDescriptor, handler: CompletionHandler, tag: UInt32) {
         register(fd)
-        slots[Int(fd)].reader = Pending(operation: .poll, handler: handler, tag: tag)
+        slots[Int(fd)].reader = Pending(request: .poll(fd), handler: handler, tag: tag)
         // Edge-triggered: an edge that came before registration is not reported again.
         var probe = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         if Glibc.poll(&probe, 1, 0) > 0 { attemptReader(fd) }
@@ -114,7 +110,9 @@ public final class EpollReactor: ReactorBackend {
         Glibc.close(fd)
     }
 
-    // TODO(arch-reactor): on io_uring, call `quiet` on the cancellations' completion.
+    /// `quiet` runs at once, inside `close`: every operation of this backend is a system call
+    /// the loop makes itself, so once `close` has cleared the descriptor's slot nothing will
+    /// touch the memory of an operation on `fd` again (the kernel never holds a pointer of ours).
     public func close(_ fd: FileDescriptor, quiet: @escaping () -> Void) {
         close(fd)
         quiet()
@@ -181,7 +179,7 @@ public final class EpollReactor: ReactorBackend {
     private func attemptReader(_ fd: FileDescriptor) {
         let index = Int(fd)
         guard index < slots.count, let pending = slots[index].reader else { return }
-        switch pending.operation {
+        switch pending.request {
         case .accept:
             if slots[index].restTimer != 0 { return }
             // Take every waiting connection; the slot stays armed for the next ones.
@@ -220,13 +218,13 @@ public final class EpollReactor: ReactorBackend {
             } else {
                 core.post(pending.handler, Completion(operation: .receive, tag: pending.tag, result: Int32(result), buffer: buffer))
             }
-        case .read:
-            let result = Glibc.read(fd, pending.pointer, pending.count)
+        case .read(_, let pointer, let count):
+            let result = Glibc.read(fd, pointer, count)
             finish(reader: true, index, pending, result)
-        case .splice:
-            let result = pf_splice(pending.source, pending.destination, pending.count, pf_splice_move | pf_splice_nonblock)
+        case .splice(let source, let destination, let count, _):
+            let result = pf_splice(source, destination, count, pf_splice_move | pf_splice_nonblock)
             finish(reader: true, index, pending, result)
-        default:
+        case .connect, .write, .writev:
             return
         }
     }
@@ -243,19 +241,19 @@ public final class EpollReactor: ReactorBackend {
         let index = Int(fd)
         guard index < slots.count, let pending = slots[index].writer else { return }
         let result: Int
-        switch pending.operation {
+        switch pending.request {
         case .connect:
             slots[index].writer = nil
             let code = Sockets.socketError(fd)
             core.post(pending.handler, Completion(operation: .connect, tag: pending.tag, result: -code))
             return
-        case .write:
-            result = Glibc.write(fd, pending.pointer, pending.count)
-        case .writev:
-            result = Glibc.writev(fd, pending.pointer!.assumingMemoryBound(to: iovec.self), Int32(pending.count))
-        case .splice:
-            result = pf_splice(pending.source, pending.destination, pending.count, pf_splice_move | pf_splice_nonblock)
-        default:
+        case .write(_, let pointer, let count):
+            result = Glibc.write(fd, pointer, count)
+        case .writev(_, let vectors, let count):
+            result = Glibc.writev(fd, vectors, Int32(count))
+        case .splice(let source, let destination, let count, _):
+            result = pf_splice(source, destination, count, pf_splice_move | pf_splice_nonblock)
+        case .accept, .receive, .read, .poll:
             return
         }
         finish(reader: false, index, pending, result)
@@ -267,10 +265,11 @@ public final class EpollReactor: ReactorBackend {
             let code = pf_errno()
             if code == EAGAIN || code == EINTR { return }
             if reader { slots[index].reader = nil } else { slots[index].writer = nil }
-            core.post(pending.handler, Completion(operation: pending.operation, tag: pending.tag, result: -code))
+            core.post(pending.handler, Completion(operation: pending.request.operation, tag: pending.tag, result: -code))
             return
         }
         if reader { slots[index].reader = nil } else { slots[index].writer = nil }
-        core.post(pending.handler, Completion(operation: pending.operation, tag: pending.tag, result: Int32(truncatingIfNeeded: result)))
+        core.post(pending.handler, Completion(operation: pending.request.operation, tag: pending.tag,
+                                              result: Int32(truncatingIfNeeded: result)))
     }
 }

@@ -2,8 +2,8 @@
 @preconcurrency import Glibc
 #endif
 
-/// What both backends share: completions ready to deliver, tasks deferred to the end of the
-/// turn, and timers. The turn itself is spelled out in `run` of each backend.
+/// What both backends share: completions ready to deliver (and the backend's own callbacks),
+/// tasks deferred to the end of the turn, and timers. The turn itself is spelled out in `run` of each backend.
 final class LoopCore {
     struct Ready {
         var handler: CompletionHandler
@@ -14,6 +14,9 @@ final class LoopCore {
 
     private(set) var ready: [Ready] = []
     private var delivering: [Ready] = []
+    /// Callbacks posted by the backend (`close(fd, quiet:)`), run after the completions.
+    private var callbacks: [() -> Void] = []
+    private var calling: [() -> Void] = []
     private var deferred: [DeferredTask] = []
     private var running: [DeferredTask] = []
     var timers = TimerHeap()
@@ -45,16 +48,20 @@ final class LoopCore {
     init() {
         ready.reserveCapacity(1024)
         delivering.reserveCapacity(1024)
+        callbacks.reserveCapacity(64)
+        calling.reserveCapacity(64)
         deferred.reserveCapacity(256)
         running.reserveCapacity(256)
     }
 
-    var hasWork: Bool { !ready.isEmpty || !deferred.isEmpty }
+    var hasWork: Bool { !ready.isEmpty || !callbacks.isEmpty || !deferred.isEmpty }
 
     @inline(__always)
     func post(_ handler: CompletionHandler, _ completion: Completion) {
         ready.append(Ready(handler: handler, completion: completion))
     }
+
+    func post(_ callback: @escaping () -> Void) { callbacks.append(callback) }
 
     func addDeferred(_ task: DeferredTask) { deferred.append(task) }
 
@@ -75,6 +82,11 @@ final class LoopCore {
                     item.handler.complete(item.completion)
                 }
                 delivering.removeAll(keepingCapacity: true)
+            }
+            if !callbacks.isEmpty {
+                swap(&callbacks, &calling)
+                for callback in calling { callback() }
+                calling.removeAll(keepingCapacity: true)
             }
             if !deferred.isEmpty {
                 swap(&deferred, &running)
@@ -146,10 +158,15 @@ struct TimerHeap {
     }
 
     mutating func add(after nanoseconds: UInt64, handler: CompletionHandler, tag: UInt32) -> TimerID {
+        add(at: Clock.nanoseconds() + nanoseconds, handler: handler, tag: tag)
+    }
+
+    /// At a deadline on `Clock`: what `add(after:)` does, and what tests use to control time.
+    mutating func add(at deadline: UInt64, handler: CompletionHandler, tag: UInt32) -> TimerID {
         let id = nextID
         nextID += 1
         active.insert(id)
-        heap.append(Entry(deadline: Clock.nanoseconds() + nanoseconds, id: id, handler: handler, tag: tag))
+        heap.append(Entry(deadline: deadline, id: id, handler: handler, tag: tag))
         var child = heap.count - 1
         while child > 0 {
             let parent = (child - 1) / 2

@@ -70,10 +70,12 @@ public protocol ReactorBackend: AnyObject {
     func cancelTimer(_ id: TimerID)
     /// Cancels whatever is pending on `fd` (no completion is delivered for it) and closes it.
     func close(_ fd: FileDescriptor)
-    /// `close(fd)`, then `quiet` once no operation issued on `fd` can touch its memory any more:
-    /// at once on epoll (its operations run in the loop's own system calls); on io_uring when the
-    /// kernel has completed the cancellation of every request on `fd`. Memory a cancelled write
-    /// reads from (pool buffers) goes back in `quiet`, never before.
+    /// `close(fd)`, then `quiet`, exactly once, when no operation issued on `fd` can touch its
+    /// memory any more. On epoll that is at once, inside `close` (its operations are the loop's
+    /// own system calls). On io_uring it is inside `close` too when nothing of `fd` reached the
+    /// kernel, and otherwise from the loop, with the completions of the turn that reaps the last
+    /// completion of the requests `close` cancelled. So a caller must expect either. Memory a
+    /// cancelled write reads from (pool buffers, pipes) goes back in `quiet`, never before.
     func close(_ fd: FileDescriptor, quiet: @escaping () -> Void)
     func schedule(_ task: DeferredTask)
     /// Runs until `stop()`.

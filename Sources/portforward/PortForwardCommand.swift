@@ -247,9 +247,11 @@ struct RelayCommand: ParsableCommand {
             if io.verbose { relay.log = standardError }
             relay.pipes = io.makePipes()
             relay.start()
-            let stopper = SignalStop(reactor: reactor)
-            stopper.onSignal = { relay.stop() }
-            stopper.arm()
+            do {
+                _ = try SignalStop(reactor: reactor) { relay.stop() }
+            } catch {
+                standardError("warning: \(error): SIGINT and SIGTERM end the relay without GOAWAY")
+            }
             let notReady = registry.notReady.isEmpty ? "" : ", \(registry.notReady.count) not ready"
             print("Relay listening on \(relay.address) (node \(relay.node), \(registry.pods.count) pods\(notReady), connector \(connectorObject.name), io \(reactor.name), open files \(limits.soft))")
             fflush(stdout)
@@ -290,31 +292,22 @@ func hostName() -> String {
     return String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }
 
-/// SIGINT/SIGTERM end the loop (read from a signalfd, like any other descriptor).
+/// SIGINT/SIGTERM end the relay: `onSignal` runs first, and the loop stops after a short grace
+/// period, so that what it queued (GOAWAY frames) is written. Later signals change nothing.
 final class SignalStop: CompletionHandler {
     let reactor: ReactorBackend
-    let buffer = UnsafeMutableRawPointer.allocate(byteCount: 128, alignment: 8)
-    var fd: FileDescriptor = -1
+    private var watcher: SignalWatcher?
 
-    init(reactor: ReactorBackend) { self.reactor = reactor }
-
-    // The reactor holds a handler until its read completes, so the buffer is no longer in use.
-    deinit { buffer.deallocate() }
-
-    func arm() {
-        var signals: [Int32] = [SIGINT, SIGTERM]
-        fd = pf_signalfd(&signals, Int32(signals.count))
-        if fd >= 0 { reactor.read(fd, into: buffer, count: 128, handler: self, tag: 0) }
+    /// Holds itself (through the watcher, then the grace timer) until the loop stops.
+    init(reactor: ReactorBackend, onSignal: @escaping () -> Void) throws {
+        self.reactor = reactor
+        watcher = try SignalWatcher([SIGINT, SIGTERM], reactor: reactor) { _ in
+            self.watcher?.stop()
+            self.watcher = nil
+            onSignal()
+            _ = reactor.timer(nanoseconds: 200_000_000, handler: self, tag: 0)
+        }
     }
 
-    /// Runs first; the loop then stops after a short grace period, so that what it queued
-    /// (GOAWAY frames) is written.
-    var onSignal: (() -> Void)?
-
-    func complete(_ completion: Completion) {
-        guard let onSignal else { return reactor.stop() }
-        self.onSignal = nil
-        onSignal()
-        _ = reactor.timer(nanoseconds: 200_000_000, handler: self, tag: 1)
-    }
+    func complete(_ completion: Completion) { reactor.stop() }
 }

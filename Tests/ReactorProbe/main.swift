@@ -15,6 +15,10 @@ import CLinuxShim
 //     The listener is closed while its accept rests after EMFILE, and its number is reused by
 //     a new listener with a connection waiting: the old accept must neither complete again nor
 //     take that connection.
+//   reactor-probe signalfd <epoll|uring>
+//     With no descriptor left, pf_signalfd fails with -EMFILE and leaves the signals unblocked
+//     (so Ctrl-C still ends a process that could not watch for it); with one free, it works
+//     and blocks them. The backend is not used.
 //
 // Prints one line of key=value fields and exits 0 (the reactor kept its contract), 1 (it did
 // not) or 2 (skipped: no io_uring here).
@@ -124,9 +128,29 @@ final class Acceptor: CompletionHandler {
     }
 }
 
+func probeSignalfd() -> Never {
+    if pf_set_nofile_soft_limit(descriptorLimit) != 0 { fail("setrlimit: errno \(pf_errno())") }
+    var fillers = exhaustDescriptors()
+    var signals: [Int32] = [SIGINT, SIGWINCH]
+    func blocked() -> Bool {
+        var mask = sigset_t()
+        sigprocmask(SIG_BLOCK, nil, &mask)
+        return sigismember(&mask, SIGINT) == 1 || sigismember(&mask, SIGWINCH) == 1
+    }
+    let failed = pf_signalfd(&signals, Int32(signals.count))
+    let blockedAfterFailure = blocked()
+    Glibc.close(fillers.removeLast())
+    let made = pf_signalfd(&signals, Int32(signals.count))
+    let blockedAfterSuccess = blocked()
+    print("mode=signalfd failure=\(failed < 0 ? errorName(-failed) : "none") blocked_after_failure=\(blockedAfterFailure)"
+          + " made=\(made >= 0) blocked_after_success=\(blockedAfterSuccess)")
+    exit(failed == -EMFILE && !blockedAfterFailure && made >= 0 && blockedAfterSuccess ? 0 : 1)
+}
+
 let arguments = CommandLine.arguments
+if arguments.count >= 2 && arguments[1] == "signalfd" { probeSignalfd() }
 guard arguments.count >= 3, ["backlog", "close"].contains(arguments[1]) else {
-    fail("usage: reactor-probe <backlog|close> <epoll|uring> [set-up index]")
+    fail("usage: reactor-probe <backlog|close|signalfd> <epoll|uring> [set-up index]")
 }
 let mode = arguments[1]
 let reactor = makeReactor(arguments[2], setup: arguments.count > 3 ? Int(arguments[3]) : nil)

@@ -64,6 +64,59 @@ import Testing
         #expect(pool.inUse == 0)
     }
 
+    // MARK: holders
+
+    @Test func aBufferGoesBackWhenItsLastHolderReleasesIt() {
+        let pool = BufferPool(bufferSize: 4096)
+        let shared = pool.take()
+        pool.retain(shared)
+        pool.retain(shared)
+        #expect(pool.inUse == 1, "one buffer, however many holders")
+        pool.release(shared)
+        pool.release(shared)
+        #expect(pool.inUse == 1)
+        let other = pool.take()
+        #expect(other != shared, "a buffer with a holder left is not handed out again")
+        pool.release(shared)
+        #expect(pool.inUse == 1)
+        #expect(pool.take() == shared, "the last release put it on the free list, next to go out")
+        pool.release(shared)
+        pool.release(other)
+        #expect(pool.inUse == 0)
+    }
+
+    @Test func buffersComeInSlabsAndKeepTheirAddresses() {
+        let pool = BufferPool(bufferSize: 4096)
+        #expect(pool.capacity == 0, "nothing mapped before the first take")
+        let ids = (0...BufferPool.buffersPerSlab).map { _ in pool.take() }
+        #expect(pool.capacity == 2 * BufferPool.buffersPerSlab)
+        #expect(Set(ids).count == ids.count)
+        let addresses = ids.map { pool.pointer($0) }
+        for id in ids { pool.release(id) }
+        #expect(pool.inUse == 0)
+        #expect(ids.map { pool.pointer($0) } == addresses)
+        // The free list is a stack: the buffer released last, the warmest, goes out first.
+        #expect(pool.take() == ids.last)
+    }
+
+    /// A buffer released by one holder but kept by another is in use: trim leaves it alone.
+    @Test func trimLeavesABufferThatStillHasAHolder() {
+        let pool = BufferPool(bufferSize: 4 * Self.page)
+        let shared = pool.take(), lone = pool.take()
+        pool.retain(shared)
+        memset(pool.pointer(shared), 0x42, pool.bufferSize)
+        memset(pool.pointer(lone), 0x17, pool.bufferSize)
+        pool.release(shared)
+        pool.release(lone)
+
+        #expect(pool.trim(keepWarm: 0) == pool.bufferSize, "only the buffer nobody holds is given back")
+        #expect(Self.resident(pool, shared))
+        #expect(UnsafeRawBufferPointer(start: pool.pointer(shared), count: pool.bufferSize).allSatisfy { $0 == 0x42 })
+        #expect(Self.gone(pool, lone))
+        pool.release(shared)
+        #expect(pool.inUse == 0)
+    }
+
     /// With buffers that are not a whole number of pages, a page shared with a buffer in use
     /// keeps its bytes.
     @Test func trimKeepsPagesSharedWithBuffersInUse() throws {

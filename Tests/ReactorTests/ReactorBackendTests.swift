@@ -548,6 +548,79 @@ import CLinuxShim
         #expect(recorder.completions.isEmpty)
     }
 
+    /// A write the peer does not read and a receive it does not feed are in the kernel (io_uring)
+    /// when the socket is closed: `quiet` waits for the completions of their cancellation, so
+    /// the memory the write reads from can go back then and not before. On epoll nothing of ours
+    /// is in the kernel, and `quiet` runs inside `close`.
+    @Test(arguments: backends)
+    func closeCallsQuietOnceTheCancelledRequestsHaveCompleted(_ backend: Backend) throws {
+        let reactor = try makeReactor(backend, exercising: [.write, .receive])
+        let (local, peer) = try tcpPair()
+        defer { Glibc.close(peer) }
+        let chunk = pattern(256 * 1024)
+        defer { chunk.deallocate() }
+        fillSendBuffer(local, peer)
+        let uring = reactor as? UringReactor
+        let log = Log()
+        var slotsAfterClose = -1, slotsAtQuiet = -1, quietCalls = 0
+
+        let pending = Recorder()
+        reactor.write(local, from: chunk.baseAddress!, count: chunk.count, handler: pending, tag: 1)
+        reactor.receive(local, handler: pending, tag: 2)
+        let closer = Recorder()
+        closer.next = { [unowned reactor] completion, _ in
+            if completion.tag == 2 { return reactor.stop() }
+            reactor.close(local) {
+                quietCalls += 1
+                slotsAtQuiet = uring?.live ?? 0
+                log.add("quiet")
+            }
+            slotsAfterClose = uring?.live ?? 0
+            log.add("closed")
+        }
+        _ = reactor.timer(nanoseconds: 20_000_000, handler: closer, tag: 1)
+        _ = reactor.timer(nanoseconds: 60_000_000, handler: closer, tag: 2)
+        try runLoop(reactor)
+
+        #expect(pending.completions.isEmpty, "a cancelled request completes to nobody")
+        #expect(quietCalls == 1)
+        if uring != nil {
+            #expect(log.entries == ["closed", "quiet"], "not inside close: both requests were in the kernel")
+            #expect(slotsAfterClose == 2, "the cancelled requests wait for their last completion")
+            #expect(slotsAtQuiet == 0, "quiet comes after the last of them")
+        } else {
+            #expect(log.entries == ["quiet", "closed"])
+        }
+        #expect(readOnce(peer) > 0, "the bytes written before the close still arrive")
+    }
+
+    /// Nothing in the kernel: before the loop ever ran (the requests are withdrawn), and on a
+    /// descriptor with nothing pending. `quiet` runs at once on every backend.
+    @Test(arguments: backends)
+    func closeCallsQuietAtOnceWhenNothingIsPending(_ backend: Backend) throws {
+        let reactor = try makeReactor(backend, exercising: [.write, .receive])
+        let (withdrawn, withdrawnPeer) = try tcpPair()
+        let (idle, idlePeer) = try tcpPair()
+        defer { Glibc.close(withdrawnPeer); Glibc.close(idlePeer) }
+        fillSendBuffer(withdrawn, withdrawnPeer)
+        let chunk = pattern(64 * 1024)
+        defer { chunk.deallocate() }
+        let pending = Recorder()
+        var calls: [String] = []
+
+        reactor.write(withdrawn, from: chunk.baseAddress!, count: chunk.count, handler: pending, tag: 1)
+        reactor.receive(withdrawn, handler: pending, tag: 2)
+        reactor.close(withdrawn) { calls.append("withdrawn") }
+        #expect(calls == ["withdrawn"])
+        reactor.close(idle) { calls.append("idle") }
+        #expect(calls == ["withdrawn", "idle"])
+        try runBriefly(reactor)
+
+        #expect(calls == ["withdrawn", "idle"], "once each")
+        #expect(pending.completions.isEmpty)
+        #expect(readOnce(idlePeer) == 0)
+    }
+
     @Test(arguments: backends)
     func droppingTheReactorLetsGoOfPendingOperations(_ backend: Backend) throws {
         let (local, peer) = try tcpPair()

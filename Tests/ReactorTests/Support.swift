@@ -133,6 +133,16 @@ func tcpPair() throws -> (FileDescriptor, FileDescriptor) {
     return (client, server)
 }
 
+/// Writes to `fd` until the kernel takes no more: its send buffer and `peer`'s receive buffer are
+/// full (both made small first, so this is quick), and a write issued now waits for the peer.
+func fillSendBuffer(_ fd: FileDescriptor, _ peer: FileDescriptor) {
+    var size: Int32 = 4096
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+    setsockopt(peer, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+    var scratch = [UInt8](repeating: 0x61, count: 64 * 1024)
+    while Glibc.write(fd, &scratch, scratch.count) > 0 {}
+}
+
 /// Bytes that differ from one offset to the next, so misplaced data shows.
 func pattern(_ count: Int, seed: Int = 0) -> UnsafeMutableRawBufferPointer {
     let bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 16)

@@ -28,7 +28,9 @@ int64_t pf_fstatfs_type(int fd);
 /* The kind of namespace an nsfs descriptor refers to (a CLONE_NEW* value), or -1 with errno. */
 int pf_namespace_type(int fd);
 int pf_eventfd(void);
-int pf_signalfd(const int *signals, int count);                   /* blocks them too */
+/* A non-blocking signalfd for `signals`, which are then blocked (only if it could be made);
+   -errno on failure, with the mask unchanged. */
+int pf_signalfd(const int *signals, int count);
 int pf_block_signals(const int *signals, int count);
 int pf_unblock_all_signals(void);
 int pf_socket_nonblock(int domain, int type);
