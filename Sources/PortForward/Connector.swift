@@ -8,8 +8,8 @@ import Reactor
 /// How a relay reaches a pod's port.
 public enum ConnectResult {
     case connected(FileDescriptor)
-    /// The HTTP status to answer with (502 refused/unreachable, 504 timeout) and a one-line reason.
-    case failed(status: Int, reason: String)
+    /// Why not; `Refusal` gives the status and the text the stream is answered with.
+    case failed(Refusal)
 }
 
 public protocol ConnectAttempt: AnyObject {
@@ -81,7 +81,7 @@ class Attempt: ConnectAttempt {
     }
 
     var timeoutResult: ConnectResult {
-        .failed(status: 504, reason: "timed out connecting to port \(port) after \((Double(timeout) / 1e9).formatted1)s")
+        .failed(.connectTimedOut(port: port, seconds: Double(timeout) / 1e9))
     }
 
     func finish(_ result: ConnectResult) {
@@ -129,13 +129,15 @@ final class NativeAttempt: Attempt, CompletionHandler {
             } catch let error as SystemError where error.call == "socket" {
                 if firstError == nil { firstError = "\(error)" }
                 continue
+            } catch let problem as NamespaceProblem {
+                return finish(.failed(.namespaceUnavailable(problem)))
             } catch {
-                return finish(.failed(status: 502, reason: "\(error)"))
+                return finish(.failed(.connectFailed("\(error)")))
             }
             connector.reactor.connect(fd, address: address, handler: self, tag: 1)
             return
         }
-        finish(.failed(status: 502, reason: firstError ?? "cannot connect"))
+        finish(.failed(.connectFailed(firstError ?? "cannot connect")))
     }
 
     func complete(_ completion: Completion) {
@@ -178,7 +180,7 @@ public final class NsenterConnector: Connector {
         // nsenter would open the path itself, and a FIFO there would hold it (and the stream)
         // until the connect timeout: the same check as the native connector's, answered at once.
         if let path = pod.networkNamespacePath, let problem = NetworkNamespace.check(path) {
-            attempt.finish(.failed(status: 502, reason: problem.description))
+            attempt.finish(.failed(.namespaceUnavailable(problem)))
             return attempt
         }
         var command: [String] = []
@@ -217,7 +219,7 @@ final class NsenterAttempt: Attempt, CompletionHandler {
         var errors: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0,
               pf_pipe2(&errors) == 0 else {
-            return finish(.failed(status: 502, reason: "\(SystemError("socketpair"))"))
+            return finish(.failed(.connectFailed("\(SystemError("socketpair"))")))
         }
         let spawned = Result { try ChildProcess.spawn(command, stdin: pair[1], stdout: pair[1], stderr: errors[1]) }
         Glibc.close(pair[1])
@@ -232,7 +234,7 @@ final class NsenterAttempt: Attempt, CompletionHandler {
             Glibc.close(diagnostics)
             socket = -1
             diagnostics = -1
-            return finish(.failed(status: 502, reason: "\(error)"))
+            return finish(.failed(.connectFailed("\(error)")))
         }
         Sockets.setBlocking(socket, false)
         timer = connector.reactor.timer(nanoseconds: connector.timeout, handler: self, tag: 2)
@@ -270,7 +272,7 @@ final class NsenterAttempt: Attempt, CompletionHandler {
         waitpid(pid, &status, 0)
         if done != nil {
             if socket >= 0 { Glibc.close(socket); socket = -1 }
-            finish(.failed(status: 502, reason: reason()))
+            finish(.failed(.connectFailed(reason())))
         }
     }
 

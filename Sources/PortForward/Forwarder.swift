@@ -224,7 +224,7 @@ public final class Forwarder: SessionDelegate, CompletionHandler, SpliceReceiver
             .split(separator: "\n").first.map(String.init) ?? ""
         // A relay's refusals are one line of text/plain; anything else is not a relay.
         let plain = head.header("content-type")?.hasPrefix("text/plain") ?? false
-        if plain && !body.isEmpty && head.status == 404 { throw ForwardError(body) }
+        if plain && !body.isEmpty && Refusal.textIsMessage(status: head.status) { throw ForwardError(body) }
         throw ForwardError("\(options.server) answered \(head.status) to the upgrade"
                            + (plain && !body.isEmpty ? ": \(body)" : " (is it a portforward relay?)"))
     }

@@ -38,7 +38,7 @@ final class Handshake: CompletionHandler {
             return
         }
         if completion.tag == 1 {
-            return refuse(408, "no HTTP/2 preface or complete request within \(relay.limits.handshakeTimeout.formatted1) s")
+            return refuse(.handshakeTimeout(seconds: relay.limits.handshakeTimeout))
         }
         guard completion.result > 0 else {
             finish()
@@ -65,31 +65,31 @@ final class Handshake: CompletionHandler {
                 scanned = upTo
                 return start()
             case .invalid(let status, let reason):
-                return refuse(status, reason)
+                return refuse(Refusal(invalidHead: status, reason: reason))
             case .complete(let request):
                 head = request
             }
         }
         guard let request = head else { return }
         if request.header("transfer-encoding") != nil {
-            return refuse(411, "a request body must have a Content-Length")
+            return refuse(.lengthRequired)
         }
         let bodyLength = request.contentLength
         let maxBody = relay.limits.maxUpgradeBody(relay.settings)
-        if bodyLength > maxBody { return refuse(413, "request body larger than \(maxBody) bytes (the stream window)") }
+        if bodyLength > maxBody { return refuse(.bodyTooLarge(limit: maxBody)) }
         if request.target != "*" {
-            if case .refused(let status, let reason) = relay.resolve(request.target) {
-                return refuse(status, reason)
+            if case .refused(let refusal) = relay.resolve(request.target) {
+                return refuse(refusal)
             }
         }
         guard request.asksForH2C, let settings = request.header("http2-settings").flatMap(Base64URL.decode) else {
-            return refuse(426, "this relay speaks HTTP/2: send Upgrade: h2c with HTTP2-Settings, or use prior knowledge")
+            return refuse(.upgradeRequired)
         }
         if bytes.count < request.length + bodyLength {
             // curl holds back a large body until it is told to go on.
             if !continued, request.header("expect")?.lowercased() == "100-continue" {
                 continued = true
-                guard writeAll(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)) else { return refuse(400, "write failed") }
+                guard writeAll(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)) else { return refuse(.badRequest("write failed")) }
             }
             return start()
         }
@@ -119,7 +119,7 @@ final class Handshake: CompletionHandler {
             do {
                 try session.connection.session.upgrade(settingsPayload: settings, headRequest: request.method == "HEAD")
             } catch {
-                return refuse(400, "invalid HTTP2-Settings: \(error)")
+                return refuse(.invalidSettings("\(error)"))
             }
             guard writeAll(Array(HTTPText.switchingProtocols.utf8)) else {
                 finish()
@@ -138,10 +138,10 @@ final class Handshake: CompletionHandler {
         initial.withUnsafeBytes { session.connection.start(initial: $0) }
     }
 
-    private func refuse(_ status: Int, _ reason: String) {
+    private func refuse(_ refusal: Refusal) {
         finish()
-        relay.limitedLog("request from \(peer) refused with \(status): \(reason)")
-        _ = writeAll(Array(HTTPText.response(status: status, reason: HTTPStatus.phrase(status), body: reason).utf8))
+        relay.limitedLog("request from \(peer) refused with \(refusal.status): \(refusal.text)")
+        _ = writeAll(Array(HTTPText.response(status: refusal.status, reason: refusal.reasonPhrase, body: refusal.text).utf8))
         // Unread request bytes would turn the close into a reset that loses the answer.
         Sockets.shutdownWrite(fd)
         relay.reactor.close(fd)

@@ -73,8 +73,8 @@ final class RelaySession: SessionDelegate, SpliceReceiver {
     private func request(headers: HeaderList, stream: StreamID, endStream: Bool) -> Tunnel? {
         let pod: Pod
         switch relay.resolve(headers[":path"] ?? "") {
-        case .refused(let status, let reason):
-            answer(stream, status: status, reason)
+        case .refused(let refusal):
+            answer(stream, refusal)
             return nil
         case .pod(let found):
             pod = found
@@ -82,13 +82,13 @@ final class RelaySession: SessionDelegate, SpliceReceiver {
         let port: Int
         switch PortHeader.parse(headers.all("port")) {
         case .failure(let error):
-            answer(stream, status: 400, error.description)
+            answer(stream, .badPort(error))
             return nil
         case .success(let value):
             port = value
         }
         if relay.streams >= relay.limits.maxStreams {
-            answer(stream, status: 503, "the relay holds \(relay.limits.maxStreams) streams (--max-streams): try again later")
+            answer(stream, .tooManyStreams(limit: relay.limits.maxStreams))
             return nil
         }
         let tunnel = Tunnel(stream: stream, connection: connection, pipes: relay.pipes)
@@ -156,9 +156,9 @@ final class RelaySession: SessionDelegate, SpliceReceiver {
                 }
                 tunnel.attach(fd)
                 try? self.connection.session.submitResponse(stream, headers: [(":status", "200")], body: tunnel)
-            case .failed(let status, let reason):
+            case .failed(let refusal):
                 tunnel.reject()
-                self.answer(stream, status: status, reason)
+                self.answer(stream, refusal)
             }
             self.connection.flushSoon()
         }
@@ -166,10 +166,10 @@ final class RelaySession: SessionDelegate, SpliceReceiver {
         if !answered { attempts[stream] = attempt }
     }
 
-    private func answer(_ stream: StreamID, status: Int, _ reason: String) {
-        let body = StaticBody(reason + "\n")
+    private func answer(_ stream: StreamID, _ refusal: Refusal) {
+        let body = StaticBody(refusal.text + "\n")
         try? connection.session.submitResponse(stream, headers: [
-            (":status", "\(status)"), ("content-type", "text/plain; charset=utf-8"),
+            (":status", "\(refusal.status)"), ("content-type", "text/plain; charset=utf-8"),
         ], body: body)
         connection.flushSoon()
     }
