@@ -8,8 +8,8 @@ import Reactor
 /// How a relay reaches a pod's port.
 public enum ConnectResult {
     case connected(FileDescriptor)
-    /// The HTTP status to answer with (502 refused/unreachable, 504 timeout) and a one-line reason.
-    case failed(status: Int, reason: String)
+    /// Why not; `Refusal` gives the status and the text the stream is answered with.
+    case failed(Refusal)
 }
 
 public protocol ConnectAttempt: AnyObject {
@@ -81,7 +81,7 @@ class Attempt: ConnectAttempt {
     }
 
     var timeoutResult: ConnectResult {
-        .failed(status: 504, reason: "timed out connecting to port \(port) after \((Double(timeout) / 1e9).formatted1)s")
+        .failed(.connectTimedOut(port: port, seconds: Double(timeout) / 1e9))
     }
 
     func finish(_ result: ConnectResult) {
@@ -129,13 +129,15 @@ final class NativeAttempt: Attempt, CompletionHandler {
             } catch let error as SystemError where error.call == "socket" {
                 if firstError == nil { firstError = "\(error)" }
                 continue
+            } catch let problem as NamespaceProblem {
+                return finish(.failed(.namespaceUnavailable(problem)))
             } catch {
-                return finish(.failed(status: 502, reason: "\(error)"))
+                return finish(.failed(.connectFailed("\(error)")))
             }
             connector.reactor.connect(fd, address: address, handler: self, tag: 1)
             return
         }
-        finish(.failed(status: 502, reason: firstError ?? "cannot connect"))
+        finish(.failed(.connectFailed(firstError ?? "cannot connect")))
     }
 
     func complete(_ completion: Completion) {
@@ -178,7 +180,7 @@ public final class NsenterConnector: Connector {
         // nsenter would open the path itself, and a FIFO there would hold it (and the stream)
         // until the connect timeout: the same check as the native connector's, answered at once.
         if let path = pod.networkNamespacePath, let problem = NetworkNamespace.check(path) {
-            attempt.finish(.failed(status: 502, reason: problem.description))
+            attempt.finish(.failed(.namespaceUnavailable(problem)))
             return attempt
         }
         var command: [String] = []
@@ -204,6 +206,12 @@ final class NsenterAttempt: Attempt, CompletionHandler {
     var diagnostics: FileDescriptor = -1
     var text: [UInt8] = []
     let chunk = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 1)
+    /// How long until the next try at reaping socat (`reap`).
+    private var reapDelay: UInt64 = 1_000_000
+
+    private static let diagnosticsTag: UInt32 = 1
+    private static let timeoutTag: UInt32 = 2
+    private static let reapTag: UInt32 = 3
 
     init(connector: NsenterConnector, port: Int, done: @escaping (ConnectResult) -> Void) {
         self.connector = connector
@@ -215,9 +223,14 @@ final class NsenterAttempt: Attempt, CompletionHandler {
     func start(_ command: [String]) {
         var pair: [Int32] = [-1, -1]
         var errors: [Int32] = [-1, -1]
-        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0,
-              pf_pipe2(&errors) == 0 else {
-            return finish(.failed(status: 502, reason: "\(SystemError("socketpair"))"))
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+            return finish(.failed(.connectFailed("\(SystemError("socketpair"))")))
+        }
+        guard pf_pipe2(&errors) == 0 else {
+            let error = SystemError("pipe2")
+            Glibc.close(pair[0])
+            Glibc.close(pair[1])
+            return finish(.failed(.connectFailed("\(error)")))
         }
         let spawned = Result { try ChildProcess.spawn(command, stdin: pair[1], stdout: pair[1], stderr: errors[1]) }
         Glibc.close(pair[1])
@@ -232,22 +245,28 @@ final class NsenterAttempt: Attempt, CompletionHandler {
             Glibc.close(diagnostics)
             socket = -1
             diagnostics = -1
-            return finish(.failed(status: 502, reason: "\(error)"))
+            return finish(.failed(.connectFailed("\(error)")))
         }
         Sockets.setBlocking(socket, false)
-        timer = connector.reactor.timer(nanoseconds: connector.timeout, handler: self, tag: 2)
+        timer = connector.reactor.timer(nanoseconds: connector.timeout, handler: self, tag: Self.timeoutTag)
         readDiagnostics()
     }
 
     private func readDiagnostics() {
-        connector.reactor.read(diagnostics, into: chunk, count: 4096, handler: self, tag: 1)
+        connector.reactor.read(diagnostics, into: chunk, count: 4096, handler: self, tag: Self.diagnosticsTag)
     }
 
     func complete(_ completion: Completion) {
-        if completion.tag == 2 {
+        switch completion.tag {
+        case Self.timeoutTag:
             guard done != nil else { return }
-            kill(pid, SIGKILL)
+            // Killed, socat closes its diagnostics: their end of file reaps it, as below.
+            releaseResources()
             return finish(timeoutResult)
+        case Self.reapTag:
+            return reap()
+        default:
+            break
         }
         if completion.result > 0 {
             if done != nil {
@@ -263,15 +282,34 @@ final class NsenterAttempt: Attempt, CompletionHandler {
             readDiagnostics()
             return
         }
-        // socat exited.
+        // socat exited (or is exiting).
         connector.reactor.close(diagnostics)
         diagnostics = -1
-        var status: Int32 = 0
-        waitpid(pid, &status, 0)
         if done != nil {
             if socket >= 0 { Glibc.close(socket); socket = -1 }
-            finish(.failed(status: 502, reason: reason()))
+            finish(.failed(.connectFailed(reason())))
         }
+        reap()
+    }
+
+    /// Collects socat's exit without blocking the loop. The end of file on its diagnostics comes
+    /// when the exiting process closes its descriptors, a moment before it becomes waitable, so a
+    /// non-blocking waitpid nearly always reaps it at once; otherwise it is tried again on a timer
+    /// (1 ms, doubling up to a quarter of a second). Chosen over a pidfd watched for readability:
+    /// that would cost one more descriptor per connect attempt, when the relay may be short of
+    /// them, to save a retry that almost never happens.
+    private func reap() {
+        guard pid > 0 else { return }
+        var status: Int32 = 0
+        var reaped: pid_t
+        repeat { reaped = waitpid(pid, &status, WNOHANG) } while reaped < 0 && pf_errno() == EINTR
+        if reaped == 0 {
+            _ = connector.reactor.timer(nanoseconds: reapDelay, handler: self, tag: Self.reapTag)
+            reapDelay = min(reapDelay * 2, 256_000_000)
+            return
+        }
+        // Reaped, or not ours to reap any more (ECHILD): either way, no pid to signal later.
+        pid = 0
     }
 
     /// socat's error line without its time stamp: "E connect(5, AF=2 127.0.0.1:80, 16): Connection refused".
@@ -284,6 +322,8 @@ final class NsenterAttempt: Attempt, CompletionHandler {
         return "socat exited before connecting"
     }
 
+    /// The stream went away or the connect timed out: the socket pair end goes, and socat is
+    /// killed; its diagnostics are still drained, and their end of file reaps it.
     override func releaseResources() {
         if socket >= 0 { Glibc.close(socket); socket = -1 }
         if pid > 0 { kill(pid, SIGKILL) }

@@ -72,8 +72,7 @@ public final class Forwarder: CompletionHandler {
     private var connection: Connection!
     private var listeners: [(fd: FileDescriptor, spec: PortSpec)] = []
     private let table = StreamTable()
-    private var signals: FileDescriptor = -1
-    private let signalBuffer = UnsafeMutableRawPointer.allocate(byteCount: 128, alignment: 8)
+    private var signals: SignalWatcher?
     private var stopping = false
     /// Splice mode: local bytes go socket -> pipe -> relay connection (nil: pooled buffers).
     public var pipes: PipePool?
@@ -97,8 +96,6 @@ public final class Forwarder: CompletionHandler {
         server = try ServerURL(parsing: options.server)
     }
 
-    deinit { signalBuffer.deallocate() }
-
     /// Connects and upgrades (blocking: nothing else is going on yet), then opens the listeners.
     /// Throws with the one line to show when the relay cannot be reached or refuses the pod.
     public func start() throws {
@@ -121,12 +118,13 @@ public final class Forwarder: CompletionHandler {
         connection.keepalive = options.keepalive
         try openListeners()
         leftover.withUnsafeBytes { connection.start(initial: $0) }
-        var caught: [Int32] = [SIGINT, SIGTERM, SIGHUP]
-        signals = pf_signalfd(&caught, Int32(caught.count))
-        if signals >= 0 { reactor.read(signals, into: signalBuffer, count: 128, handler: self, tag: Self.signalTag) }
+        do {
+            signals = try SignalWatcher([SIGINT, SIGTERM, SIGHUP], reactor: reactor) { [unowned self] _ in self.shutdown() }
+        } catch {
+            // The default action still ends the process on Ctrl-C, only without a GOAWAY.
+            printError("warning: cannot watch for Ctrl-C and SIGTERM (\(error)): they will end the client abruptly")
+        }
     }
-
-    private static let signalTag: UInt32 = .max
 
     private func dial() throws -> FileDescriptor {
         let addresses = SocketAddress.resolve(server.host, port: server.port)
@@ -229,7 +227,7 @@ public final class Forwarder: CompletionHandler {
             .split(separator: "\n").first.map(String.init) ?? ""
         // A relay's refusals are one line of text/plain; anything else is not a relay.
         let plain = head.header("content-type")?.hasPrefix("text/plain") ?? false
-        if plain && !body.isEmpty && head.status == 404 { throw ForwardError(body) }
+        if plain && !body.isEmpty && Refusal.textIsMessage(status: head.status) { throw ForwardError(body) }
         throw ForwardError("\(options.server) answered \(head.status) to the upgrade"
                            + (plain && !body.isEmpty ? ": \(body)" : " (is it a portforward relay?)"))
     }
@@ -270,13 +268,9 @@ public final class Forwarder: CompletionHandler {
         }
     }
 
-    // MARK: completions: accepted connections and signals
+    // MARK: completions: accepted connections
 
     public func complete(_ completion: Completion) {
-        if completion.tag == Self.signalTag {
-            shutdown()
-            return
-        }
         guard completion.result >= 0 else {
             // Out of descriptors, the reactor tries again every 10 ms: one line a second is enough.
             acceptErrors("error: accept: \(SystemError.reason(-completion.result))")

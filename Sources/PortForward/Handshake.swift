@@ -46,7 +46,7 @@ public struct Handshake {
         case needMore
         /// Answer `100 Continue` (the client holds its body back until then), then read more.
         case sendContinue
-        case refuse(status: Int, reason: String)
+        case refuse(Refusal)
         /// The HTTP/2 preface: the bytes so far are the session's first.
         case priorKnowledge(initial: ArraySlice<UInt8>)
         /// An upgrade; `initial` are the bytes after the request and its body.
@@ -55,14 +55,14 @@ public struct Handshake {
 
     public let limits: Limits
     /// Where a request's target leads: nil when it names a pod here, else the refusal.
-    private let resolve: (String) -> (status: Int, reason: String)?
+    private let resolve: (String) -> Refusal?
     public private(set) var bytes: [UInt8] = []
     private var head: RequestHead?
     private var scanned = 0
     private var continued = false
     public private(set) var decided = false
 
-    public init(limits: Limits, resolve: @escaping (String) -> (status: Int, reason: String)?) {
+    public init(limits: Limits, resolve: @escaping (String) -> Refusal?) {
         self.limits = limits
         self.resolve = resolve
     }
@@ -75,7 +75,7 @@ public struct Handshake {
 
     /// No complete request (or preface) within the handshake timeout.
     public mutating func timedOut(after seconds: Double) -> Decision {
-        finish(.refuse(status: 408, reason: "no HTTP/2 preface or complete request within \(seconds.formatted1) s"))
+        finish(.refuse(.handshakeTimeout(seconds: seconds)))
     }
 
     private mutating func finish(_ decision: Decision) -> Decision {
@@ -100,25 +100,25 @@ public struct Handshake {
                 scanned = upTo
                 return .needMore
             case .invalid(let status, let reason):
-                return finish(.refuse(status: status, reason: reason))
+                return finish(.refuse(Refusal(invalidHead: status, reason: reason)))
             case .complete(let request):
                 head = request
             }
         }
         guard let request = head else { return .needMore }
         if request.header("transfer-encoding") != nil {
-            return finish(.refuse(status: 411, reason: "a request body must have a Content-Length"))
+            return finish(.refuse(.lengthRequired))
         }
         let bodyLength = request.contentLength
         if bodyLength > limits.maxBody {
-            return finish(.refuse(status: 413, reason: "request body larger than \(limits.maxBody) bytes (the stream window)"))
+            return finish(.refuse(.bodyTooLarge(limit: limits.maxBody)))
         }
         if request.target != "*", let refusal = resolve(request.target) {
-            return finish(.refuse(status: refusal.status, reason: refusal.reason))
+            return finish(.refuse(refusal))
         }
         let frontEnd = FrontEnd.detect(request)
         if frontEnd == .unsupported {
-            return finish(.refuse(status: 426, reason: "this relay speaks HTTP/2: send Upgrade: h2c with HTTP2-Settings, or use prior knowledge"))
+            return finish(.refuse(.upgradeRequired))
         }
         if bytes.count < request.length + bodyLength {
             // curl holds back a large body until it is told to go on.

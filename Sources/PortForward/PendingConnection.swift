@@ -22,7 +22,7 @@ final class PendingConnection: CompletionHandler {
         handshake = Handshake(limits: Handshake.Limits(maxHead: relay.limits.maxRequestHead,
                                                        maxBody: relay.limits.maxUpgradeBody(relay.settings)),
                               resolve: { [unowned relay] target in
-            if case .refused(let status, let reason) = relay.resolve(target) { return (status, reason) }
+            if case .refused(let refusal) = relay.resolve(target) { return refusal }
             return nil
         })
     }
@@ -58,10 +58,10 @@ final class PendingConnection: CompletionHandler {
         case .needMore:
             receive()
         case .sendContinue:
-            guard writeAll(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)) else { return refuse(400, "write failed") }
+            guard writeAll(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)) else { return refuse(.badRequest("write failed")) }
             receive()
-        case .refuse(let status, let reason):
-            refuse(status, reason)
+        case .refuse(let refusal):
+            refuse(refusal)
         case .priorKnowledge(let initial):
             become(upgrade: nil, initial: initial)
         case .upgrade(let upgrade, let initial):
@@ -92,7 +92,7 @@ final class PendingConnection: CompletionHandler {
             do {
                 try session.connection.session.upgrade(settingsPayload: settings, headRequest: request.method == "HEAD")
             } catch {
-                return refuse(400, "invalid HTTP2-Settings: \(error)")
+                return refuse(.invalidSettings("\(error)"))
             }
             guard writeAll(Array(HTTPText.switchingProtocols.utf8)) else {
                 finish()
@@ -111,10 +111,10 @@ final class PendingConnection: CompletionHandler {
         initial.withUnsafeBytes { session.connection.start(initial: $0) }
     }
 
-    private func refuse(_ status: Int, _ reason: String) {
+    private func refuse(_ refusal: Refusal) {
         finish()
-        relay.limitedLog("request from \(peer) refused with \(status): \(reason)")
-        _ = writeAll(Array(HTTPText.response(status: status, reason: HTTPStatus.phrase(status), body: reason).utf8))
+        relay.limitedLog("request from \(peer) refused with \(refusal.status): \(refusal.text)")
+        _ = writeAll(Array(HTTPText.response(status: refusal.status, reason: refusal.reasonPhrase, body: refusal.text).utf8))
         // Unread request bytes would turn the close into a reset that loses the answer.
         Sockets.shutdownWrite(fd)
         relay.reactor.close(fd)

@@ -14,23 +14,3 @@ public enum PortHeader {
     }
 }
 
-/// Reason phrases for the statuses the relay answers with.
-public enum HTTPStatus {
-    public static func phrase(_ status: Int) -> String {
-        switch status {
-        case 200: return "OK"
-        case 400: return "Bad Request"
-        case 404: return "Not Found"
-        case 408: return "Request Timeout"
-        case 411: return "Length Required"
-        case 413: return "Content Too Large"
-        case 426: return "Upgrade Required"
-        case 429: return "Too Many Requests"
-        case 431: return "Request Header Fields Too Large"
-        case 502: return "Bad Gateway"
-        case 503: return "Service Unavailable"
-        case 504: return "Gateway Timeout"
-        default: return "Error"
-        }
-    }
-}

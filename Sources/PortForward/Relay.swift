@@ -85,22 +85,17 @@ public final class Relay: CompletionHandler {
         handshake.start()
     }
 
-    /// Where a path leads: a pod, or the status and one line to answer with.
+    /// Where a path leads: a pod, or why not.
     public enum Target {
         case pod(Pod)
-        case refused(status: Int, reason: String)
+        case refused(Refusal)
     }
 
     public func resolve(_ path: String) -> Target {
-        guard let target = ForwardPath(parsing: path) else {
-            return .refused(status: 404, reason: "unknown path \"\(path.prefix(256))\": expected /portForward/<namespace>/<pod> or /proxy/nodes/<node>/portForward/<namespace>/<pod>")
-        }
-        // Names come from the peer: the answer (and the log line) quotes at most a name's length.
-        if let node = target.node, node != self.node {
-            return .refused(status: 404, reason: "node \"\(node.prefix(253))\" not found")
-        }
+        guard let target = ForwardPath(parsing: path) else { return .refused(.unknownPath(path)) }
+        if let node = target.node, node != self.node { return .refused(.nodeNotFound(node)) }
         guard let pod = registry.pod(namespace: target.namespace, name: target.pod) else {
-            return .refused(status: 404, reason: "pod \"\(target.namespace.prefix(63))/\(target.pod.prefix(253))\" not found")
+            return .refused(.podNotFound(namespace: target.namespace, name: target.pod))
         }
         return .pod(pod)
     }

@@ -81,8 +81,8 @@ final class RelaySession {
     private func request(headers: HeaderList, stream: StreamID, endStream: Bool) -> Tunnel? {
         let pod: Pod
         switch relay.resolve(headers[":path"] ?? "") {
-        case .refused(let status, let reason):
-            answer(stream, status: status, reason)
+        case .refused(let refusal):
+            answer(stream, refusal)
             return nil
         case .pod(let found):
             pod = found
@@ -90,13 +90,13 @@ final class RelaySession {
         let port: Int
         switch PortHeader.parse(headers.all("port")) {
         case .failure(let error):
-            answer(stream, status: 400, error.description)
+            answer(stream, .badPort(error))
             return nil
         case .success(let value):
             port = value
         }
         if relay.streams >= relay.limits.maxStreams {
-            answer(stream, status: 503, "the relay holds \(relay.limits.maxStreams) streams (--max-streams): try again later")
+            answer(stream, .tooManyStreams(limit: relay.limits.maxStreams))
             return nil
         }
         let carrier = HTTP2Stream(connection: connection, id: stream)
@@ -172,9 +172,9 @@ final class RelaySession {
                     self.relay.limitedLog("\(self.peer): stream \(stream): cannot answer: \(error)")
                     tunnel.abort()
                 }
-            case .failed(let status, let reason):
+            case .failed(let refusal):
                 tunnel.refused()
-                self.answer(stream, status: status, reason)
+                self.answer(stream, refusal)
             }
             self.connection.flushSoon()
         }
@@ -182,15 +182,15 @@ final class RelaySession {
         if !answered { attempts[stream] = attempt }
     }
 
-    private func answer(_ stream: StreamID, status: Int, _ reason: String) {
-        let body = StaticBody(reason + "\n")
+    private func answer(_ stream: StreamID, _ refusal: Refusal) {
+        let body = StaticBody(refusal.text + "\n")
         do {
             try connection.session.submitResponse(stream, headers: [
-                (":status", "\(status)"), ("content-type", "text/plain; charset=utf-8"),
+                (":status", "\(refusal.status)"), ("content-type", "text/plain; charset=utf-8"),
             ], body: body)
         } catch {
             // The stream is already gone (reset by the peer meanwhile): nothing to answer.
-            relay.limitedLog("\(peer): stream \(stream): cannot answer \(status): \(error)")
+            relay.limitedLog("\(peer): stream \(stream): cannot answer \(refusal.status): \(error)")
             connection.session.reset(stream, code: NGHTTP2_INTERNAL_ERROR.rawValue)
         }
         connection.flushSoon()

@@ -505,13 +505,10 @@ public struct TunnelState {
         closeWithReset(&out)
     }
 
-    /// The multiplexer's connection is gone: nothing queued for it will be sent.
+    /// The multiplexer's connection is gone: nothing queued for it will be sent. What it took
+    /// stays held until it says so (`payloadDropped`): its cancelled write may still read it.
     public mutating func connectionLost(_ out: inout [TunnelAction]) {
         if isFinished { return }
-        if case .sending(var outgoing) = up {
-            outgoing.taken = outgoing.sent
-            up = .sending(outgoing)
-        }
         phase = attached ? .streamClosed : .connecting
         closeWithReset(&out)
     }

@@ -7,7 +7,7 @@ private func describe(_ decision: Handshake.Decision) -> String {
     switch decision {
     case .needMore: return "more"
     case .sendContinue: return "continue"
-    case .refuse(let status, let reason): return "\(status) \(reason)"
+    case .refuse(let refusal): return "\(refusal.status) \(refusal.text)"
     case .priorKnowledge(let initial): return "h2 \(initial.count)"
     case .upgrade(let upgrade, let initial):
         return "h2c \(upgrade.request.method) \(upgrade.request.target) body=\(String(decoding: upgrade.body, as: UTF8.self)) rest=\(String(decoding: initial, as: UTF8.self))"
@@ -39,7 +39,7 @@ struct HandshakeTests {
         HandshakeCase(name: "an h2c upgrade with no body, bytes after it are the session's",
                       reads: [upgrade() + "PRI"], decisions: ["h2c POST /portForward/default/web body= rest=PRI"]),
         HandshakeCase(name: "an upgrade head that arrives a line at a time",
-                      reads: ["POST /portForward/default/web HTTP/1.1\r\n", "Host: relay\r\nUpgrade: h2c\r\n",
+                      reads: ["POST /portForward/default/web HTTP/1.1\r\n", "Host: relay\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n",
                               "HTTP2-Settings: \(settings)\r\n\r\n"],
                       decisions: ["more", "more", "h2c POST /portForward/default/web body= rest="]),
         HandshakeCase(name: "a body split over reads is waited for",
@@ -50,10 +50,10 @@ struct HandshakeTests {
                       decisions: ["continue", "more", "h2c POST /portForward/default/web body=hello rest="]),
         HandshakeCase(name: "a plain request is told to upgrade",
                       reads: ["GET /portForward/default/web HTTP/1.1\r\nHost: relay\r\n\r\n"],
-                      decisions: ["426 this relay speaks HTTP/2: send Upgrade: h2c with HTTP2-Settings, or use prior knowledge"]),
+                      decisions: ["426 this relay speaks HTTP/2: send Upgrade: h2c with HTTP2-Settings (both named in Connection), or use prior knowledge"]),
         HandshakeCase(name: "a WebSocket upgrade is not spoken (yet)",
                       reads: ["GET /portForward/default/web HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\n\r\n"],
-                      decisions: ["426 this relay speaks HTTP/2: send Upgrade: h2c with HTTP2-Settings, or use prior knowledge"]),
+                      decisions: ["426 this relay speaks HTTP/2: send Upgrade: h2c with HTTP2-Settings (both named in Connection), or use prior knowledge"]),
         HandshakeCase(name: "an unknown pod is refused before the protocol is looked at",
                       reads: ["GET /portForward/default/nope HTTP/1.1\r\nHost: relay\r\n\r\n"],
                       decisions: ["404 pod \"default/nope\" not found"]),
@@ -74,7 +74,7 @@ struct HandshakeTests {
 
     private static func handshake() -> Handshake {
         Handshake(limits: Handshake.Limits(maxHead: 512, maxBody: 1000)) { target in
-            target == "/portForward/default/web" ? nil : (404, "pod \"default/nope\" not found")
+            target == "/portForward/default/web" ? nil : .podNotFound(namespace: "default", name: "nope")
         }
     }
 
@@ -111,8 +111,11 @@ struct HandshakeTests {
             }
             return nil
         }
-        #expect(FrontEnd.detect(try #require(head("Upgrade: h2c\r\nHTTP2-Settings: \(settings)\r\n"))) != .unsupported)
-        #expect(FrontEnd.detect(try #require(head("Upgrade: h2c\r\nHTTP2-Settings: @@@\r\n"))) == .unsupported)
+        let connection = "Connection: Upgrade, HTTP2-Settings\r\n"
+        #expect(FrontEnd.detect(try #require(head(connection + "Upgrade: h2c\r\nHTTP2-Settings: \(settings)\r\n"))) != .unsupported)
+        // Without Connection naming the upgrade, it may have come from another hop.
+        #expect(FrontEnd.detect(try #require(head("Upgrade: h2c\r\nHTTP2-Settings: \(settings)\r\n"))) == .unsupported)
+        #expect(FrontEnd.detect(try #require(head(connection + "Upgrade: h2c\r\nHTTP2-Settings: @@@\r\n"))) == .unsupported)
         #expect(FrontEnd.detect(try #require(head("Upgrade: h2c\r\n"))) == .unsupported)
         #expect(FrontEnd.detect(try #require(head("Upgrade: SPDY/3.1\r\n"))) == .unsupported)
     }

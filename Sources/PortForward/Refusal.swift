@@ -1,0 +1,104 @@
+import HTTP2
+
+/// Why the relay answers a request with anything but 200: what the I/O code reports (connectors,
+/// path resolution, the stream checks, the HTTP/1.1 handshake). `status`, `reasonPhrase` and
+/// `text` (the one-line body) come from the one mapping below, so an HTTP status is chosen in
+/// one place, not at each place that refuses.
+public enum Refusal: Error, Sendable {
+    // Where the path leads: 404.
+    case unknownPath(String)
+    case nodeNotFound(String)
+    case podNotFound(namespace: String, name: String)
+    // The stream's own request.
+    case badPort(HeadError)
+    case tooManyStreams(limit: Int)
+    // Reaching the pod's port.
+    case namespaceUnavailable(NamespaceProblem)
+    /// Refused, unreachable, socat's error line: the reason as the system or socat gave it.
+    case connectFailed(String)
+    case connectTimedOut(port: Int, seconds: Double)
+    // The HTTP/1.1 handshake.
+    case handshakeTimeout(seconds: Double)
+    case lengthRequired
+    case bodyTooLarge(limit: Int)
+    case upgradeRequired
+    case invalidSettings(String)
+    case badRequest(String)
+    case headerFieldsTooLarge(String)
+
+    /// A request head the parser refused. The HTTP2 module's parser knows nothing of this type
+    /// (it serves the client too, and stays apart from PortForward): it says 431 for a head too
+    /// large and 400 for anything else malformed.
+    public init(invalidHead status: Int, reason: String) {
+        self = status == 431 ? .headerFieldsTooLarge(reason) : .badRequest(reason)
+    }
+
+    /// The one mapping.
+    private var answer: (status: Int, text: String) {
+        switch self {
+        // Names come from the peer: the text quotes at most a name's length (a path's 256 bytes).
+        case .unknownPath(let path):
+            return (404, "unknown path \"\(path.prefix(256))\": expected /portForward/<namespace>/<pod> or /proxy/nodes/<node>/portForward/<namespace>/<pod>")
+        case .nodeNotFound(let node):
+            return (404, "node \"\(node.prefix(253))\" not found")
+        case .podNotFound(let namespace, let name):
+            return (404, "pod \"\(namespace.prefix(63))/\(name.prefix(253))\" not found")
+        case .badPort(let error):
+            return (400, error.description)
+        case .tooManyStreams(let limit):
+            return (503, "the relay holds \(limit) streams (--max-streams): try again later")
+        case .namespaceUnavailable(let problem):
+            return (502, problem.description)
+        case .connectFailed(let reason):
+            return (502, reason)
+        case .connectTimedOut(let port, let seconds):
+            return (504, "timed out connecting to port \(port) after \(seconds.formatted1)s")
+        case .handshakeTimeout(let seconds):
+            return (408, "no HTTP/2 preface or complete request within \(seconds.formatted1) s")
+        case .lengthRequired:
+            return (411, "a request body must have a Content-Length")
+        case .bodyTooLarge(let limit):
+            return (413, "request body larger than \(limit) bytes (the stream window)")
+        case .upgradeRequired:
+            return (426, "this relay speaks HTTP/2: send Upgrade: h2c with HTTP2-Settings (both named in Connection), or use prior knowledge")
+        case .invalidSettings(let reason):
+            return (400, "invalid HTTP2-Settings: \(reason)")
+        case .badRequest(let reason):
+            return (400, reason)
+        case .headerFieldsTooLarge(let reason):
+            return (431, reason)
+        }
+    }
+
+    public var status: Int { answer.status }
+
+    /// The one-line body, without its line end.
+    public var text: String { answer.text }
+
+    /// The HTTP/1.1 status line's phrase (RFC 9110's).
+    public var reasonPhrase: String {
+        switch status {
+        case 400: return "Bad Request"
+        case 404: return "Not Found"
+        case 408: return "Request Timeout"
+        case 411: return "Length Required"
+        case 413: return "Content Too Large"
+        case 426: return "Upgrade Required"
+        case 431: return "Request Header Fields Too Large"
+        case 502: return "Bad Gateway"
+        case 503: return "Service Unavailable"
+        case 504: return "Gateway Timeout"
+        default: return "Error"
+        }
+    }
+
+    /// Client side: whether a refusal's text is the whole message to show. A 404's text names
+    /// what the user asked for and was not found (`pod "default/web" not found`), a complete
+    /// sentence on its own; any other status is about the exchange with the server, so the
+    /// client says which server answered which status before the text.
+    public static func textIsMessage(status: Int) -> Bool { status == 404 }
+}
+
+extension Refusal: CustomStringConvertible {
+    public var description: String { "\(status) \(reasonPhrase): \(text)" }
+}
