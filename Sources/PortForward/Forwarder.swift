@@ -105,16 +105,13 @@ public final class Forwarder: CompletionHandler {
         let session = try Session(role: .client, settings: settings)
         try session.upgrade(settingsPayload: HTTPText.settingsPayload(settings))
         connection = Connection(fd: fd, session: session, reactor: reactor)
-        session.delegate = table
+        table.serve(connection, pipes: pipes) { [unowned self] reason in self.connectionClosed(reason) }
         table.onHeaders = { [unowned self] headers, stream, endStream in
             guard let tunnel = self.table[stream] else { return }
             tunnel.responded(status: Int(headers[":status"] ?? "") ?? 0)
             if endStream { tunnel.peerEnded() }
         }
         session.log = log.map { log in { line in log("relay connection: \(line)") } }
-        connection.pipes = pipes
-        connection.spliceReceiver = table
-        connection.onClose = { [unowned self] reason in self.connectionClosed(reason) }
         connection.keepalive = options.keepalive
         try openListeners()
         leftover.withUnsafeBytes { connection.start(initial: $0) }
@@ -322,7 +319,6 @@ public final class Forwarder: CompletionHandler {
     }
 
     private func connectionClosed(_ reason: String?) {
-        table.connectionLost()
         if !stopping {
             printError("error: lost connection to relay at \(options.server): \(reason ?? "closed")")
             exitCode = 1

@@ -34,15 +34,11 @@ final class RelaySession {
         let session = try Session(role: .server, settings: relay.settings)
         connection = Connection(fd: fd, session: session, reactor: relay.reactor,
                                 maxHeldBytes: relay.limits.maxHeldBytesPerConnection)
-        session.delegate = table
         session.log = { [unowned relay] line in relay.limitedLog("\(peer): \(line)") }
-        connection.pipes = relay.pipes
-        connection.spliceReceiver = table
         connection.maxQueuedFrames = relay.limits.maxQueuedFrames
         connection.keepalive = relay.limits.keepalive.interval > 0 ? relay.limits.keepalive : nil
         connection.idleTimeoutSeconds = relay.limits.idleTimeout
-        connection.hasStreams = { [unowned self] in !self.table.isEmpty }
-        connection.onClose = { [unowned self] reason in self.closed(reason) }
+        table.serve(connection, pipes: relay.pipes) { [unowned self] reason in self.closed(reason) }
         table.onHeaders = { [unowned self] headers, stream, endStream in
             self.headers(headers, stream: stream, endStream: endStream)
         }
@@ -197,9 +193,9 @@ final class RelaySession {
     }
 
     private func closed(_ reason: String?) {
+        // The tunnels have ended, each cancelling its attempt; whatever is left goes too.
         for attempt in attempts.values { attempt.cancel() }
         attempts.removeAll()
-        table.connectionLost()
         waitingOpens.removeAll()
         waitingHead = 0
         relay.sessionClosed(self, reason: reason)

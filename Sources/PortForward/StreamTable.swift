@@ -15,6 +15,19 @@ public final class StreamTable: SessionDelegate, SpliceReceiver {
     public var isEmpty: Bool { streams.isEmpty }
     public subscript(_ id: StreamID) -> Tunnel? { streams[id]?.tunnel }
 
+    /// Routes `connection`'s stream events here (both sides set their connections up this way).
+    /// When the connection closes, every tunnel ends first, then `onClose` runs.
+    public func serve(_ connection: Connection, pipes: PipePool?, onClose: @escaping (String?) -> Void) {
+        connection.session.delegate = self
+        connection.spliceReceiver = self
+        connection.pipes = pipes
+        connection.hasStreams = { [unowned self] in !self.isEmpty }
+        connection.onClose = { [unowned self] reason in
+            self.connectionLost()
+            onClose(reason)
+        }
+    }
+
     /// `stream` carries `tunnel` until the tunnel finishes.
     public func add(_ stream: HTTP2Stream, _ tunnel: Tunnel, onFinish: ((Tunnel) -> Void)? = nil) {
         streams[stream.id] = stream
