@@ -60,7 +60,11 @@ for io in epoll uring; do
         sleep "$window"
         relay_after=$(count "$relay" "$work/relay.log"); client_after=$(count "$client" "$work/forward.log")
         wait "$iperf" || fail "iperf3 failed: $(tail -n 5 "$work/iperf.json")"
-        moved=$(python3 -c 'import json,sys; e=json.load(open(sys.argv[1]))["end"]; print(f"{(e["sum_sent"]["bytes"] + e.get("sum_sent_bidir_reverse", {}).get("bytes", 0)) / 1e9:.1f}")' "$work/iperf.json")
+        moved=$(python3 -c '
+import json, sys
+end = json.load(open(sys.argv[1]))["end"]
+total = end["sum_sent"]["bytes"] + end.get("sum_sent_bidir_reverse", {}).get("bytes", 0)
+print("%.1f" % (total / 1e9))' "$work/iperf.json")
         printf '%-8s %-8s %14s %14s %10s\n' "$io" "$copy" "$((relay_after - relay_before))" "$((client_after - client_before))" "$moved"
         kill "$client" "$relay" 2>/dev/null || true
         wait "$client" "$relay" 2>/dev/null || true
