@@ -5,13 +5,13 @@ SWIFT ?= swift
 PORTFORWARD ?= .build/release/portforward
 
 # Debian packages the build, the tests, the demo and the bench use.
-DEB_PACKAGES := libnghttp2-dev liburing-dev pkg-config socat iproute2 curl nghttp2-client \
+DEB_PACKAGES := libnghttp2-dev liburing-dev libssl-dev pkg-config socat iproute2 curl nghttp2-client \
                 iperf3 python3 python3-venv util-linux procps
 
 # Python packages the tests' independent peers use (Tests/Peers), in a virtual environment of the
 # project's own: never the system Python's site-packages.
 VENV := .venv
-PYTHON_PACKAGES := h2==4.1.0
+PYTHON_PACKAGES := h2==4.1.0 websocket-client==1.9.2
 
 # `make test FILTER=Reactor` runs only the matching tests.
 FILTER ?=

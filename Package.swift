@@ -18,12 +18,16 @@ let package = Package(
         // C layer: the system libraries and the Linux calls Swift's Glibc module leaves out.
         .systemLibrary(name: "CNGHTTP2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
         .systemLibrary(name: "CURing", pkgConfig: "liburing", providers: [.apt(["liburing-dev"])]),
+        .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .target(name: "CLinuxShim"),
         // The reactor: one thread, completion-style operations, epoll and io_uring backends.
         .target(name: "Reactor", dependencies: ["CLinuxShim", "CURing"]),
         // HTTP/2 over libnghttp2: the session (no I/O, testable in memory) and the connection that
         // drives it through the reactor.
         .target(name: "HTTP2", dependencies: ["CNGHTTP2", "CLinuxShim", "Reactor"]),
+        // WebSocket (RFC 6455) and the Kubernetes channel protocol: framing only, no I/O, so that any
+        // connection can drive it and the tests can run it in memory. SHA-1 comes from libcrypto.
+        .target(name: "WebSocket", dependencies: ["CCrypto"]),
         // The port-forward protocol, the relay and the client.
         .target(name: "PortForward", dependencies: ["Reactor", "HTTP2", "CLinuxShim", "CNGHTTP2",
                                                     .product(name: "Yams", package: "Yams")]),
@@ -39,6 +43,7 @@ let package = Package(
         .executableTarget(name: "reactor-probe", dependencies: ["Reactor", "CLinuxShim"], path: "Tests/ReactorProbe"),
         // Tests mirror modules; EndToEndTests drive the built binary as real processes.
         .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "CNGHTTP2"]),
+        .testTarget(name: "WebSocketTests", dependencies: ["WebSocket", "CCrypto"]),
         .testTarget(name: "PortForwardTests", dependencies: ["PortForward", "HTTP2", "Reactor"]),
         .testTarget(name: "EndToEndTests", dependencies: ["PortForward", "Reactor", "CLinuxShim"]),
     ]
