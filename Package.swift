@@ -19,11 +19,15 @@ let package = Package(
         .systemLibrary(name: "CNGHTTP2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
         .systemLibrary(name: "CURing", pkgConfig: "liburing", providers: [.apt(["liburing-dev"])]),
         .target(name: "CLinuxShim"),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         // The reactor: one thread, completion-style operations, epoll and io_uring backends.
         .target(name: "Reactor", dependencies: ["CLinuxShim", "CURing"]),
         // HTTP/2 over libnghttp2: the session (no I/O, testable in memory) and the connection that
         // drives it through the reactor.
         .target(name: "HTTP2", dependencies: ["CNGHTTP2", "CLinuxShim", "Reactor"]),
+        // SPDY/3.1 (kubectl's port-forward): frames, zlib header blocks, the session and the
+        // portforward.k8s.io stream pairing; no I/O, like the HTTP/2 session.
+        .target(name: "SPDY", dependencies: ["CZlib"]),
         // The port-forward protocol, the relay and the client.
         .target(name: "PortForward", dependencies: ["Reactor", "HTTP2", "CLinuxShim", "CNGHTTP2",
                                                     .product(name: "Yams", package: "Yams")]),
@@ -39,6 +43,7 @@ let package = Package(
         .executableTarget(name: "reactor-probe", dependencies: ["Reactor", "CLinuxShim"], path: "Tests/ReactorProbe"),
         // Tests mirror modules; EndToEndTests drive the built binary as real processes.
         .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "CNGHTTP2"]),
+        .testTarget(name: "SPDYTests", dependencies: ["SPDY", "CZlib"]),
         .testTarget(name: "PortForwardTests", dependencies: ["PortForward", "HTTP2", "Reactor"]),
         .testTarget(name: "EndToEndTests", dependencies: ["PortForward", "Reactor", "CLinuxShim"]),
     ]
