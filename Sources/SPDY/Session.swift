@@ -353,6 +353,8 @@ public final class SPDYSession {
     public func reset(stream: UInt32, status: ResetStatus = .cancel) {
         queueReset(stream, status)
         streams[stream] = nil
+        // Reset while its DATA frame is being read (from the delegate): the rest is dropped.
+        if reader.currentData?.stream == stream { deliveringData = false }
     }
 
     /// Sends a PING and returns its id (even: this side is the server); its echo is reported as

@@ -154,6 +154,17 @@ final class SessionTests: XCTestCase {
                                          .peerEnded(1)])
     }
 
+    /// The owner resets a stream while its DATA frame is still arriving: the rest is not reported.
+    func testResetDuringAFrameDropsItsRest() throws {
+        try session.receive(client.synStream(1, dataHeaders))
+        let frame = client.data(1, "0123456789", fin: true)
+        try session.receive(Array(frame[..<12]))
+        session.reset(stream: 1)
+        try session.receive(Array(frame[12...]))
+        XCTAssertEqual(recorder.events, [.synStream(1, dataHeaders, fin: false), .data(1, "0123")])
+        XCTAssertEqual(session.discardRemaining, 0)
+    }
+
     func testOutputDrainsInPieces() throws {
         for _ in 0..<3 { _ = session.ping() }
         let total = session.pendingOutput
