@@ -20,6 +20,7 @@ let package = Package(
         .systemLibrary(name: "CURing", pkgConfig: "liburing", providers: [.apt(["liburing-dev"])]),
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .target(name: "CLinuxShim"),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         // The reactor: one thread, completion-style operations, epoll and io_uring backends.
         .target(name: "Reactor", dependencies: ["CLinuxShim", "CURing"]),
         // HTTP/2 over libnghttp2: the session (no I/O, testable in memory) and the connection that
@@ -28,6 +29,9 @@ let package = Package(
         // WebSocket (RFC 6455) and the Kubernetes channel protocol: framing only, no I/O, so that any
         // connection can drive it and the tests can run it in memory. SHA-1 comes from libcrypto.
         .target(name: "WebSocket", dependencies: ["CCrypto"]),
+        // SPDY/3.1 (kubectl's port-forward): frames, zlib header blocks, the session and the
+        // portforward.k8s.io stream pairing; no I/O, like the HTTP/2 session.
+        .target(name: "SPDY", dependencies: ["CZlib"]),
         // The port-forward protocol, the relay and the client.
         .target(name: "PortForward", dependencies: ["Reactor", "HTTP2", "CLinuxShim", "CNGHTTP2",
                                                     .product(name: "Yams", package: "Yams")]),
@@ -44,6 +48,7 @@ let package = Package(
         // Tests mirror modules; EndToEndTests drive the built binary as real processes.
         .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "CNGHTTP2"]),
         .testTarget(name: "WebSocketTests", dependencies: ["WebSocket", "CCrypto"]),
+        .testTarget(name: "SPDYTests", dependencies: ["SPDY", "CZlib"]),
         .testTarget(name: "PortForwardTests", dependencies: ["PortForward", "HTTP2", "Reactor"]),
         .testTarget(name: "EndToEndTests", dependencies: ["PortForward", "Reactor", "CLinuxShim"]),
     ]
