@@ -83,12 +83,12 @@ public struct KubernetesAPI: Sendable {
             return failure(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         }
         guard registry.pod(namespace: namespace, name: name) != nil else { return podNotFound(name) }
-        let later = "port-forward is served over HTTP/2 only so far (portforward forward, or h2c to this URL); SPDY/3.1 and WebSocket come with issue 9"
+        let instead = "it serves port-forward over HTTP/2 only (portforward forward --api-path, or h2c to this URL)"
         if headers.lists("upgrade", "websocket") {
-            return failure(501, "NotImplemented", "this relay does not speak WebSocket port-forward yet: \(later)")
+            return failure(501, "NotImplemented", "this relay does not speak WebSocket port-forward yet: \(instead)")
         }
         if headers.lists("upgrade", "spdy/3.1") {
-            return failure(501, "NotImplemented", "this relay does not speak SPDY/3.1 port-forward yet: \(later)")
+            return failure(501, "NotImplemented", "this relay does not speak SPDY/3.1 port-forward yet: \(instead)")
         }
         return failure(400, "BadRequest", "Upgrade request required")
     }

@@ -81,7 +81,7 @@ struct KubernetesAPITests {
         APICase(name: "a SPDY port-forward is not spoken yet, said in a Status kubectl prints", method: "POST",
                 target: "/api/v1/namespaces/default/pods/web/portforward",
                 headers: [("connection", "Upgrade"), ("upgrade", "SPDY/3.1"), ("x-stream-protocol-version", "portforward.k8s.io")],
-                status: 501, body: [#""message":"this relay does not speak SPDY/3.1 port-forward yet: port-forward is served over HTTP/2 only so far"#]),
+                status: 501, body: [#""message":"this relay does not speak SPDY/3.1 port-forward yet: it serves port-forward over HTTP/2 only (portforward forward --api-path, or h2c to this URL)","reason":"NotImplemented","code":501}"#]),
         APICase(name: "a port-forward to a missing pod is NotFound", method: "POST",
                 target: "/api/v1/namespaces/default/pods/nope/portforward", headers: [("upgrade", "SPDY/3.1")],
                 status: 404, body: [notFound("nope")]),
