@@ -27,6 +27,11 @@ public enum HeadParse<Head: Sendable>: Sendable {
 public struct HeadFields: Sendable {
     public var fields: [(name: String, value: String)] = []
 
+    /// `fields` as given: names must already be lower case.
+    public init(_ fields: [(name: String, value: String)] = []) {
+        self.fields = fields
+    }
+
     public func first(_ name: String) -> String? {
         let wanted = name.lowercased()
         return fields.first { $0.name == wanted }?.value

@@ -21,8 +21,14 @@ public struct RelayLimits: Sendable {
     /// Frames nghttp2 may hold for a client that does not read them; past it the relay stops
     /// reading that connection.
     public var maxQueuedFrames = 4096
-    /// A connection must send its preface, or its whole upgrade request, within this time (408).
+    /// A connection must send its preface, or its whole upgrade request, within this time (408);
+    /// on a kept-alive API connection, each request and its answer within this time anew (a
+    /// connection idle between requests is closed without a word).
     public var handshakeTimeout: Double = 10
+    /// Kubernetes API requests one connection may make before the relay closes it (the answer to
+    /// the last says `Connection: close`; clients open a new one). kubectl makes a handful per
+    /// connection; the bound keeps one connection from living forever on the handshake path.
+    public var maxAPIRequestsPerConnection = 100
     /// A session without a stream for this long is ended with GOAWAY (the kubelet's
     /// streaming-connection-idle-timeout is 4 h).
     public var idleTimeout: Double = 4 * 3600

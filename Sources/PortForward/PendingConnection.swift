@@ -6,7 +6,9 @@ import Reactor
 #endif
 
 /// A connection whose protocol is not known yet: reads its first bytes, hands them to the
-/// `Handshake`, and does what it decides (answer, refuse, or start a session).
+/// `Handshake`, and does what it decides (answer, refuse, or start a session). A connection
+/// that makes Kubernetes API requests stays here, one request at a time, until it upgrades,
+/// closes, or reaches `--max-api-requests`.
 final class PendingConnection: CompletionHandler {
     let fd: FileDescriptor
     let peer: String
@@ -14,13 +16,22 @@ final class PendingConnection: CompletionHandler {
     private var handshake: Handshake
     private var timer: TimerID = 0
     private var done = false
+    /// An API answer being written, and how much of it is written. Freed when the write is
+    /// done, or, if the connection closes first, when the reactor says no cancelled write can
+    /// read it any more.
+    private var answer: UnsafeMutableRawBufferPointer?
+    private var answerWritten = 0
+    private var keepAlive = false
+
+    private enum Tag: UInt32 { case receive = 0, timer = 1, write = 2 }
 
     init(fd: FileDescriptor, peer: String, relay: Relay) {
         self.fd = fd
         self.peer = peer
         self.relay = relay
         handshake = Handshake(limits: Handshake.Limits(maxHead: relay.limits.maxRequestHead,
-                                                       maxBody: relay.limits.maxUpgradeBody(relay.settings)),
+                                                       maxBody: relay.limits.maxUpgradeBody(relay.settings),
+                                                       maxRequests: relay.limits.maxAPIRequestsPerConnection),
                               resolve: { [unowned relay] target in
             if case .refused(let refusal) = relay.resolve(target) { return refusal }
             return nil
@@ -28,23 +39,33 @@ final class PendingConnection: CompletionHandler {
     }
 
     func start() {
-        timer = relay.reactor.timer(nanoseconds: UInt64(relay.limits.handshakeTimeout * 1e9), handler: self, tag: 1)
+        armTimer()
         receive()
     }
 
-    private func receive() { relay.reactor.receive(fd, handler: self, tag: 0) }
+    /// Each request (and its answer) gets the handshake timeout anew: a kept-alive connection is
+    /// bounded per request, and by `--max-api-requests` in all.
+    private func armTimer() {
+        timer = relay.reactor.timer(nanoseconds: UInt64(relay.limits.handshakeTimeout * 1e9), handler: self, tag: Tag.timer.rawValue)
+    }
+
+    private func receive() { relay.reactor.receive(fd, handler: self, tag: Tag.receive.rawValue) }
 
     func complete(_ completion: Completion) {
         if done {
             if completion.buffer != BufferPool.none { relay.reactor.buffers.release(completion.buffer) }
             return
         }
-        if completion.tag == 1 {
+        if completion.tag == Tag.timer.rawValue {
+            // Half an answer written: nothing more can be said on this connection.
+            if answer != nil { return close() }
             return act(handshake.timedOut(after: relay.limits.handshakeTimeout))
         }
+        if completion.tag == Tag.write.rawValue {
+            return written(completion.result)
+        }
         guard completion.result > 0 else {
-            finish()
-            relay.reactor.close(fd)
+            close()
             return
         }
         let pool = relay.reactor.buffers
@@ -66,6 +87,65 @@ final class PendingConnection: CompletionHandler {
             become(upgrade: nil, initial: initial)
         case .upgrade(let upgrade, let initial):
             become(upgrade: upgrade, initial: initial)
+        case .serve(let request):
+            serve(request)
+        case .close:
+            close()
+        }
+    }
+
+    private func serve(_ api: Handshake.APIRequest) {
+        let request = api.request
+        let response = relay.api.respond(method: request.method, target: request.target, headers: request.fields)
+        relay.limitedLog("api: \(request.method) \(request.target.prefix(256)) from \(peer): \(response.status)")
+        var head = "HTTP/1.1 \(response.status) \(response.reasonPhrase)\r\n"
+        for (name, value) in response.headers { head += "\(name): \(value)\r\n" }
+        head += "Content-Length: \(response.body.utf8.count)\r\n"
+        if !api.keepAlive { head += "Connection: close\r\n" }
+        head += "\r\n"
+        var bytes = Array(head.utf8)
+        if request.method != "HEAD" { bytes.append(contentsOf: response.body.utf8) }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 1)
+        bytes.withUnsafeBytes { buffer.copyMemory(from: $0) }
+        answer = buffer
+        answerWritten = 0
+        keepAlive = api.keepAlive
+        writeAnswer()
+    }
+
+    private func writeAnswer() {
+        guard let answer else { return }
+        relay.reactor.write(fd, from: answer.baseAddress! + answerWritten, count: answer.count - answerWritten,
+                            handler: self, tag: Tag.write.rawValue)
+    }
+
+    private func written(_ result: Int32) {
+        guard let buffer = answer, result > 0 else { return close() }
+        answerWritten += Int(result)
+        if answerWritten < buffer.count { return writeAnswer() }
+        answer = nil
+        buffer.deallocate()
+        guard keepAlive else {
+            finish()
+            // As after a refusal: unread bytes would turn the close into a reset that loses the answer.
+            Sockets.shutdownWrite(fd)
+            relay.reactor.close(fd)
+            return
+        }
+        relay.reactor.cancelTimer(timer)
+        armTimer()
+        act(handshake.nextRequest())
+    }
+
+    /// Ends the connection without a word; an answer still being written is freed only when
+    /// no cancelled write can read it.
+    private func close() {
+        finish()
+        if let buffer = answer {
+            answer = nil
+            relay.reactor.close(fd) { buffer.deallocate() }
+        } else {
+            relay.reactor.close(fd)
         }
     }
 

@@ -19,6 +19,9 @@ public struct Pod: Equatable, Sendable {
     /// Whether its network namespace was there when the registry was checked. Only what start-up
     /// reports: every stream checks again, since a pod may come up (or go) after the relay.
     public var readiness: Readiness
+    /// What the pod says it serves (the pods file's optional `ports:`), as a Pod's
+    /// `spec.containers[].ports` says it: kubectl resolves a named port (`pod/web http`) from it.
+    public var ports: [ContainerPort]
 
     public enum Readiness: Equatable, Sendable {
         /// Parsed, not checked against this host.
@@ -28,12 +31,14 @@ public struct Pod: Equatable, Sendable {
         case notReady(reason: String)
     }
 
-    public init(namespace: String, name: String, netns: String? = nil, pid: Int? = nil, readiness: Readiness = .unchecked) {
+    public init(namespace: String, name: String, netns: String? = nil, pid: Int? = nil, readiness: Readiness = .unchecked,
+                ports: [ContainerPort] = []) {
         self.namespace = namespace
         self.name = name
         self.netns = netns
         self.pid = pid
         self.readiness = readiness
+        self.ports = ports
     }
 
     /// The namespace file to enter; nil: the relay's own network.
@@ -51,12 +56,30 @@ public struct Pod: Equatable, Sendable {
     }
 }
 
+/// A port a pod's container declares (Kubernetes's `ContainerPort`, without `hostPort`/`hostIP`,
+/// which mean nothing to a relay).
+public struct ContainerPort: Equatable, Sendable {
+    public var name: String?
+    public var containerPort: Int
+    /// `TCP`, `UDP` or `SCTP`, spelled as Kubernetes spells them.
+    public var `protocol`: String
+
+    public static let protocols = ["TCP", "UDP", "SCTP"]
+
+    public init(name: String? = nil, containerPort: Int, protocol: String = "TCP") {
+        self.name = name
+        self.containerPort = containerPort
+        self.protocol = `protocol`
+    }
+}
+
 /// The pods file:
 /// ```yaml
 /// pods:
 ///   - {namespace: default, name: web, netns: /run/netns/web}
 ///   - {namespace: default, name: db, pid: 4242}
 ///   - {namespace: default, name: local}
+///   - {namespace: default, name: api, ports: [{name: http, containerPort: 8080}]}
 /// ```
 /// Names are checked as Kubernetes checks them: a namespace is a DNS label, a pod's name a DNS
 /// subdomain (so that every pod listed can be named in a request path).
@@ -208,7 +231,8 @@ private struct Entry {
     let source: String
     let number: Int
 
-    static let fields: Set<String> = ["namespace", "name", "netns", "pid"]
+    static let fields: Set<String> = ["namespace", "name", "netns", "pid", "ports"]
+    static let portFields: Set<String> = ["name", "containerPort", "protocol"]
 
     func pod(_ entry: Node) throws -> Pod {
         guard case .mapping(let mapping) = entry else {
@@ -218,7 +242,7 @@ private struct Entry {
         for (key, value) in mapping {
             let field = key.scalar?.string ?? describe(key)
             guard Self.fields.contains(field) else {
-                throw problem(key, "unknown field \(quoted(field)) (known: name, namespace, netns, pid)")
+                throw problem(key, "unknown field \(quoted(field)) (known: name, namespace, netns, pid, ports)")
             }
             guard values[field] == nil else { throw problem(key, "field '\(field)' is given twice") }
             values[field] = value
@@ -258,7 +282,65 @@ private struct Entry {
         if netns != nil && pid != nil {
             throw problem(entry, "give netns or pid, not both")
         }
-        return Pod(namespace: namespace, name: name, netns: netns, pid: pid)
+        let ports = try values["ports"].map(containerPorts) ?? []
+        return Pod(namespace: namespace, name: name, netns: netns, pid: pid, ports: ports)
+    }
+
+    /// `ports:`, checked as Kubernetes checks a pod's container ports (names unique in the pod),
+    /// since they are served to kubectl as they are.
+    private func containerPorts(_ node: Node) throws -> [ContainerPort] {
+        switch node {
+        case .sequence(let sequence):
+            var ports: [ContainerPort] = []
+            for (index, item) in sequence.enumerated() {
+                let port = try containerPort(item, number: index + 1)
+                if let name = port.name, ports.contains(where: { $0.name == name }) {
+                    throw problem(item, "ports #\(index + 1): port name \(quoted(name)) is given twice")
+                }
+                ports.append(port)
+            }
+            return ports
+        case .scalar where node.tagName == .null: return []
+        default: throw problem(node, "ports must be a list such as [{name: http, containerPort: 8080}], not \(describe(node))")
+        }
+    }
+
+    private func containerPort(_ node: Node, number: Int) throws -> ContainerPort {
+        let what = "ports #\(number)"
+        guard case .mapping(let mapping) = node else {
+            throw problem(node, "\(what) must be a mapping such as {name: http, containerPort: 8080, protocol: TCP}, not \(describe(node))")
+        }
+        var values: [String: Node] = [:]
+        for (key, value) in mapping {
+            let field = key.scalar?.string ?? describe(key)
+            guard Self.portFields.contains(field) else {
+                throw problem(key, "\(what): unknown field \(quoted(field)) (known: name, containerPort, protocol)")
+            }
+            guard values[field] == nil else { throw problem(key, "\(what): field '\(field)' is given twice") }
+            values[field] = value
+        }
+        guard let numberNode = values["containerPort"] else { throw problem(node, "\(what) has no containerPort") }
+        guard numberNode.tagName == .int, let text = numberNode.scalar?.string, text.utf8.count <= 5,
+              text.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }), let port = Int(text), (1...65535).contains(port) else {
+            throw problem(numberNode, "\(what): containerPort must be a number from 1 to 65535, not \(describe(numberNode))")
+        }
+        var name: String?
+        if let nameNode = values["name"] {
+            let text = try string("name", nameNode)
+            guard KubernetesName.isPortName(text) else {
+                throw problem(nameNode, "\(what): port name \(quoted(text)) is not valid: Kubernetes port names are at most 15 lowercase "
+                              + "letters, digits and '-', with at least one letter, not starting or ending with '-' nor holding '--'")
+            }
+            name = text
+        }
+        var portProtocol = "TCP"
+        if let protocolNode = values["protocol"] {
+            portProtocol = try string("protocol", protocolNode)
+            guard ContainerPort.protocols.contains(portProtocol) else {
+                throw problem(protocolNode, "\(what): protocol must be TCP, UDP or SCTP, not \(quoted(portProtocol))")
+            }
+        }
+        return ContainerPort(name: name, containerPort: port, protocol: portProtocol)
     }
 
     /// A process id written in decimal or 0x hex, 1 to Int32.max; nil otherwise.
@@ -356,6 +438,16 @@ enum KubernetesName {
         let bytes = Array(text.utf8)
         return bytes.count <= 253
             && bytes.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false).allSatisfy(isLabel)
+    }
+
+    /// IANA service name, as for port names (`IsValidPortName`): at most 15 bytes of
+    /// `[-a-z0-9]`, at least one letter, no '-' at either end and no "--".
+    static func isPortName(_ text: String) -> Bool {
+        let bytes = Array(text.utf8)
+        guard !bytes.isEmpty, bytes.count <= 15, bytes.first != UInt8(ascii: "-"), bytes.last != UInt8(ascii: "-") else { return false }
+        guard bytes.allSatisfy({ isAlphanumeric($0) || $0 == UInt8(ascii: "-") }),
+              bytes.contains(where: { (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) }) else { return false }
+        return !text.contains("--")
     }
 
     private static func isLabel(_ bytes: ArraySlice<UInt8>) -> Bool {

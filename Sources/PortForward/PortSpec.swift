@@ -53,17 +53,22 @@ public struct PortSpec: Equatable, Sendable, CustomStringConvertible {
 }
 
 /// The target of a port-forward request, as its path names it:
-/// `/proxy/nodes/<node>/portForward/<namespace>/<pod>` (the API server's path) or
-/// `/portForward/<namespace>/<pod>` (the node's own).
+/// `/proxy/nodes/<node>/portForward/<namespace>/<pod>` (the API server's proxy to a node),
+/// `/portForward/<namespace>/<pod>` (the node's own), or
+/// `/api/v1/namespaces/<namespace>/pods/<pod>/portforward` (the API server's pod subresource, the
+/// URL kubectl asks on).
 public struct ForwardPath: Equatable, Sendable, CustomStringConvertible {
     public var node: String?
     public var namespace: String
     public var pod: String
+    /// Whether the path is the pod subresource (`node` is then nil: that URL names no node).
+    public var subresource: Bool
 
-    public init(node: String? = nil, namespace: String, pod: String) {
-        self.node = node
+    public init(node: String? = nil, namespace: String, pod: String, subresource: Bool = false) {
+        self.node = subresource ? nil : node
         self.namespace = namespace
         self.pod = pod
+        self.subresource = subresource
     }
 
     public init?(parsing path: String) {
@@ -72,18 +77,23 @@ public struct ForwardPath: Equatable, Sendable, CustomStringConvertible {
         let withoutQuery = Array(path.utf8.prefix { $0 != UInt8(ascii: "?") })
         let parts = withoutQuery.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
             .map { String(decoding: $0, as: UTF8.self) }
-        // "" "proxy" "nodes" node "portForward" ns pod, or "" "portForward" ns pod
+        // "" "proxy" "nodes" node "portForward" ns pod, or "" "portForward" ns pod, or
+        // "" "api" "v1" "namespaces" ns "pods" pod "portforward"
         if parts.count == 7, parts[0].isEmpty, parts[1] == "proxy", parts[2] == "nodes", parts[4] == "portForward",
            !parts[3].isEmpty, !parts[5].isEmpty, !parts[6].isEmpty {
             self.init(node: parts[3], namespace: parts[5], pod: parts[6])
         } else if parts.count == 4, parts[0].isEmpty, parts[1] == "portForward", !parts[2].isEmpty, !parts[3].isEmpty {
             self.init(node: nil, namespace: parts[2], pod: parts[3])
+        } else if parts.count == 8, parts[0].isEmpty, parts[1] == "api", parts[2] == "v1", parts[3] == "namespaces",
+                  parts[5] == "pods", parts[7] == "portforward", !parts[4].isEmpty, !parts[6].isEmpty {
+            self.init(namespace: parts[4], pod: parts[6], subresource: true)
         } else {
             return nil
         }
     }
 
     public var path: String {
+        if subresource { return "/api/v1/namespaces/\(namespace)/pods/\(pod)/portforward" }
         if let node { return "/proxy/nodes/\(node)/portForward/\(namespace)/\(pod)" }
         return "/portForward/\(namespace)/\(pod)"
     }

@@ -36,6 +36,11 @@ public final class Relay: CompletionHandler {
     /// Stream-open buckets of the peer addresses that have connections, and how many each has.
     private var peers: [String: (bucket: TokenBucket, connections: Int)] = [:]
     private let housekeeping = Housekeeping()
+    /// What kubectl reads before it port-forwards. A pod is Running when its network namespace
+    /// can be entered now (as each stream checks), not as it was at start.
+    lazy var api = KubernetesAPI(registry: registry, node: node) { pod in
+        pod.networkNamespacePath.map { NetworkNamespace.check($0) == nil } ?? true
+    }
 
     public init(listen: SocketAddress, node: String, registry: PodRegistry, connector: Connector, reactor: ReactorBackend,
                 limits: RelayLimits = RelayLimits(), settings: SessionSettings = SessionSettings()) throws {

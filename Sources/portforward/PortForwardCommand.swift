@@ -61,8 +61,10 @@ struct RelayLimitOptions: ParsableArguments {
     var maxHeldBytes = defaults.maxHeldBytesPerConnection
     @Option(help: "Frames queued for a client that does not read, before the relay stops reading it.")
     var maxQueuedFrames = defaults.maxQueuedFrames
-    @Option(help: "Seconds a new connection has to send its preface or upgrade request (then 408).")
+    @Option(help: "Seconds a new connection has to send its preface or upgrade request (then 408); per request on a kept-alive API connection.")
     var handshakeTimeout = defaults.handshakeTimeout
+    @Option(help: "Kubernetes API requests one connection may make before the relay closes it.")
+    var maxAPIRequests = defaults.maxAPIRequestsPerConnection
     @Option(help: "Seconds a session may go without a stream before it is ended (0: never).")
     var idleTimeout = defaults.idleTimeout
     @Option(help: "Seconds of silence from a client before a PING (0: no keepalive).")
@@ -89,6 +91,7 @@ struct RelayLimitOptions: ParsableArguments {
             ("--max-header-list-size", Double(maxHeaderListSize)), ("--max-request-head", Double(maxRequestHead)),
             ("--max-held-bytes", Double(maxHeldBytes)), ("--max-queued-frames", Double(maxQueuedFrames)),
             ("--handshake-timeout", handshakeTimeout), ("--keepalive-timeout", keepaliveTimeout),
+            ("--max-api-requests", Double(maxAPIRequests)),
             ("--stream-open-burst", streamOpenBurst), ("--peer-stream-open-burst", peerStreamOpenBurst),
             ("--stream-reset-rate", streamResetRate), ("--stream-reset-burst", streamResetBurst),
         ]
@@ -113,6 +116,7 @@ struct RelayLimitOptions: ParsableArguments {
         limits.maxHeldBytesPerConnection = maxHeldBytes
         limits.maxQueuedFrames = maxQueuedFrames
         limits.handshakeTimeout = handshakeTimeout
+        limits.maxAPIRequestsPerConnection = maxAPIRequests
         limits.idleTimeout = idleTimeout
         limits.keepalive = Keepalive(interval: keepaliveInterval, timeout: keepaliveTimeout)
         limits.streamOpenRate = TokenBucket.Setting(rate: streamOpenRate, burst: streamOpenBurst)
@@ -146,6 +150,9 @@ struct Forward: ParsableCommand {
     @Option(help: "Go through the API server's path for this node (/proxy/nodes/NODE/portForward/...).")
     var node: String?
 
+    @Flag(help: "Ask on the pod's Kubernetes API URL (/api/v1/namespaces/NAMESPACE/pods/POD/portforward), as kubectl does.")
+    var apiPath = false
+
     @Option(name: [.customShort("n"), .long], help: "The pod's namespace.")
     var namespace = "default"
 
@@ -173,6 +180,7 @@ struct Forward: ParsableCommand {
         do { _ = try PortSpec.parseAll(ports) } catch { throw ValidationError("\(error)") }
         if pod.isEmpty || pod.contains("/") { throw ValidationError("invalid pod name \"\(pod)\"") }
         if address.split(separator: ",").isEmpty { throw ValidationError("--address needs at least one address") }
+        if apiPath && node != nil { throw ValidationError("--api-path and --node name different URLs: give one") }
         if !(upgradeTimeout > 0) || !(keepaliveTimeout > 0) || !(keepaliveInterval >= 0) {
             throw ValidationError("--upgrade-timeout and --keepalive-timeout must be greater than 0, --keepalive-interval 0 or more")
         }
@@ -185,7 +193,7 @@ struct Forward: ParsableCommand {
         let environment = getenv("PORTFORWARD_SERVER").map { String(cString: $0) }
         var options = ForwardOptions(
             server: server ?? environment ?? "http://127.0.0.1:10250",
-            target: ForwardPath(node: node, namespace: namespace, pod: pod),
+            target: ForwardPath(node: node, namespace: namespace, pod: pod, subresource: apiPath),
             ports: specs,
             addresses: address.split(separator: ",").map { String($0).trimmed })
         options.upgradeTimeoutSeconds = upgradeTimeout

@@ -11,6 +11,8 @@ private func describe(_ decision: Handshake.Decision) -> String {
     case .priorKnowledge(let initial): return "h2 \(initial.count)"
     case .upgrade(let upgrade, let initial):
         return "h2c \(upgrade.request.method) \(upgrade.request.target) body=\(String(decoding: upgrade.body, as: UTF8.self)) rest=\(String(decoding: initial, as: UTF8.self))"
+    case .serve(let api): return "api \(api.request.method) \(api.request.target) \(api.keepAlive ? "keep" : "close")"
+    case .close: return "close"
     }
 }
 
@@ -67,15 +69,98 @@ struct HandshakeTests {
                       decisions: ["413 request body larger than 1000 bytes (the stream window)"]),
         HandshakeCase(name: "a malformed head is a 400",
                       reads: ["POST / HTTP/1.1\r\nHost : relay\r\n\r\n"], decisions: ["400"]),
+        // Kubernetes API requests, as kubectl makes them before it port-forwards.
+        HandshakeCase(name: "an API request is served, and the connection kept",
+                      reads: ["GET /version?timeout=5s HTTP/1.1\r\nHost: relay\r\nAccept: application/json\r\n\r\n"],
+                      decisions: ["api GET /version?timeout=5s keep"]),
+        HandshakeCase(name: "an API request in pieces is waited for",
+                      reads: ["GET /api/v1/namespaces/default/pods/web HTTP/1.1\r\n", "Host: relay\r\n\r\n"],
+                      decisions: ["more", "api GET /api/v1/namespaces/default/pods/web keep"]),
+        HandshakeCase(name: "Connection: close is honoured",
+                      reads: ["GET /apis HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n"], decisions: ["api GET /apis close"]),
+        HandshakeCase(name: "HTTP/1.0 closes unless it asks to keep the connection",
+                      reads: ["GET /api HTTP/1.0\r\n\r\n"], decisions: ["api GET /api close"]),
+        HandshakeCase(name: "HTTP/1.0 with Connection: keep-alive keeps it",
+                      reads: ["GET /api HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"], decisions: ["api GET /api keep"]),
+        HandshakeCase(name: "an API request's body is waited for before the answer",
+                      reads: ["POST /api/v1/pods HTTP/1.1\r\nHost: relay\r\nContent-Length: 3\r\n\r\nab", "c"],
+                      decisions: ["more", "api POST /api/v1/pods keep"]),
+        HandshakeCase(name: "an API path names no pod: an unknown one is the API's to answer",
+                      reads: ["GET /api/v1/namespaces/default/pods/nope HTTP/1.1\r\nHost: relay\r\n\r\n"],
+                      decisions: ["api GET /api/v1/namespaces/default/pods/nope keep"]),
+        HandshakeCase(name: "a WebSocket upgrade on the pod's portforward URL is the API's to refuse, and closes",
+                      reads: ["GET /api/v1/namespaces/default/pods/web/portforward HTTP/1.1\r\nHost: relay\r\nConnection: Upgrade\r\n"
+                              + "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: SPDY/3.1+portforward.k8s.io\r\n\r\n"],
+                      decisions: ["api GET /api/v1/namespaces/default/pods/web/portforward close"]),
+        HandshakeCase(name: "a SPDY upgrade on the pod's portforward URL is the API's to refuse, and closes",
+                      reads: ["POST /api/v1/namespaces/default/pods/web/portforward HTTP/1.1\r\nHost: relay\r\nContent-Length: 0\r\n"
+                              + "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n"],
+                      decisions: ["api POST /api/v1/namespaces/default/pods/web/portforward close"]),
+        HandshakeCase(name: "an h2c upgrade on the pod's portforward URL is upgraded",
+                      reads: [upgrade("/api/v1/namespaces/default/pods/web/portforward")],
+                      decisions: ["h2c POST /api/v1/namespaces/default/pods/web/portforward body= rest="]),
+        HandshakeCase(name: "an h2c upgrade on the portforward URL of an unknown pod is refused as before",
+                      reads: [upgrade("/api/v1/namespaces/default/pods/nope/portforward")],
+                      decisions: ["404 pod \"default/nope\" not found"]),
+        HandshakeCase(name: "an h2c upgrade to an API path that is no pod's portforward URL is refused as before",
+                      reads: [upgrade("/api/v1")], decisions: ["404 pod \"default/nope\" not found"]),
+        HandshakeCase(name: "an API request whose head is over the limit is a 431 all the same",
+                      reads: ["GET /api HTTP/1.1\r\nX: " + String(repeating: "a", count: 600) + "\r\n\r\n"], decisions: ["431"]),
+        HandshakeCase(name: "an API request whose body is over the limit is a 413 all the same",
+                      reads: ["POST /api HTTP/1.1\r\nHost: relay\r\nContent-Length: 2000\r\n\r\n"],
+                      decisions: ["413 request body larger than 1000 bytes (the stream window)"]),
         HandshakeCase(name: "a head over the limit is a 431, however it arrives",
                       reads: ["POST / HTTP/1.1\r\n", "X: " + String(repeating: "a", count: 600) + "\r\n"],
                       decisions: ["more", "431"]),
     ]
 
-    private static func handshake() -> Handshake {
-        Handshake(limits: Handshake.Limits(maxHead: 512, maxBody: 1000)) { target in
-            target == "/portForward/default/web" ? nil : .podNotFound(namespace: "default", name: "nope")
+    private static func handshake(maxRequests: Int = 100) -> Handshake {
+        Handshake(limits: Handshake.Limits(maxHead: 512, maxBody: 1000, maxRequests: maxRequests)) { target in
+            target == "/portForward/default/web" || target == "/api/v1/namespaces/default/pods/web/portforward"
+                ? nil : .podNotFound(namespace: "default", name: "nope")
         }
+    }
+
+    private static func receive(_ handshake: inout Handshake, _ text: String) -> String {
+        describe(Array(text.utf8).withUnsafeBytes { handshake.receive($0) })
+    }
+
+    @Test("Pipelined API requests are served one after the other, then an upgrade on the same connection")
+    func pipelined() {
+        var handshake = Self.handshake()
+        let get = "GET /api HTTP/1.1\r\nHost: relay\r\n\r\n"
+        let post = "POST /apis HTTP/1.1\r\nHost: relay\r\nContent-Length: 2\r\n\r\nxy"
+        #expect(Self.receive(&handshake, get + post + "GET /ver") == "api GET /api keep")
+        #expect(describe(handshake.nextRequest()) == "api POST /apis keep")
+        #expect(describe(handshake.nextRequest()) == "more")
+        #expect(Self.receive(&handshake, "sion HTTP/1.1\r\nHost: relay\r\n\r\n") == "api GET /version keep")
+        #expect(describe(handshake.nextRequest()) == "more")
+        #expect(Self.receive(&handshake, upgrade() + "PRI") == "h2c POST /portForward/default/web body= rest=PRI")
+        #expect(handshake.served == 3)
+    }
+
+    @Test("The last request a connection may make is answered with Connection: close")
+    func requestLimit() {
+        var handshake = Self.handshake(maxRequests: 3)
+        let get = "GET /api HTTP/1.1\r\nHost: relay\r\n\r\n"
+        #expect(Self.receive(&handshake, get + get + get + get) == "api GET /api keep")
+        #expect(describe(handshake.nextRequest()) == "api GET /api keep")
+        #expect(describe(handshake.nextRequest()) == "api GET /api close")
+        #expect(handshake.served == 3)
+    }
+
+    @Test("A kept connection idle past the timeout is closed without a word; one halfway through a request gets 408")
+    func keptAliveTimeout() {
+        var idle = Self.handshake()
+        _ = Self.receive(&idle, "GET /api HTTP/1.1\r\nHost: relay\r\n\r\n")
+        #expect(describe(idle.nextRequest()) == "more")
+        #expect(describe(idle.timedOut(after: 10)) == "close")
+
+        var halfway = Self.handshake()
+        _ = Self.receive(&halfway, "GET /api HTTP/1.1\r\nHost: relay\r\n\r\n")
+        #expect(describe(halfway.nextRequest()) == "more")
+        _ = Self.receive(&halfway, "GET /ap")
+        #expect(describe(halfway.timedOut(after: 10)) == "408 no HTTP/2 preface or complete request within 10 s")
     }
 
     @Test("Decision", arguments: cases)
@@ -119,4 +204,29 @@ struct HandshakeTests {
         #expect(FrontEnd.detect(try #require(head("Upgrade: h2c\r\n"))) == .unsupported)
         #expect(FrontEnd.detect(try #require(head("Upgrade: SPDY/3.1\r\n"))) == .unsupported)
     }
+
+    @Test("Protocol detection: API paths, and not their look-alikes")
+    func apiDetection() throws {
+        func detect(_ target: String, _ fields: String = "") throws -> FrontEnd {
+            let text = "GET \(target) HTTP/1.1\r\nHost: x\r\n\(fields)\r\n"
+            guard case .complete(let head) = Array(text.utf8).withUnsafeBytes({ RequestHead.parse($0, limits: HeadLimits()) }) else {
+                throw HarnessFailure("unparsed: \(text)")
+            }
+            return FrontEnd.detect(head)
+        }
+        for target in ["/version", "/version?timeout=5s", "/api", "/api?timeout=32s", "/apis", "/api/v1", "/apis/apps/v1",
+                       "/api/v1/pods", "/api/v1/namespaces/default/pods/web/portforward"] {
+            #expect(try detect(target) == .api, "\(target)")
+        }
+        for target in ["/", "/apiv1", "/versions", "/portForward/default/web", "*", "/healthz"] {
+            #expect(try detect(target) == .unsupported, "\(target)")
+        }
+        let h2c = "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: \(settings)\r\n"
+        #expect(try detect("/api/v1/namespaces/default/pods/web/portforward", h2c) != .api)
+    }
+}
+
+struct HarnessFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
 }

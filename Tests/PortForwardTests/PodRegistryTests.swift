@@ -60,7 +60,23 @@ struct PodRegistryTests {
     @Test("Invalid files are refused with a reason", arguments: [
         ("pods:\n  - {namespace: default}\n", "no name"),
         ("pods:\n  - {namespace: default, name: \"\"}\n", "name \"\" is not a valid pod name"),
-        ("pods:\n  - {namespace: default, name: web, port: 80}\n", "unknown field \"port\" (known: name, namespace, netns, pid)"),
+        ("pods:\n  - {namespace: default, name: web, port: 80}\n", "unknown field \"port\" (known: name, namespace, netns, pid, ports)"),
+        ("pods:\n  - {name: web, ports: 80}\n", "ports must be a list"),
+        ("pods:\n  - {name: web, ports: [80]}\n", "pod #1: ports #1 must be a mapping"),
+        ("pods:\n  - {name: web, ports: [{name: http}]}\n", "ports #1 has no containerPort"),
+        ("pods:\n  - {name: web, ports: [{containerPort: 0}]}\n", "containerPort must be a number from 1 to 65535, not the number 0"),
+        ("pods:\n  - {name: web, ports: [{containerPort: 65536}]}\n", "containerPort must be a number from 1 to 65535"),
+        ("pods:\n  - {name: web, ports: [{containerPort: \"80\"}]}\n", "containerPort must be a number from 1 to 65535, not the string"),
+        ("pods:\n  - {name: web, ports: [{containerPort: 1:30}]}\n", "containerPort must be a number"),
+        ("pods:\n  - {name: web, ports: [{containerPort: 80, port: 1}]}\n", "ports #1: unknown field \"port\" (known: name, containerPort, protocol)"),
+        ("pods:\n  - {name: web, ports: [{containerPort: 80, protocol: tcp}]}\n", "protocol must be TCP, UDP or SCTP, not \"tcp\""),
+        ("pods:\n  - {name: web, ports: [{containerPort: 80, name: HTTP}]}\n", "port name \"HTTP\" is not valid"),
+        ("pods:\n  - {name: web, ports: [{containerPort: 80, name: \"1234\"}]}\n", "port name \"1234\" is not valid"),
+        ("pods:\n  - {name: web, ports: [{containerPort: 80, name: a--b}]}\n", "is not valid"),
+        ("pods:\n  - {name: web, ports: [{containerPort: 80, name: sixteen-letters-}]}\n", "is not valid"),
+        ("pods:\n  - {name: web, ports: [{containerPort: 80, name: \"a\\\"b\"}]}\n", "is not valid"),
+        ("pods:\n  - {name: web, ports: [{containerPort: 80, name: http}, {containerPort: 81, name: http}]}\n",
+         "ports #2: port name \"http\" is given twice"),
         ("pods:\n  - {name: web, netns: /run/netns/web, pid: 12}\n", "not both"),
         ("pods:\n  - {name: web}\n  - {namespace: default, name: web}\n", "listed twice"),
         ("pods:\n  - {name: web, pid: -3}\n", "pid must be a positive integer"),
@@ -81,6 +97,27 @@ struct PodRegistryTests {
             #expect("\(error)".contains(reason), "\(error)")
             #expect("\(error)".hasPrefix("test.yaml"), "\(error)")
         }
+    }
+
+    @Test("Container ports: named or not, protocol TCP unless given, in the order listed")
+    func containerPorts() throws {
+        let registry = try PodRegistry(yaml: """
+            pods:
+              - name: web
+                ports:
+                  - {name: http, containerPort: 8080}
+                  - {containerPort: 9000, protocol: UDP}
+                  - {name: metrics-2, containerPort: 9100, protocol: SCTP}
+              - {name: bare, ports: ~}
+              - {name: none}
+            """)
+        #expect(registry.pod(namespace: "default", name: "web")?.ports == [
+            ContainerPort(name: "http", containerPort: 8080, protocol: "TCP"),
+            ContainerPort(name: nil, containerPort: 9000, protocol: "UDP"),
+            ContainerPort(name: "metrics-2", containerPort: 9100, protocol: "SCTP"),
+        ])
+        #expect(registry.pod(namespace: "default", name: "bare")?.ports == [])
+        #expect(registry.pod(namespace: "default", name: "none")?.ports == [])
     }
 
     @Test("A registry built from values")

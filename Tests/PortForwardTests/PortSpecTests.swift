@@ -74,6 +74,18 @@ struct ForwardPathTests {
         #expect(path.path == "/proxy/nodes/node-1/portForward/kube-system/dns")
     }
 
+    @Test("The API server's pod subresource, the URL kubectl asks on")
+    func subresourcePath() throws {
+        let path = try #require(ForwardPath(parsing: "/api/v1/namespaces/kube-system/pods/dns.1/portforward"))
+        #expect(path == ForwardPath(namespace: "kube-system", pod: "dns.1", subresource: true))
+        #expect(path.node == nil)
+        #expect(path.path == "/api/v1/namespaces/kube-system/pods/dns.1/portforward")
+        // The query kubectl's WebSocket-only clients add (`?ports=`) names no other pod.
+        #expect(ForwardPath(parsing: "/api/v1/namespaces/default/pods/web/portforward?ports=80") == ForwardPath(namespace: "default", pod: "web", subresource: true))
+        // That URL names no node: one given is dropped, rather than making a path that says otherwise.
+        #expect(ForwardPath(node: "n", namespace: "a", pod: "b", subresource: true).node == nil)
+    }
+
     @Test("A query string is ignored")
     func query() throws {
         let path = try #require(ForwardPath(parsing: "/portForward/default/web?ports=80"))
@@ -81,7 +93,8 @@ struct ForwardPathTests {
     }
 
     @Test("Building and parsing round-trip",
-          arguments: [ForwardPath(namespace: "a", pod: "b"), ForwardPath(node: "n", namespace: "ns", pod: "p-1")])
+          arguments: [ForwardPath(namespace: "a", pod: "b"), ForwardPath(node: "n", namespace: "ns", pod: "p-1"),
+                      ForwardPath(namespace: "ns", pod: "p.2", subresource: true)])
     func roundTrip(_ path: ForwardPath) {
         #expect(ForwardPath(parsing: path.path) == path)
         #expect(path.description == path.path)
@@ -92,7 +105,11 @@ struct ForwardPathTests {
                       "portForward/default/web", "/portforward/default/web", "/portForward/default/web/extra",
                       "/proxy/nodes/n/portForward/ns", "/proxy/nodes//portForward/ns/p",
                       "/proxy/nodes/n/portForward/ns/", "/proxy/node/n/portForward/ns/p",
-                      "/proxy/nodes/n/forward/ns/p", "/api/v1/namespaces/default/pods/web/portforward", "*"])
+                      "/proxy/nodes/n/forward/ns/p", "*",
+                      "/api/v1/namespaces/default/pods/web", "/api/v1/namespaces//pods/web/portforward",
+                      "/api/v1/namespaces/default/pods//portforward", "/api/v1/namespaces/default/pods/web/portForward",
+                      "/api/v1/namespaces/default/pods/web/portforward/", "/apis/v1/namespaces/default/pods/web/portforward",
+                      "/api/v2/namespaces/default/pods/web/portforward", "api/v1/namespaces/default/pods/web/portforward"])
     func refused(_ text: String) {
         #expect(ForwardPath(parsing: text) == nil)
     }

@@ -1,0 +1,246 @@
+import HTTP2
+
+/// The slice of the Kubernetes API that kubectl reads before it port-forwards (discovery, then the
+/// pod), served from the pod registry: a request in, an answer out, no I/O. Everything kubectl
+/// needs to decide is here (is the pod there, is it Running, what are its named ports); the
+/// port-forward itself is an upgrade, which the handshake hands to a session instead.
+/// docs/PROTOCOL.md, "The Kubernetes API", lists the endpoints.
+public struct KubernetesAPI: Sendable {
+    public struct Response: Sendable {
+        public var status: Int
+        public var reasonPhrase: String
+        /// Beyond Content-Length and Connection, which the executor writes.
+        public var headers: [(name: String, value: String)]
+        public var body: String
+    }
+
+    public let registry: PodRegistry
+    /// `spec.nodeName` of every pod: the relay's node.
+    public let node: String
+    /// Whether a pod's network can be entered now (the relay asks `NetworkNamespace.check`;
+    /// tests say). Asked per answer, as every stream asks, since a pod's namespace may come and
+    /// go while the relay runs; the registry's start-up check is already stale.
+    public let isRunning: @Sendable (Pod) -> Bool
+
+    public init(registry: PodRegistry, node: String, isRunning: @escaping @Sendable (Pod) -> Bool) {
+        self.registry = registry
+        self.node = node
+        self.isRunning = isRunning
+    }
+
+    /// Whether `target` is a path of this API (`/version`, `/api...`, `/apis...`): the handshake
+    /// sends a plain request for it here rather than asking it to upgrade.
+    public static func serves(_ target: String) -> Bool {
+        let path = Self.path(of: target)
+        return path == "/version" || path == "/api" || path == "/apis"
+            || path.hasPrefix("/api/") || path.hasPrefix("/apis/") || path.hasPrefix("/version/")
+    }
+
+    /// The Kubernetes release we say we are. 1.32: the kubectl dispatcher at /usr/bin/kubectl
+    /// runs the `kubectl.1.<minor>` it has for the server's minor version (27 to 33 here) and its
+    /// built-in 1.32 when /version fails; 1.32 is the release whose port-forward client the
+    /// reference (../shared/reference/kubernetes-port-forward.md) was checked against, so the
+    /// dispatcher runs the same kubectl whether it asks or not.
+    public static let versionMajor = "1"
+    public static let versionMinor = "32"
+
+    public func respond(method: String, target: String, headers: HeadFields) -> Response {
+        let path = Self.path(of: target)
+        let parts = path.utf8.split(separator: UInt8(ascii: "/")).map { String(decoding: $0, as: UTF8.self) }
+        let query = Self.query(of: target)
+        if parts.count == 7, parts[0] == "api", parts[1] == "v1", parts[2] == "namespaces", parts[4] == "pods", parts[6] == "portforward" {
+            return portForward(method: method, namespace: parts[3], name: parts[5], headers: headers)
+        }
+        guard method == "GET" || method == "HEAD" else {
+            return failure(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        }
+        if query.contains(where: { $0.name == "watch" && $0.value != "false" && $0.value != "0" }) {
+            return failure(400, "BadRequest", "watch is not supported: this relay serves a fixed list of pods")
+        }
+        switch parts.count {
+        case 1 where parts[0] == "version": return ok(version)
+        case 1 where parts[0] == "api": return ok(apiVersions)
+        case 1 where parts[0] == "apis": return ok(.object([("kind", .string("APIGroupList")), ("apiVersion", .string("v1")), ("groups", .array([]))]))
+        case 2 where parts == ["api", "v1"]: return ok(resources)
+        case 3 where parts == ["api", "v1", "pods"]: return ok(podList(registry.pods.values))
+        case 5 where parts[0] == "api" && parts[1] == "v1" && parts[2] == "namespaces" && parts[4] == "pods":
+            return ok(podList(registry.pods.values.filter { $0.namespace == parts[3] }))
+        case 6 where parts[0] == "api" && parts[1] == "v1" && parts[2] == "namespaces" && parts[4] == "pods":
+            guard let pod = registry.pod(namespace: parts[3], name: parts[5]) else { return podNotFound(parts[5]) }
+            return ok(object(pod))
+        default:
+            return failure(404, "NotFound", "the server could not find the requested resource")
+        }
+    }
+
+    /// `.../pods/NAME/portforward` reaches here only when it is not an h2c upgrade (the handshake
+    /// upgrades those itself): kube-apiserver's answer to a plain request, or ours to an upgrade
+    /// we do not speak yet. Each is a failure whose status is not 101, so kubectl's WebSocket
+    /// attempt falls back to SPDY (client-go `fallback_dialer.go`: any non-101 answer does), and
+    /// its SPDY attempt ends with our message (client-go decodes a `Status` body and prints it).
+    private func portForward(method: String, namespace: String, name: String, headers: HeadFields) -> Response {
+        guard method == "GET" || method == "POST" else {
+            return failure(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        }
+        guard registry.pod(namespace: namespace, name: name) != nil else { return podNotFound(name) }
+        let instead = "it serves port-forward over HTTP/2 only (portforward forward --api-path, or h2c to this URL)"
+        if headers.lists("upgrade", "websocket") {
+            return failure(501, "NotImplemented", "this relay does not speak WebSocket port-forward yet: \(instead)")
+        }
+        if headers.lists("upgrade", "spdy/3.1") {
+            return failure(501, "NotImplemented", "this relay does not speak SPDY/3.1 port-forward yet: \(instead)")
+        }
+        return failure(400, "BadRequest", "Upgrade request required")
+    }
+
+    // MARK: discovery
+
+    private var version: JSONValue {
+        #if arch(x86_64)
+        let platform = "linux/amd64"
+        #elseif arch(arm64)
+        let platform = "linux/arm64"
+        #else
+        let platform = "linux/unknown"
+        #endif
+        return .object([
+            ("major", .string(Self.versionMajor)), ("minor", .string(Self.versionMinor)),
+            ("gitVersion", .string("v\(Self.versionMajor).\(Self.versionMinor).0-portforward")),
+            ("gitCommit", .string("")), ("gitTreeState", .string("")), ("buildDate", .string("")),
+            ("goVersion", .string("")), ("compiler", .string("")), ("platform", .string(platform)),
+        ])
+    }
+
+    private var apiVersions: JSONValue {
+        .object([("kind", .string("APIVersions")), ("versions", .array([.string("v1")])), ("serverAddressByClientCIDRs", .array([]))])
+    }
+
+    private var resources: JSONValue {
+        .object([
+            ("kind", .string("APIResourceList")), ("groupVersion", .string("v1")),
+            ("resources", .array([
+                .object([("name", .string("pods")), ("singularName", .string("pod")), ("namespaced", .bool(true)),
+                         ("kind", .string("Pod")), ("verbs", .array([.string("get"), .string("list")])),
+                         ("shortNames", .array([.string("po")]))]),
+                .object([("name", .string("pods/portforward")), ("singularName", .string("")), ("namespaced", .bool(true)),
+                         ("kind", .string("PodPortForwardOptions")), ("verbs", .array([.string("create"), .string("get")]))]),
+            ])),
+        ])
+    }
+
+    // MARK: pods
+
+    private func podList(_ pods: some Sequence<Pod>) -> JSONValue {
+        let sorted = pods.sorted { ($0.namespace, $0.name) < ($1.namespace, $1.name) }
+        return .object([
+            ("kind", .string("PodList")), ("apiVersion", .string("v1")),
+            ("metadata", .object([("resourceVersion", .string("1"))])),
+            ("items", .array(sorted.map(object))),
+        ])
+    }
+
+    /// A Pod object with what kubectl reads: its names, its node, its ports (named ports are
+    /// resolved from them) and its phase (kubectl refuses to forward to a pod not `Running`).
+    func object(_ pod: Pod) -> JSONValue {
+        let ports: [JSONValue] = pod.ports.map { port in
+            var members: [(String, JSONValue)] = []
+            if let name = port.name { members.append(("name", .string(name))) }
+            members.append(("containerPort", .number(port.containerPort)))
+            members.append(("protocol", .string(port.protocol)))
+            return .object(members)
+        }
+        var container: [(String, JSONValue)] = [("name", .string("main"))]
+        if !ports.isEmpty { container.append(("ports", .array(ports))) }
+        return .object([
+            ("kind", .string("Pod")), ("apiVersion", .string("v1")),
+            ("metadata", .object([
+                ("name", .string(pod.name)), ("namespace", .string(pod.namespace)),
+                ("uid", .string(Self.uid(pod))), ("resourceVersion", .string("1")),
+            ])),
+            ("spec", .object([("nodeName", .string(node)), ("containers", .array([.object(container)]))])),
+            ("status", .object([("phase", .string(isRunning(pod) ? "Running" : "Pending"))])),
+        ])
+    }
+
+    /// A UUID made from the pod's namespace and name, not drawn at random: the same pod keeps its
+    /// uid across relay restarts and between the relays of a node, as a pod that has not been
+    /// recreated keeps it in Kubernetes. Two 64-bit FNV-1a hashes (different offsets) fill its 128
+    /// bits, marked as an RFC 9562 version 8 (implementation-defined) UUID.
+    static func uid(_ pod: Pod) -> String {
+        func fnv1a(_ offset: UInt64) -> UInt64 {
+            var hash = offset
+            for byte in pod.qualifiedName.utf8 {
+                hash ^= UInt64(byte)
+                hash = hash &* 0x100_0000_01b3
+            }
+            return hash
+        }
+        var high = fnv1a(0xcbf2_9ce4_8422_2325)
+        var low = fnv1a(0x6c62_272e_07bb_0142)
+        high = (high & ~0xF000) | 0x8000  // version 8 in the high nibble of the third group
+        low = (low & ~(0xC << 60)) | (0x8 << 60)  // variant 10
+        let digits = hexadecimal(high, 16) + hexadecimal(low, 16)
+        let bytes = Array(digits.utf8)
+        func group(_ range: Range<Int>) -> String { String(decoding: bytes[range], as: UTF8.self) }
+        return "\(group(0..<8))-\(group(8..<12))-\(group(12..<16))-\(group(16..<20))-\(group(20..<32))"
+    }
+
+    // MARK: answers
+
+    private func ok(_ value: JSONValue) -> Response {
+        Response(status: 200, reasonPhrase: "OK", headers: [("Content-Type", "application/json")], body: value.serialized)
+    }
+
+    private func podNotFound(_ name: String) -> Response {
+        // The name comes from the request path: quoted at most a pod name's length.
+        let name = String(name.prefix(253))
+        return failure(404, "NotFound", "pods \"\(name)\" not found",
+                       details: [("name", .string(name)), ("kind", .string("pods"))])
+    }
+
+    /// A `Status` failure, as kube-apiserver writes one: client-go decodes the body of any
+    /// non-2xx answer as a Status, and kubectl prints its message (`Error from server
+    /// (NotFound): pods "web" not found`).
+    func failure(_ status: Int, _ reason: String, _ message: String, details: [(String, JSONValue)]? = nil) -> Response {
+        var members: [(String, JSONValue)] = [
+            ("kind", .string("Status")), ("apiVersion", .string("v1")), ("metadata", .object([])),
+            ("status", .string("Failure")), ("message", .string(message)), ("reason", .string(reason)),
+        ]
+        if let details { members.append(("details", .object(details))) }
+        members.append(("code", .number(status)))
+        return Response(status: status, reasonPhrase: Self.reasonPhrase(status), headers: [("Content-Type", "application/json")],
+                        body: JSONValue.object(members).serialized)
+    }
+
+    static func reasonPhrase(_ status: Int) -> String {
+        switch status {
+        case 200: return "OK"
+        case 400: return "Bad Request"
+        case 404: return "Not Found"
+        case 405: return "Method Not Allowed"
+        case 501: return "Not Implemented"
+        default: return "Error"
+        }
+    }
+
+    // MARK: targets
+
+    /// The path, without the query.
+    static func path(of target: String) -> Substring {
+        target.utf8.firstIndex(of: UInt8(ascii: "?")).map { target[..<$0] } ?? target[...]
+    }
+
+    /// The query's `name=value` pairs, undecoded (the names we look at need no decoding).
+    static func query(of target: String) -> [(name: Substring, value: Substring)] {
+        guard let mark = target.utf8.firstIndex(of: UInt8(ascii: "?")) else { return [] }
+        return target[target.index(after: mark)...].split(separator: "&").map { pair in
+            guard let equals = pair.firstIndex(of: "=") else { return (pair, "") }
+            return (pair[..<equals], pair[pair.index(after: equals)...])
+        }
+    }
+}
+
+private func hexadecimal(_ value: UInt64, _ width: Int) -> String {
+    let text = String(value, radix: 16)
+    return String(repeating: "0", count: max(0, width - text.count)) + text
+}

@@ -1,0 +1,201 @@
+import Foundation
+import Testing
+#if canImport(Glibc)
+@preconcurrency import Glibc
+#endif
+
+// The stock kubectl against a relay: the API it reads before it port-forwards, and what it says
+// at the upgrade, which the relay does not speak yet for kubectl (SPDY/3.1, WebSocket).
+
+enum Kubectl {
+    /// kubectl 1.32 itself, which never asks /version.
+    static let versioned = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32"
+    /// The dispatcher: asks /version, then runs the kubectl.1.<minor> it has.
+    static let dispatcher = "/usr/bin/kubectl"
+
+    /// Skips the calling test when `binary` is not installed.
+    static func require(_ binary: String) throws {
+        guard access(binary, X_OK) == 0 else {
+            let reason = "\(binary) is not installed (the Google Cloud SDK's kubectl packages)"
+            Issue.record(Comment(rawValue: "skipped: \(reason)"), severity: .warning)
+            try Test.cancel(Comment(rawValue: reason))
+        }
+    }
+
+    /// A kubeconfig for `relay` over http: kubectl then sends no credentials at all (client-go
+    /// `client_config.go`), and needs none.
+    static func config(_ relay: RelayProcess, in directory: String) throws -> String {
+        let path = "\(directory)/kubeconfig"
+        try """
+            apiVersion: v1
+            kind: Config
+            clusters:
+            - name: relay
+              cluster: {server: "\(relay.url)"}
+            contexts:
+            - name: relay
+              context: {cluster: relay, namespace: default, user: nobody}
+            current-context: relay
+            users:
+            - name: nobody
+              user: {}
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// Runs kubectl with its own kubeconfig, and its discovery cache in the scene's directory.
+    static func run(_ arguments: [String], binary: String = versioned, relay: RelayProcess, scene: Scene,
+                    timeout: Double = 30) throws -> (status: Int32, stdout: String, stderr: String) {
+        let config = try config(relay, in: scene.directory)
+        return try E2E.run(["env", "HOME=\(scene.directory)", "KUBECONFIG=\(config)", binary,
+                            "--cache-dir", "\(scene.directory)/kube-cache"] + arguments,
+                           timeout: timeout, directory: scene.directory)
+    }
+}
+
+@Suite("End to end: kubectl reads pods from the relay's Kubernetes API", .serialized)
+struct KubectlEndToEndTests {
+    /// A relay with `web` (running, an echo server on echoPort, a named port) and `late` (its
+    /// namespace does not exist: Pending), logging every request it serves.
+    private func relay(_ scene: Scene) throws -> RelayProcess {
+        let web = try scene.makeNamespace()
+        try scene.serve(in: web, port: echoPort)
+        return try scene.startRelay(podsFile: """
+            pods:
+              - {namespace: default, name: web, netns: \(web.path), ports: [{name: echo, containerPort: \(echoPort)}]}
+              - {namespace: default, name: late, netns: /run/netns/\(scene.namespaceName())}
+            """, connector: .native, extra: ["-v"])
+    }
+
+    @Test("kubectl get: the raw pod, its phase, a Pending pod, a list, and NotFound in kubectl's own words")
+    func get() throws {
+        try Kubectl.require(Kubectl.versioned)
+        try withScene { scene in
+            let relay = try relay(scene)
+            let raw = try Kubectl.run(["get", "--raw", "/api/v1/namespaces/default/pods/web"], relay: relay, scene: scene)
+            #expect(raw.status == 0, "\(raw)")
+            #expect(raw.stdout.hasPrefix(#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"web","namespace":"default","uid":""#), "\(raw)")
+            #expect(raw.stdout.contains(#""spec":{"nodeName":"\#(scene.node)","containers":[{"name":"main","ports":[{"name":"echo","containerPort":\#(echoPort),"protocol":"TCP"}]}]},"status":{"phase":"Running"}}"#), "\(raw)")
+
+            let phase = try Kubectl.run(["get", "pod", "web", "-o", "jsonpath={.status.phase}"], relay: relay, scene: scene)
+            #expect(phase.status == 0 && phase.stdout == "Running", "\(phase)")
+            let pending = try Kubectl.run(["get", "pod", "late", "-o", "jsonpath={.status.phase}"], relay: relay, scene: scene)
+            #expect(pending.status == 0 && pending.stdout == "Pending", "\(pending)")
+
+            let list = try Kubectl.run(["get", "pods", "-o", "jsonpath={.items[*].metadata.name}"], relay: relay, scene: scene)
+            #expect(list.status == 0 && list.stdout == "late web", "\(list)")
+            // The human-readable table, without a server-side Table: kubectl prints names.
+            let table = try Kubectl.run(["get", "pods"], relay: relay, scene: scene)
+            #expect(table.status == 0 && table.stdout.contains("web") && table.stdout.contains("late"), "\(table)")
+
+            let missing = try Kubectl.run(["get", "pod", "nope"], relay: relay, scene: scene)
+            #expect(missing.status == 1, "\(missing)")
+            #expect(missing.stderr.trimmingCharacters(in: .whitespacesAndNewlines) == #"Error from server (NotFound): pods "nope" not found"#, "\(missing)")
+
+            let log = relay.child.stderr
+            for line in ["api: GET /api?timeout=", "api: GET /apis?timeout=", "api: GET /api/v1?timeout=",
+                         "api: GET /api/v1/namespaces/default/pods/web from 127.0.0.1: 200",
+                         "api: GET /api/v1/namespaces/default/pods/nope from 127.0.0.1: 404"] {
+                #expect(log.contains(line), "no \(line.debugDescription) in the relay's log:\n\(log)")
+            }
+            #expect(relay.child.isRunning)
+        }
+    }
+
+    @Test("kubectl port-forward gets through its requests to the upgrade, falls back from WebSocket to SPDY, and ends with our message")
+    func portForward() throws {
+        try Kubectl.require(Kubectl.versioned)
+        try withScene { scene in
+            let relay = try relay(scene)
+            // A named port: kubectl resolves it from the pod's spec before it upgrades.
+            let forward = try Kubectl.run(["port-forward", "pod/web", "0:echo"], relay: relay, scene: scene)
+            #expect(forward.status == 1, "\(forward)")
+            #expect(forward.stderr.contains("error: error upgrading connection: this relay does not speak SPDY/3.1 port-forward yet: "
+                                            + "it serves port-forward over HTTP/2 only (portforward forward --api-path, or h2c to this URL)"),
+                    "\(forward)")
+            let log = relay.child.stderr
+            for line in ["api: GET /api/v1/namespaces/default/pods/web from 127.0.0.1: 200",
+                         "api: GET /api/v1/namespaces/default/pods/web/portforward from 127.0.0.1: 501",
+                         "api: POST /api/v1/namespaces/default/pods/web/portforward from 127.0.0.1: 501"] {
+                #expect(log.contains(line), "no \(line.debugDescription) in the relay's log:\n\(log)")
+            }
+
+            let notRunning = try Kubectl.run(["port-forward", "pod/late", "0:\(echoPort)"], relay: relay, scene: scene)
+            #expect(notRunning.status == 1, "\(notRunning)")
+            #expect(notRunning.stderr.contains("error: unable to forward port because pod is not running. Current status=Pending"), "\(notRunning)")
+
+            let missing = try Kubectl.run(["port-forward", "pod/nope", "0:\(echoPort)"], relay: relay, scene: scene)
+            #expect(missing.status == 1, "\(missing)")
+            #expect(missing.stderr.contains(#"Error from server (NotFound): pods "nope" not found"#), "\(missing)")
+
+            // Plain SPDY, as kubectl 1.27-1.30 ask by default: straight to our message.
+            let config = try Kubectl.config(relay, in: scene.directory)
+            let spdy = try E2E.run(["env", "HOME=\(scene.directory)", "KUBECONFIG=\(config)", "KUBECTL_PORT_FORWARD_WEBSOCKETS=false",
+                                    Kubectl.versioned, "port-forward", "pod/web", "0:\(echoPort)"], timeout: 30, directory: scene.directory)
+            #expect(spdy.status == 1 && spdy.stderr.contains("this relay does not speak SPDY/3.1 port-forward yet"), "\(spdy)")
+            #expect(relay.child.isRunning)
+        }
+    }
+
+    @Test("The kubectl dispatcher asks /version, is told 1.32, and runs a kubectl that gets to the upgrade")
+    func dispatcher() throws {
+        try Kubectl.require(Kubectl.dispatcher)
+        try withScene { scene in
+            let relay = try relay(scene)
+            let version = try Kubectl.run(["version", "-o", "json"], binary: Kubectl.dispatcher, relay: relay, scene: scene)
+            #expect(version.status == 0 && version.stdout.contains(#""minor": "32""#), "\(version)")
+            let forward = try Kubectl.run(["port-forward", "pod/web", "0:\(echoPort)"], binary: Kubectl.dispatcher, relay: relay, scene: scene)
+            #expect(forward.status == 1 && forward.stderr.contains("this relay does not speak SPDY/3.1 port-forward yet"), "\(forward)")
+            let log = relay.child.stderr
+            #expect(log.contains("api: GET /version?timeout=5s from 127.0.0.1: 200"), "\(log)")
+            #expect(log.contains("api: POST /api/v1/namespaces/default/pods/web/portforward from 127.0.0.1: 501"), "\(log)")
+        }
+    }
+
+    @Test("Our own client forwards through the pod's Kubernetes URL (--api-path), next to the API on the same listener")
+    func ownClientOnTheAPIPath() throws {
+        try withScene { scene in
+            let relay = try relay(scene)
+            let forwarder = try scene.startForwarder(relay: relay, pod: "web", remotePorts: [echoPort], extra: ["--api-path"])
+            let payload = Net.randomBytes(256 * 1024)
+            let echoed = try Net.echo("127.0.0.1", try forwarder.local(echoPort), payload)
+            #expect(Net.same(echoed, payload), "\(Net.firstDifference(echoed, payload))")
+        }
+    }
+
+    @Test("Keep-alive: pipelined requests are answered in order; the last one allowed says Connection: close; an idle connection is closed")
+    func keepAlive() throws {
+        try withScene { scene in
+            let web = try scene.makeNamespace()
+            let relay = try scene.startRelay(pods: ["web": web], connector: .native,
+                                             extra: ["--max-api-requests", "3", "--handshake-timeout", "1"])
+            let get = "GET /api/v1/namespaces/default/pods/web HTTP/1.1\r\nHost: relay\r\nAccept: application/vnd.kubernetes.protobuf\r\n\r\n"
+            let answer = try rawStatus(relay, Array((get + get + get + get + get).utf8))
+            let statuses = answer.text.components(separatedBy: "HTTP/1.1 ").dropFirst().map { $0.prefix(3) }
+            #expect(statuses == ["200", "200", "200"], "\(answer.text)")
+            #expect(answer.text.components(separatedBy: "Connection: close").count == 2, "\(answer.text)")
+            #expect(answer.text.contains("Content-Type: application/json"), "\(answer.text)")
+
+            // One request, its answer, then nothing: closed without a word after the timeout.
+            let fd = try Net.connect("127.0.0.1", relay.port)
+            defer { close(fd) }
+            let request = Array("GET /apis HTTP/1.1\r\nHost: relay\r\n\r\n".utf8)
+            _ = request.withUnsafeBytes { write(fd, $0.baseAddress!, $0.count) }
+            let started = Date()
+            var received: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            while Date().timeIntervalSince(started) < 5 {
+                var probe = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                if poll(&probe, 1, 100) <= 0 { continue }
+                let count = read(fd, &chunk, chunk.count)
+                if count <= 0 { break }
+                received += chunk[..<count]
+            }
+            let seconds = Date().timeIntervalSince(started)
+            let text = String(decoding: received, as: UTF8.self)
+            #expect(text.hasPrefix("HTTP/1.1 200 OK\r\n") && text.hasSuffix(#"{"kind":"APIGroupList","apiVersion":"v1","groups":[]}"#), "\(text)")
+            #expect(seconds > 0.8 && seconds < 3, "closed after \(seconds) s")
+            #expect(relay.child.isRunning)
+        }
+    }
+}
