@@ -14,6 +14,8 @@ public enum HTTPText {
     }
 
     public static let switchingProtocols = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    /// kubectl's SPDY upgrade for port-forward (the kubelet's answer, header for header).
+    public static let spdySwitchingProtocols = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n"
 
     /// A complete HTTP/1.1 answer with a one-line text body; the connection closes after it.
     public static func response(status: Int, reason: String, body: String) -> String {

@@ -11,12 +11,19 @@ public enum FrontEnd: Equatable, Sendable {
     /// upgrade to a protocol we do not speak on `/api/v1/.../portforward` is one too: the API
     /// answers it with a `Status` kubectl understands.
     case api
+    /// kubectl's plain SPDY/3.1 upgrade (`Upgrade: SPDY/3.1`, `X-Stream-Protocol-Version:
+    /// portforward.k8s.io`) on a port-forward path.
+    case spdy
     /// Anything this relay does not speak (yet).
     case unsupported
 
     public static func detect(_ request: RequestHead) -> FrontEnd {
         if request.asksForH2C, let settings = request.header("http2-settings").flatMap(Base64URL.decode) {
             return .h2c(settings: settings)
+        }
+        if request.fields.lists("upgrade", "spdy/3.1"), request.fields.lists("x-stream-protocol-version", "portforward.k8s.io"),
+           ForwardPath(parsing: request.target) != nil {
+            return .spdy
         }
         if KubernetesAPI.serves(request.target) { return .api }
         return .unsupported

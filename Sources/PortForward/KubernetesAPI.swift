@@ -73,22 +73,25 @@ public struct KubernetesAPI: Sendable {
         }
     }
 
-    /// `.../pods/NAME/portforward` reaches here only when it is not an h2c upgrade (the handshake
-    /// upgrades those itself): kube-apiserver's answer to a plain request, or ours to an upgrade
-    /// we do not speak yet. Each is a failure whose status is not 101, so kubectl's WebSocket
-    /// attempt falls back to SPDY (client-go `fallback_dialer.go`: any non-101 answer does), and
-    /// its SPDY attempt ends with our message (client-go decodes a `Status` body and prints it).
+    /// `.../pods/NAME/portforward` reaches here only when it is not an upgrade the handshake takes
+    /// itself (h2c; SPDY/3.1 with portforward.k8s.io): kube-apiserver's answer to a plain request,
+    /// or ours to an upgrade we do not speak. Each is a failure whose status is not 101, so
+    /// kubectl's WebSocket attempt falls back to SPDY (client-go `fallback_dialer.go`: any non-101
+    /// answer does), and a refused SPDY attempt ends with our message (client-go decodes a
+    /// `Status` body and prints it).
     private func portForward(method: String, namespace: String, name: String, headers: HeadFields) -> Response {
         guard method == "GET" || method == "POST" else {
             return failure(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         }
         guard registry.pod(namespace: namespace, name: name) != nil else { return podNotFound(name) }
-        let instead = "it serves port-forward over HTTP/2 only (portforward forward --api-path, or h2c to this URL)"
         if headers.lists("upgrade", "websocket") {
-            return failure(501, "NotImplemented", "this relay does not speak WebSocket port-forward yet: \(instead)")
+            return failure(501, "NotImplemented",
+                           "this relay does not speak WebSocket port-forward yet: it serves SPDY/3.1 (kubectl falls back to it) and HTTP/2")
         }
         if headers.lists("upgrade", "spdy/3.1") {
-            return failure(501, "NotImplemented", "this relay does not speak SPDY/3.1 port-forward yet: \(instead)")
+            // The handshake upgrades SPDY that asks for portforward.k8s.io; any other stream protocol
+            // is refused as the kubelet refuses it.
+            return failure(403, "Forbidden", "unable to upgrade: no stream protocol in common: this relay speaks portforward.k8s.io")
         }
         return failure(400, "BadRequest", "Upgrade request required")
     }
@@ -216,6 +219,7 @@ public struct KubernetesAPI: Sendable {
         switch status {
         case 200: return "OK"
         case 400: return "Bad Request"
+        case 403: return "Forbidden"
         case 404: return "Not Found"
         case 405: return "Method Not Allowed"
         case 501: return "Not Implemented"

@@ -156,6 +156,7 @@ final class PendingConnection: CompletionHandler {
     }
 
     private func become(upgrade: Handshake.Upgrade?, initial: ArraySlice<UInt8>) {
+        if let upgrade, upgrade.frontEnd == .spdy { return becomeSPDY(upgrade.request, initial: initial) }
         let session: RelaySession
         do {
             session = try RelaySession(fd: fd, peer: peer, relay: relay)
@@ -189,6 +190,31 @@ final class PendingConnection: CompletionHandler {
             relay.adopt(session)
         }
         initial.withUnsafeBytes { session.connection.start(initial: $0) }
+    }
+
+    /// kubectl's SPDY upgrade: `101`, then the connection is an `SPDYRelaySession` for the pod
+    /// the path names (resolved by the handshake already).
+    private func becomeSPDY(_ request: RequestHead, initial: ArraySlice<UInt8>) {
+        guard case .pod(let pod) = relay.resolve(request.target) else {
+            return refuse(.unknownPath(request.target))
+        }
+        let session: SPDYRelaySession
+        do {
+            session = try SPDYRelaySession(fd: fd, peer: peer, pod: pod, relay: relay)
+        } catch {
+            finish()
+            relay.limitedLog("SPDY session: \(error)")
+            relay.reactor.close(fd)
+            return
+        }
+        guard writeAll(Array(HTTPText.spdySwitchingProtocols.utf8)) else {
+            finish()
+            relay.reactor.close(fd)
+            return
+        }
+        finish()
+        relay.adopt(session)
+        initial.withUnsafeBytes { session.start(initial: $0) }
     }
 
     private func refuse(_ refusal: Refusal) {

@@ -20,6 +20,8 @@ public final class Relay: CompletionHandler {
     public let limits: RelayLimits
     public let settings: SessionSettings
     var sessions: [ObjectIdentifier: RelaySession] = [:]
+    /// kubectl's port-forward connections (plain SPDY/3.1).
+    var spdySessions: [ObjectIdentifier: SPDYRelaySession] = [:]
     var handshakes: [ObjectIdentifier: PendingConnection] = [:]
     /// Protocol and connection errors, one line each, rate-limited (`-v`).
     public var log: (String) -> Void = { _ in } {
@@ -70,6 +72,7 @@ public final class Relay: CompletionHandler {
         reactor.close(listenFD)
         housekeeping.stop()
         for session in sessions.values { session.connection.session.terminate(); session.connection.flushSoon() }
+        for session in spdySessions.values { session.stop() }
     }
 
     public func complete(_ completion: Completion) {
@@ -78,7 +81,7 @@ public final class Relay: CompletionHandler {
             return
         }
         let fd = completion.result
-        if handshakes.count + sessions.count >= limits.maxConnections {
+        if handshakes.count + sessions.count + spdySessions.count >= limits.maxConnections {
             limitedLog("connection refused: \(limits.maxConnections) connections open (--max-connections)")
             Sockets.resetOnClose(fd)
             reactor.close(fd)
@@ -112,6 +115,16 @@ public final class Relay: CompletionHandler {
     func adopt(_ session: RelaySession) {
         sessions[ObjectIdentifier(session)] = session
         peers[session.peer, default: (TokenBucket(limits.peerStreamOpenRate), 0)].connections += 1
+    }
+
+    func adopt(_ session: SPDYRelaySession) {
+        spdySessions[ObjectIdentifier(session)] = session
+    }
+
+    func spdySessionClosed(_ session: SPDYRelaySession, reason: String?) {
+        guard spdySessions.removeValue(forKey: ObjectIdentifier(session)) != nil else { return }
+        endedSinceTrim += 1
+        if let reason, reason != Connection.closedByPeer { limitedLog("SPDY session \(session.peer): \(reason)") }
     }
 
     func sessionClosed(_ session: RelaySession, reason: String?) {

@@ -4,8 +4,8 @@ import Testing
 @preconcurrency import Glibc
 #endif
 
-// The stock kubectl against a relay: the API it reads before it port-forwards, and what it says
-// at the upgrade, which the relay does not speak yet for kubectl (SPDY/3.1, WebSocket).
+// The stock kubectl against a relay: the API it reads before it port-forwards, and port-forward
+// itself over SPDY/3.1 (kubectl 1.31+ try WebSocket first, are refused, and fall back to SPDY).
 
 enum Kubectl {
     /// kubectl 1.32 itself, which never asks /version.
@@ -102,22 +102,67 @@ struct KubectlEndToEndTests {
         }
     }
 
-    @Test("kubectl port-forward gets through its requests to the upgrade, falls back from WebSocket to SPDY, and ends with our message")
+    /// Starts `kubectl port-forward` (with `environment` before it) and returns it with the
+    /// local port it chose for the first forward.
+    private func startForward(_ arguments: [String], binary: String = Kubectl.versioned, environment: [String] = [],
+                              relay: RelayProcess, scene: Scene) throws -> (child: Child, port: Int) {
+        let config = try Kubectl.config(relay, in: scene.directory)
+        let child = try scene.start(["env", "HOME=\(scene.directory)", "KUBECONFIG=\(config)"] + environment
+                                    + [binary, "--cache-dir", "\(scene.directory)/kube-cache", "port-forward"] + arguments,
+                                    name: "kubectl")
+        let port = try child.waitFor("kubectl's Forwarding line") { text -> Int? in
+            guard let range = text.range(of: "Forwarding from 127.0.0.1:") else { return nil }
+            let digits = text[range.upperBound...].prefix { $0.isNumber }
+            return text[range.upperBound...].dropFirst(digits.count).hasPrefix(" ->") ? Int(digits) : nil
+        }
+        return (child, port)
+    }
+
+    /// Data both ways through a kubectl forward: one large echo, concurrent ones, and a
+    /// half-closed one that still gets its whole answer.
+    private func expectForwards(_ port: Int, large: Int = 64 << 20, concurrent: Int = 50) throws {
+        let payload = Net.randomBytes(large)
+        let echoed = try Net.echo("127.0.0.1", port, payload, timeout: 60)
+        #expect(Net.same(echoed, payload), "\(Net.firstDifference(echoed, payload))")
+        var flows = try (0..<concurrent).map { _ in
+            Flow(fd: try Net.connect("127.0.0.1", port), payload: Net.randomBytes(64 * 1024), halfClose: false)
+        }
+        defer { for flow in flows { close(flow.fd) } }
+        try Net.exchange(&flows, timeout: 30)
+        for (index, flow) in flows.enumerated() {
+            #expect(flow.error == nil && Net.same(flow.received, flow.payload),
+                    "connection \(index): \(flow.error ?? Net.firstDifference(flow.received, flow.payload))")
+        }
+        let half = Net.randomBytes(300 * 1024)
+        let answer = try Net.echo("127.0.0.1", port, half, halfClose: true, timeout: 30)
+        #expect(Net.same(answer, half), "half-closed: \(Net.firstDifference(answer, half))")
+    }
+
+    @Test("kubectl port-forward over SPDY/3.1: 1.32 (WebSocket refused, falls back), 1.32 told to use SPDY, 1.27; a named port; data intact")
     func portForward() throws {
         try Kubectl.require(Kubectl.versioned)
         try withScene { scene in
             let relay = try relay(scene)
             // A named port: kubectl resolves it from the pod's spec before it upgrades.
-            let forward = try Kubectl.run(["port-forward", "pod/web", "0:echo"], relay: relay, scene: scene)
-            #expect(forward.status == 1, "\(forward)")
-            #expect(forward.stderr.contains("error: error upgrading connection: this relay does not speak SPDY/3.1 port-forward yet: "
-                                            + "it serves port-forward over HTTP/2 only (portforward forward --api-path, or h2c to this URL)"),
-                    "\(forward)")
+            let fallback = try startForward(["pod/web", "0:echo"], relay: relay, scene: scene)
+            try expectForwards(fallback.port)
+            fallback.child.kill()
             let log = relay.child.stderr
             for line in ["api: GET /api/v1/namespaces/default/pods/web from 127.0.0.1: 200",
-                         "api: GET /api/v1/namespaces/default/pods/web/portforward from 127.0.0.1: 501",
-                         "api: POST /api/v1/namespaces/default/pods/web/portforward from 127.0.0.1: 501"] {
+                         "api: GET /api/v1/namespaces/default/pods/web/portforward from 127.0.0.1: 501"] {
                 #expect(log.contains(line), "no \(line.debugDescription) in the relay's log:\n\(log)")
+            }
+
+            let spdy = try startForward(["pod/web", "0:\(echoPort)"], environment: ["KUBECTL_PORT_FORWARD_WEBSOCKETS=false"],
+                                        relay: relay, scene: scene)
+            try expectForwards(spdy.port, large: 8 << 20, concurrent: 10)
+            spdy.child.kill()
+
+            let old = "/usr/lib/google-cloud-sdk/bin/kubectl.1.27"
+            if access(old, X_OK) == 0 {
+                let plain = try startForward(["pod/web", "0:\(echoPort)"], binary: old, relay: relay, scene: scene)
+                try expectForwards(plain.port, large: 8 << 20, concurrent: 10)
+                plain.child.kill()
             }
 
             let notRunning = try Kubectl.run(["port-forward", "pod/late", "0:\(echoPort)"], relay: relay, scene: scene)
@@ -127,28 +172,43 @@ struct KubectlEndToEndTests {
             let missing = try Kubectl.run(["port-forward", "pod/nope", "0:\(echoPort)"], relay: relay, scene: scene)
             #expect(missing.status == 1, "\(missing)")
             #expect(missing.stderr.contains(#"Error from server (NotFound): pods "nope" not found"#), "\(missing)")
-
-            // Plain SPDY, as kubectl 1.27-1.30 ask by default: straight to our message.
-            let config = try Kubectl.config(relay, in: scene.directory)
-            let spdy = try E2E.run(["env", "HOME=\(scene.directory)", "KUBECONFIG=\(config)", "KUBECTL_PORT_FORWARD_WEBSOCKETS=false",
-                                    Kubectl.versioned, "port-forward", "pod/web", "0:\(echoPort)"], timeout: 30, directory: scene.directory)
-            #expect(spdy.status == 1 && spdy.stderr.contains("this relay does not speak SPDY/3.1 port-forward yet"), "\(spdy)")
             #expect(relay.child.isRunning)
         }
     }
 
-    @Test("The kubectl dispatcher asks /version, is told 1.32, and runs a kubectl that gets to the upgrade")
+    @Test("A refused pod port: kubectl gets the failure through the error stream; the relay serves the next forward")
+    func refusedPort() throws {
+        try Kubectl.require(Kubectl.versioned)
+        try withScene { scene in
+            let relay = try relay(scene)
+            let forward = try startForward(["pod/web", "0:7999"], relay: relay, scene: scene)
+            let fd = try Net.connect("127.0.0.1", forward.port)
+            _ = Net.readUntilClosed(fd, timeout: 10)
+            close(fd)
+            // kubectl 1.32 ends its whole session on any error text (its choice; kubernetes PR 103526).
+            let said = try forward.child.waitFor("kubectl's error line") { text in
+                text.contains("an error occurred forwarding") ? text : nil
+            }
+            #expect(said.contains("connection refused"), "\(said)")
+            let next = try startForward(["pod/web", "0:\(echoPort)"], relay: relay, scene: scene)
+            try expectForwards(next.port, large: 1 << 20, concurrent: 5)
+            next.child.kill()
+            #expect(relay.child.isRunning)
+        }
+    }
+
+    @Test("The kubectl dispatcher asks /version, is told 1.32, and runs a kubectl that forwards")
     func dispatcher() throws {
         try Kubectl.require(Kubectl.dispatcher)
         try withScene { scene in
             let relay = try relay(scene)
             let version = try Kubectl.run(["version", "-o", "json"], binary: Kubectl.dispatcher, relay: relay, scene: scene)
             #expect(version.status == 0 && version.stdout.contains(#""minor": "32""#), "\(version)")
-            let forward = try Kubectl.run(["port-forward", "pod/web", "0:\(echoPort)"], binary: Kubectl.dispatcher, relay: relay, scene: scene)
-            #expect(forward.status == 1 && forward.stderr.contains("this relay does not speak SPDY/3.1 port-forward yet"), "\(forward)")
+            let forward = try startForward(["pod/web", "0:\(echoPort)"], binary: Kubectl.dispatcher, relay: relay, scene: scene)
+            try expectForwards(forward.port, large: 1 << 20, concurrent: 5)
+            forward.child.kill()
             let log = relay.child.stderr
             #expect(log.contains("api: GET /version?timeout=5s from 127.0.0.1: 200"), "\(log)")
-            #expect(log.contains("api: POST /api/v1/namespaces/default/pods/web/portforward from 127.0.0.1: 501"), "\(log)")
         }
     }
 

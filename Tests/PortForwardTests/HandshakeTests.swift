@@ -10,7 +10,7 @@ private func describe(_ decision: Handshake.Decision) -> String {
     case .refuse(let refusal): return "\(refusal.status) \(refusal.text)"
     case .priorKnowledge(let initial): return "h2 \(initial.count)"
     case .upgrade(let upgrade, let initial):
-        return "h2c \(upgrade.request.method) \(upgrade.request.target) body=\(String(decoding: upgrade.body, as: UTF8.self)) rest=\(String(decoding: initial, as: UTF8.self))"
+        return "\(upgrade.frontEnd == .spdy ? "spdy" : "h2c") \(upgrade.request.method) \(upgrade.request.target) body=\(String(decoding: upgrade.body, as: UTF8.self)) rest=\(String(decoding: initial, as: UTF8.self))"
     case .serve(let api): return "api \(api.request.method) \(api.request.target) \(api.keepAlive ? "keep" : "close")"
     case .close: return "close"
     }
@@ -92,9 +92,13 @@ struct HandshakeTests {
                       reads: ["GET /api/v1/namespaces/default/pods/web/portforward HTTP/1.1\r\nHost: relay\r\nConnection: Upgrade\r\n"
                               + "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: SPDY/3.1+portforward.k8s.io\r\n\r\n"],
                       decisions: ["api GET /api/v1/namespaces/default/pods/web/portforward close"]),
-        HandshakeCase(name: "a SPDY upgrade on the pod's portforward URL is the API's to refuse, and closes",
+        HandshakeCase(name: "kubectl's SPDY upgrade on the pod's portforward URL is upgraded",
                       reads: ["POST /api/v1/namespaces/default/pods/web/portforward HTTP/1.1\r\nHost: relay\r\nContent-Length: 0\r\n"
                               + "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n"],
+                      decisions: ["spdy POST /api/v1/namespaces/default/pods/web/portforward body= rest="]),
+        HandshakeCase(name: "a SPDY upgrade for another stream protocol is the API's to refuse, and closes",
+                      reads: ["POST /api/v1/namespaces/default/pods/web/portforward HTTP/1.1\r\nHost: relay\r\nContent-Length: 0\r\n"
+                              + "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n"],
                       decisions: ["api POST /api/v1/namespaces/default/pods/web/portforward close"]),
         HandshakeCase(name: "an h2c upgrade on the pod's portforward URL is upgraded",
                       reads: [upgrade("/api/v1/namespaces/default/pods/web/portforward")],

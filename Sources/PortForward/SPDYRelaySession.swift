@@ -1,0 +1,395 @@
+import CLinuxShim
+import HTTP2
+import Reactor
+import SPDY
+#if canImport(Glibc)
+@preconcurrency import Glibc
+#endif
+
+/// One kubectl port-forward connection over plain SPDY/3.1 (`portforward.k8s.io`): the upgraded
+/// socket, driven through the reactor, with an `SPDYSession` (no I/O) for the framing. Each
+/// local connection of kubectl's is an error/data stream pair (`PortForwardPairs`); a complete
+/// pair becomes a `Tunnel` to the pod's port, its data stream an `SPDYStream`.
+///
+/// SPDY has no flow control, so memory is bounded here: the connection stops reading while its
+/// held bytes are over `--max-held-bytes`, or while one of its streams holds a stream window's
+/// worth (2 MiB) of bytes its pod has not taken. The price is the kubelet's own: one slow pod
+/// socket stalls the other streams of that connection (docs/PROTOCOL.md).
+final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTask {
+    let fd: FileDescriptor
+    let peer: String
+    let pod: Pod
+    unowned let relay: Relay
+    let session: SPDYSession
+    let held: HeldBytes
+    private let output = OutputQueue()
+    private var pairs = PortForwardPairs()
+    /// Forwarding data streams by id.
+    private var streams: [UInt32: SPDYStream] = [:]
+    /// Streams with bytes (or their end) ready to send, oldest first.
+    private var ready: [SPDYStream] = []
+    private var attempts: [UInt32: ConnectAttempt] = [:]
+    /// Streams holding their bound of unwritten bytes.
+    private var streamsAtBound = 0
+    private let streamBound: Int
+    private var receiving = false
+    private var writing = false
+    private var scheduled = false
+    private var closed = false
+    /// Close once the output is written: a GOAWAY after a protocol error, or the peer's.
+    private var closingReason: String?
+    private var receivingBuffer = BufferPool.none
+    private var pairTimer: TimerID = 0
+    /// A DATA frame's 8-byte head is written here, then copied into the output queue.
+    private let headerBytes = UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8)
+    private var pairTimerDeadline: UInt64 = 0
+
+    /// The most payload one DATA frame carries (the HTTP/2 side's frame size).
+    static let maxFramePayload = 256 * 1024
+    /// What the output queue may hold before the streams wait for it to drain.
+    static let outputLimit = 2 << 20
+
+    private enum Tag: UInt32 { case receive = 1, write, splice, pairTimer }
+
+    init(fd: FileDescriptor, peer: String, pod: Pod, relay: Relay) throws {
+        self.fd = fd
+        self.peer = peer
+        self.pod = pod
+        self.relay = relay
+        session = try SPDYSession()
+        held = HeldBytes(limit: relay.limits.maxHeldBytesPerConnection)
+        streamBound = Int(relay.settings.streamWindow)
+        session.delegate = self
+        Sockets.noDelay(fd)
+        held.onBelowLimit = { [unowned self] in self.receiveNext() }
+    }
+
+    deinit { headerBytes.deallocate() }
+
+    /// `initial`: bytes the client sent behind its upgrade request.
+    func start(initial: UnsafeRawBufferPointer) {
+        if initial.count > 0 { deliver(initial) }
+        receiveNext()
+        flushSoon()
+    }
+
+    // MARK: reading
+
+    private func receiveNext() {
+        if receiving || closed || closingReason != nil { return }
+        if held.isOver || streamsAtBound > 0 { return }
+        receiving = true
+        relay.reactor.receive(fd, handler: self, tag: Tag.receive.rawValue)
+    }
+
+    private func deliver(_ bytes: UnsafeRawBufferPointer) {
+        do {
+            try session.receive(bytes)
+        } catch {
+            // The session queued a GOAWAY: write it, then close.
+            closingReason = "\(error)"
+        }
+    }
+
+    func complete(_ completion: Completion) {
+        if closed {
+            if completion.buffer != BufferPool.none { relay.reactor.buffers.release(completion.buffer) }
+            return
+        }
+        switch Tag(rawValue: completion.tag) {
+        case .receive:
+            receiving = false
+            guard completion.result > 0 else {
+                return close(reason: completion.result == 0 ? Connection.closedByPeer : SystemError.reason(-completion.result))
+            }
+            receivingBuffer = completion.buffer
+            deliver(UnsafeRawBufferPointer(start: relay.reactor.buffers.pointer(completion.buffer), count: Int(completion.result)))
+            receivingBuffer = BufferPool.none
+            relay.reactor.buffers.release(completion.buffer)
+            if closed { return }
+            receiveNext()
+            flushSoon()
+        case .write, .splice:
+            writing = false
+            if completion.result < 0 { return close(reason: SystemError.reason(-completion.result)) }
+            output.advance(Int(completion.result))
+            flushSoon()
+        case .pairTimer:
+            pairTimerDeadline = 0
+            expirePairs()
+        case nil:
+            break
+        }
+    }
+
+    // MARK: session events
+
+    func session(_ session: SPDYSession, _ event: SPDYEvent) {
+        switch event {
+        case .synStream(let stream, _, _, let headers, _):
+            switch pairs.opened(stream: stream, headers: headers, now: Clock.nanoseconds()) {
+            case .reply:
+                reply(stream)
+            case .replyAndForward(let pair):
+                reply(stream)
+                forward(pair)
+            case .reset(let status, let reason):
+                relay.limitedLog("\(peer): SPDY stream \(stream) reset: \(reason)")
+                session.reset(stream: stream, status: status)
+            }
+            armPairTimer()
+        case .data(let stream, let bytes):
+            // The error stream's (empty) data, or a stream already gone: nothing to do.
+            guard let carrier = streams[stream], !carrier.closed else { return }
+            received(bytes, on: carrier)
+        case .peerEnded(let stream):
+            guard let carrier = streams[stream] else { return }
+            carrier.peerEnded = true
+            carrier.tunnel.peerEnded()
+            closeIfDone(carrier)
+        case .reset(let stream, let status, _):
+            pairs.streamGone(stream)
+            if let carrier = streams[stream], !carrier.closed {
+                carrier.closed = true
+                if let attempt = attempts.removeValue(forKey: stream) { attempt.cancel() }
+                carrier.tunnel.streamClosed(errorCode: max(1, status.rawValue))
+            }
+        case .goAway:
+            closingReason = Connection.closedByPeer
+        case .headers, .ping, .settings, .windowUpdate:
+            break
+        }
+    }
+
+    private func reply(_ stream: UInt32) {
+        do {
+            try session.synReply(stream: stream)
+        } catch {
+            relay.limitedLog("\(peer): SPDY stream \(stream): cannot reply: \(error)")
+            session.reset(stream: stream, status: .internalError)
+        }
+    }
+
+    private func received(_ bytes: UnsafeRawBufferPointer, on carrier: SPDYStream) {
+        let before = carrier.unwritten
+        carrier.unwritten += bytes.count
+        if before < streamBound && carrier.unwritten >= streamBound { streamsAtBound += 1 }
+        var buffer = receivingBuffer
+        if buffer != BufferPool.none {
+            let start = UnsafeRawPointer(relay.reactor.buffers.pointer(buffer))
+            if !(bytes.baseAddress! >= start && bytes.baseAddress! + bytes.count <= start + relay.reactor.buffers.bufferSize) {
+                buffer = BufferPool.none
+            }
+        }
+        carrier.tunnel.received(.bytes(bytes, buffer: buffer))
+    }
+
+    // MARK: forwarding
+
+    private func forward(_ pair: PortForwardPairs.Pair) {
+        let carrier = SPDYStream(owner: self, pair: pair)
+        let tunnel = Tunnel(transport: carrier, reactor: relay.reactor, pipes: relay.pipes)
+        carrier.tunnel = tunnel
+        let stream = pair.dataStream
+        streams[stream] = carrier
+        relay.streams += 1
+        tunnel.onFinish = { [unowned self] _ in
+            if let attempt = self.attempts.removeValue(forKey: stream) { attempt.cancel() }
+            if self.streams[stream] === carrier { self.streams[stream] = nil }
+            if carrier.unwritten >= self.streamBound { self.streamsAtBound -= 1 }
+            carrier.unwritten = 0
+            self.relay.streams -= 1
+            self.relay.endedSinceTrim += 1
+            self.pairs.forwardEnded(pair)
+            // kubectl closes its local socket only once the error stream has ended.
+            self.endErrorStream(carrier)
+            self.receiveNext()
+            self.flushSoon()
+        }
+        if relay.streams > relay.limits.maxStreams {
+            return fail(carrier, Refusal.tooManyStreams(limit: relay.limits.maxStreams).text)
+        }
+        var answered = false
+        let attempt = relay.connector.connect(pod: pod, port: Int(pair.port)) { [unowned self] result in
+            answered = true
+            self.attempts[stream] = nil
+            switch result {
+            case .connected(let socket):
+                if tunnel.finished {
+                    self.relay.reactor.close(socket)
+                    return
+                }
+                tunnel.attach(socket)
+            case .failed(let refusal):
+                self.fail(carrier, refusal.text)
+            }
+            self.flushSoon()
+        }
+        if !answered { attempts[stream] = attempt }
+    }
+
+    /// The forward cannot be made: the reason on the error stream, then both streams end (the
+    /// order kubelet uses: error stream first).
+    private func fail(_ carrier: SPDYStream, _ text: String) {
+        carrier.tunnel.refused()
+        if !carrier.errorEnded, session.isWritable(carrier.pair.errorStream) {
+            try? session.sendData(stream: carrier.pair.errorStream, Array(text.utf8), fin: true)
+        }
+        carrier.errorEnded = true
+        endDataStream(carrier)
+        flushSoon()
+    }
+
+    private func endErrorStream(_ carrier: SPDYStream) {
+        if carrier.errorEnded { return }
+        carrier.errorEnded = true
+        if session.isWritable(carrier.pair.errorStream) { try? session.finish(stream: carrier.pair.errorStream) }
+    }
+
+    private func endDataStream(_ carrier: SPDYStream) {
+        if carrier.dataEnded { return }
+        carrier.dataEnded = true
+        if session.isWritable(carrier.stream) { try? session.finish(stream: carrier.stream) }
+        closeIfDone(carrier)
+    }
+
+    /// Both sides ended the data stream: the tunnel's stream is closed cleanly.
+    private func closeIfDone(_ carrier: SPDYStream) {
+        guard carrier.dataEnded, carrier.peerEnded, !carrier.closed else { return }
+        carrier.closed = true
+        carrier.tunnel.streamClosed(errorCode: 0)
+    }
+
+    // MARK: from the streams
+
+    func ready(_ carrier: SPDYStream) {
+        if !carrier.listed {
+            carrier.listed = true
+            ready.append(carrier)
+        }
+        flushSoon()
+    }
+
+    func written(_ carrier: SPDYStream, _ count: Int) {
+        let before = carrier.unwritten
+        carrier.unwritten -= count
+        if before >= streamBound && carrier.unwritten < streamBound {
+            streamsAtBound -= 1
+            receiveNext()
+        }
+    }
+
+    /// The tunnel gave up (a socket error, a shutdown): both streams end at once.
+    func abandon(_ carrier: SPDYStream) {
+        endErrorStream(carrier)
+        if !carrier.closed {
+            carrier.closed = true
+            if session.isOpen(carrier.stream) { session.reset(stream: carrier.stream, status: .cancel) }
+        }
+        flushSoon()
+    }
+
+    // MARK: pairing timeout
+
+    private func armPairTimer() {
+        guard let deadline = pairs.nextDeadline else { return }
+        if pairTimerDeadline != 0 && pairTimerDeadline <= deadline { return }
+        if pairTimerDeadline != 0 { relay.reactor.cancelTimer(pairTimer) }
+        let now = Clock.nanoseconds()
+        pairTimerDeadline = deadline
+        pairTimer = relay.reactor.timer(nanoseconds: deadline > now ? deadline - now : 0, handler: self, tag: Tag.pairTimer.rawValue)
+    }
+
+    private func expirePairs() {
+        for expiry in pairs.expire(now: Clock.nanoseconds()) {
+            if let errorStream = expiry.errorStream, session.isWritable(errorStream) {
+                try? session.sendData(stream: errorStream, Array(expiry.message.utf8), fin: true)
+            }
+            if let dataStream = expiry.dataStream { session.reset(stream: dataStream, status: .cancel) }
+        }
+        armPairTimer()
+        flushSoon()
+    }
+
+    // MARK: writing
+
+    func flushSoon() {
+        if scheduled || closed { return }
+        scheduled = true
+        relay.reactor.schedule(self)
+    }
+
+    func runDeferred() {
+        scheduled = false
+        guard !closed, !writing else { return }
+        fill()
+        if output.isEmpty {
+            if let reason = closingReason { close(reason: reason) }
+            return
+        }
+        let next = output.nextWrite()
+        writing = true
+        if let pipe = next.pipe {
+            relay.reactor.splice(from: pipe, to: fd, count: next.pipeCount, socket: fd, handler: self, tag: Tag.splice.rawValue)
+        } else {
+            relay.reactor.writev(fd, vectors: output.vectors, count: next.vectorCount, handler: self, tag: Tag.write.rawValue)
+        }
+    }
+
+    /// The session's control frames, then DATA from the ready streams, in the session's order:
+    /// its pending output always goes before a DATA frame's head and whole payload.
+    private func fill() {
+        takeControl()
+        while let carrier = ready.first, output.queuedBytes < Self.outputLimit {
+            let (count, endsBody) = carrier.closed ? (0, false) : carrier.tunnel.pendingBytes(limit: Self.maxFramePayload)
+            if count > 0, let header = try? session.dataHeader(stream: carrier.stream, count: count, fin: false) {
+                takeControl()
+                header.write(to: headerBytes)
+                output.append(bytes: headerBytes, count: 8)
+                output.append(payload: carrier.takePayload(count: count), count: count, source: carrier)
+                continue
+            }
+            if endsBody {
+                // The pod ended its side: FIN on the error stream, then on the data stream.
+                _ = carrier.tunnel.take(0)
+                endErrorStream(carrier)
+                endDataStream(carrier)
+                takeControl()
+            }
+            carrier.listed = false
+            ready.removeFirst()
+        }
+    }
+
+    private func takeControl() {
+        guard session.pendingOutput > 0 else { return }
+        session.withPendingOutput { bytes in output.append(bytes: bytes.baseAddress!, count: bytes.count) }
+        session.consumeOutput(session.pendingOutput)
+    }
+
+    // MARK: ending
+
+    /// The relay stops: say GOAWAY and close once it is written.
+    func stop() {
+        session.goAway()
+        closingReason = "relay stopping"
+        flushSoon()
+    }
+
+    func close(reason: String?) {
+        if closed { return }
+        closed = true
+        relay.reactor.cancelTimer(pairTimer)
+        for attempt in attempts.values { attempt.cancel() }
+        attempts.removeAll()
+        for carrier in Array(streams.values) {
+            carrier.closed = true
+            carrier.tunnel.connectionLost()
+        }
+        streams.removeAll()
+        ready.removeAll()
+        // Payloads queued for the socket go back once no cancelled write can read them.
+        relay.reactor.close(fd) { [output] in output.discard() }
+        relay.spdySessionClosed(self, reason: reason)
+    }
+}
