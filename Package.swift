@@ -33,7 +33,7 @@ let package = Package(
         // portforward.k8s.io stream pairing; no I/O, like the HTTP/2 session.
         .target(name: "SPDY", dependencies: ["CZlib"]),
         // The port-forward protocol, the relay and the client.
-        .target(name: "PortForward", dependencies: ["Reactor", "HTTP2", "SPDY", "CLinuxShim", "CNGHTTP2",
+        .target(name: "PortForward", dependencies: ["Reactor", "HTTP2", "SPDY", "WebSocket", "CLinuxShim", "CNGHTTP2",
                                                     .product(name: "Yams", package: "Yams")]),
         // The load generator behind `portforward bench`: relay protocol clients, target servers, reports.
         .target(name: "Bench", dependencies: ["Reactor", "HTTP2", "PortForward", "CLinuxShim", "CNGHTTP2",

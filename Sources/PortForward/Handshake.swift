@@ -14,6 +14,9 @@ public enum FrontEnd: Equatable, Sendable {
     /// kubectl's plain SPDY/3.1 upgrade (`Upgrade: SPDY/3.1`, `X-Stream-Protocol-Version:
     /// portforward.k8s.io`) on a port-forward path.
     case spdy
+    /// kubectl 1.31+'s default: the same SPDY/3.1 inside a WebSocket (`Upgrade: websocket`,
+    /// `Sec-WebSocket-Protocol: SPDY/3.1+portforward.k8s.io`) on a port-forward path.
+    case spdyOverWebSocket
     /// Anything this relay does not speak (yet).
     case unsupported
 
@@ -24,6 +27,10 @@ public enum FrontEnd: Equatable, Sendable {
         if request.fields.lists("upgrade", "spdy/3.1"), request.fields.lists("x-stream-protocol-version", "portforward.k8s.io"),
            ForwardPath(parsing: request.target) != nil {
             return .spdy
+        }
+        if request.fields.lists("upgrade", "websocket"), request.fields.lists("sec-websocket-protocol", "SPDY/3.1+portforward.k8s.io"),
+           ForwardPath(parsing: request.target) != nil {
+            return .spdyOverWebSocket
         }
         if KubernetesAPI.serves(request.target) { return .api }
         return .unsupported

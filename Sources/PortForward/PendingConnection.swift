@@ -1,6 +1,7 @@
 import CLinuxShim
 import HTTP2
 import Reactor
+import WebSocket
 #if canImport(Glibc)
 @preconcurrency import Glibc
 #endif
@@ -156,7 +157,9 @@ final class PendingConnection: CompletionHandler {
     }
 
     private func become(upgrade: Handshake.Upgrade?, initial: ArraySlice<UInt8>) {
-        if let upgrade, upgrade.frontEnd == .spdy { return becomeSPDY(upgrade.request, initial: initial) }
+        if let upgrade, upgrade.frontEnd == .spdy || upgrade.frontEnd == .spdyOverWebSocket {
+            return becomeSPDY(upgrade.request, overWebSocket: upgrade.frontEnd == .spdyOverWebSocket, initial: initial)
+        }
         let session: RelaySession
         do {
             session = try RelaySession(fd: fd, peer: peer, relay: relay)
@@ -192,22 +195,38 @@ final class PendingConnection: CompletionHandler {
         initial.withUnsafeBytes { session.connection.start(initial: $0) }
     }
 
-    /// kubectl's SPDY upgrade: `101`, then the connection is an `SPDYRelaySession` for the pod
-    /// the path names (resolved by the handshake already).
-    private func becomeSPDY(_ request: RequestHead, initial: ArraySlice<UInt8>) {
+    /// kubectl's SPDY upgrade, plain or inside a WebSocket: `101`, then the connection is an
+    /// `SPDYRelaySession` for the pod the path names (resolved by the handshake already).
+    private func becomeSPDY(_ request: RequestHead, overWebSocket: Bool, initial: ArraySlice<UInt8>) {
         guard case .pod(let pod) = relay.resolve(request.target) else {
             return refuse(.unknownPath(request.target))
         }
+        var answer = HTTPText.spdySwitchingProtocols
+        if overWebSocket {
+            switch WebSocketHandshake.validate(method: request.method, fields: request.fields.fields,
+                                               supported: [TunnelSubprotocol.spdy]) {
+            case .success(let accepted):
+                answer = WebSocketHandshake.switchingProtocols(accepted)
+            case .failure(let error):
+                // A 400 (or 426): kubectl retries with plain SPDY on a new connection.
+                finish()
+                relay.limitedLog("request from \(peer) refused with \(error.status): \(error)")
+                _ = writeAll(Array(error.response.utf8))
+                Sockets.shutdownWrite(fd)
+                relay.reactor.close(fd)
+                return
+            }
+        }
         let session: SPDYRelaySession
         do {
-            session = try SPDYRelaySession(fd: fd, peer: peer, pod: pod, relay: relay)
+            session = try SPDYRelaySession(fd: fd, peer: peer, pod: pod, relay: relay, overWebSocket: overWebSocket)
         } catch {
             finish()
             relay.limitedLog("SPDY session: \(error)")
             relay.reactor.close(fd)
             return
         }
-        guard writeAll(Array(HTTPText.spdySwitchingProtocols.utf8)) else {
+        guard writeAll(Array(answer.utf8)) else {
             finish()
             relay.reactor.close(fd)
             return

@@ -2,6 +2,7 @@ import CLinuxShim
 import HTTP2
 import Reactor
 import SPDY
+import WebSocket
 #if canImport(Glibc)
 @preconcurrency import Glibc
 #endif
@@ -42,6 +43,11 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
     private var pairTimer: TimerID = 0
     /// A DATA frame's 8-byte head is written here, then copied into the output queue.
     private let headerBytes = UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8)
+    /// kubectl 1.31+'s tunnel: the SPDY bytes travel as the payloads of WebSocket binary messages
+    /// (nil: plain SPDY). Each SPDY frame this side sends is one binary message.
+    private var webSocket: ByteStream?
+    private var webSocketEvents: [FrameEvent] = []
+    private let webSocketHeader = UnsafeMutableRawBufferPointer.allocate(byteCount: 16, alignment: 8)
     private var pairTimerDeadline: UInt64 = 0
 
     /// The most payload one DATA frame carries (the HTTP/2 side's frame size).
@@ -51,7 +57,7 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
 
     private enum Tag: UInt32 { case receive = 1, write, splice, pairTimer }
 
-    init(fd: FileDescriptor, peer: String, pod: Pod, relay: Relay) throws {
+    init(fd: FileDescriptor, peer: String, pod: Pod, relay: Relay, overWebSocket: Bool = false) throws {
         self.fd = fd
         self.peer = peer
         self.pod = pod
@@ -59,16 +65,29 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
         session = try SPDYSession()
         held = HeldBytes(limit: relay.limits.maxHeldBytesPerConnection)
         streamBound = Int(relay.settings.streamWindow)
+        if overWebSocket {
+            webSocket = ByteStream()
+            webSocketEvents.reserveCapacity(16)
+        }
         session.delegate = self
         Sockets.noDelay(fd)
         held.onBelowLimit = { [unowned self] in self.receiveNext() }
     }
 
-    deinit { headerBytes.deallocate() }
+    deinit {
+        headerBytes.deallocate()
+        webSocketHeader.deallocate()
+    }
 
     /// `initial`: bytes the client sent behind its upgrade request.
     func start(initial: UnsafeRawBufferPointer) {
-        if initial.count > 0 { deliver(initial) }
+        if initial.count > 0 {
+            // Unmasking happens in place: the bytes behind the upgrade are copied first.
+            let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: initial.count, alignment: 1)
+            defer { copy.deallocate() }
+            copy.copyMemory(from: initial)
+            receive(copy)
+        }
         receiveNext()
         flushSoon()
     }
@@ -80,6 +99,27 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
         if held.isOver || streamsAtBound > 0 { return }
         receiving = true
         relay.reactor.receive(fd, handler: self, tag: Tag.receive.rawValue)
+    }
+
+    /// Bytes read from the socket: SPDY, or WebSocket frames whose binary payloads are SPDY.
+    private func receive(_ bytes: UnsafeMutableRawBufferPointer) {
+        guard webSocket != nil else { return deliver(UnsafeRawBufferPointer(bytes)) }
+        webSocketEvents.removeAll(keepingCapacity: true)
+        webSocket!.receive(bytes, into: &webSocketEvents)
+        for event in webSocketEvents {
+            switch event {
+            case .payload(let range):
+                if closingReason == nil { deliver(UnsafeRawBufferPointer(rebasing: bytes[range])) }
+            case .ping, .close, .failed:
+                if let answer = event.answer {
+                    answer.withUnsafeBytes { output.append(bytes: $0.baseAddress!, count: $0.count) }
+                }
+                if case .close = event { closingReason = Connection.closedByPeer }
+                if case .failed(let error) = event { closingReason = "WebSocket: \(error)" }
+            case .messageStart, .messageEnd, .pong:
+                break
+            }
+        }
     }
 
     private func deliver(_ bytes: UnsafeRawBufferPointer) {
@@ -103,7 +143,7 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
                 return close(reason: completion.result == 0 ? Connection.closedByPeer : SystemError.reason(-completion.result))
             }
             receivingBuffer = completion.buffer
-            deliver(UnsafeRawBufferPointer(start: relay.reactor.buffers.pointer(completion.buffer), count: Int(completion.result)))
+            receive(UnsafeMutableRawBufferPointer(start: relay.reactor.buffers.pointer(completion.buffer), count: Int(completion.result)))
             receivingBuffer = BufferPool.none
             relay.reactor.buffers.release(completion.buffer)
             if closed { return }
@@ -344,6 +384,7 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
             let (count, endsBody) = carrier.closed ? (0, false) : carrier.tunnel.pendingBytes(limit: Self.maxFramePayload)
             if count > 0, let header = try? session.dataHeader(stream: carrier.stream, count: count, fin: false) {
                 takeControl()
+                frameMessage(8 + count)
                 header.write(to: headerBytes)
                 output.append(bytes: headerBytes, count: 8)
                 output.append(payload: carrier.takePayload(count: count), count: count, source: carrier)
@@ -363,8 +404,16 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
 
     private func takeControl() {
         guard session.pendingOutput > 0 else { return }
+        frameMessage(session.pendingOutput)
         session.withPendingOutput { bytes in output.append(bytes: bytes.baseAddress!, count: bytes.count) }
         session.consumeOutput(session.pendingOutput)
+    }
+
+    /// In the WebSocket tunnel, the next `count` bytes of output are one binary message.
+    private func frameMessage(_ count: Int) {
+        guard webSocket != nil else { return }
+        let length = ByteStream.header(payloadLength: count, into: webSocketHeader)
+        output.append(bytes: webSocketHeader.baseAddress!, count: length)
     }
 
     // MARK: ending
