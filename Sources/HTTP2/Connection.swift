@@ -284,6 +284,7 @@ public final class Connection: CompletionHandler, DeferredTask {
         inPipe = nil
         reactor.close(fd) { [self] in
             output.discard()
+            session.releaseBodies()
             if let receivePipe { pipes?.discard(receivePipe) }
         }
         let callback = onClose

@@ -330,6 +330,11 @@ public final class Session {
         }
     }
 
+    /// The connection is gone: no stream will close through nghttp2 any more, and nothing will
+    /// pull a body again. Its bodies go now; kept, they would keep this session alive through
+    /// whatever holds it (an `HTTP2Stream` holds its `Connection`, which holds this session).
+    public func releaseBodies() { bodies.removeAll() }
+
     fileprivate func streamClosed(_ stream: StreamID) {
         bodies[stream] = nil
         pendingHeaders[stream] = nil
