@@ -108,7 +108,8 @@ public final class Forwarder: CompletionHandler {
         table.serve(connection, pipes: pipes) { [unowned self] reason in self.connectionClosed(reason) }
         table.onHeaders = { [unowned self] headers, stream, endStream in
             guard let tunnel = self.table[stream] else { return }
-            tunnel.responded(status: Int(headers[":status"] ?? "") ?? 0)
+            // Only a head with :status answers the stream; trailers (a second block) do not.
+            if let status = headers[":status"] { tunnel.responded(status: Int(status) ?? 0) }
             if endStream { tunnel.peerEnded() }
         }
         session.log = log.map { log in { line in log("relay connection: \(line)") } }
@@ -290,6 +291,9 @@ public final class Forwarder: CompletionHandler {
             ], body: carrier)
         } catch {
             printError("error: forwarding port \(spec.remote) to pod \(podName): \(error)")
+            // Never opened: the tunnel ends here (no stream to reset), which cuts its link to the
+            // carrier.
+            tunnel.connectionLost()
             reactor.close(client)
             return
         }

@@ -71,6 +71,11 @@ public final class Tunnel: CompletionHandler {
 
     /// The socket is connected: start moving bytes both ways.
     public func attach(_ fd: FileDescriptor) {
+        guard !state.isFinished, self.fd < 0 else {
+            // Too late (the stream went while connecting): the socket is not wanted.
+            reactor.close(fd)
+            return
+        }
         self.fd = fd
         Sockets.noDelay(fd)
         handle { $0.attach(&$1) }

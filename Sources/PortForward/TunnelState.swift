@@ -468,7 +468,7 @@ public struct TunnelState {
 
     /// Client side: the answer's head arrived.
     public mutating func responded(status: Int, _ out: inout [TunnelAction]) {
-        guard status != 200 else { return }
+        guard status != 200, case .none = answer else { return }
         answer = .refusedByPeer(status: status, text: [])
         dropQueued(&out)
     }
@@ -535,10 +535,12 @@ public struct TunnelState {
 
     private mutating func dropQueued(_ out: inout [TunnelAction]) {
         down = .discarding
-        let queued = queue.queued
+        // A chunk being written stays until its write completes (the kernel may be reading it).
+        let kept = queue.writing ? queue.head : nil
+        let queued = queue.queued - (kept?.count ?? 0)
         if windowed && queued > 0 { out.append(.consume(queued)) }
         if queued > 0 { out.append(.unhold(queued)) }
-        for chunk in queue.removeAll() { out.append(release(chunk, emptied: false)) }
+        for chunk in queue.removeAll(keepingHead: kept != nil) { out.append(release(chunk, emptied: false)) }
     }
 
     private mutating func release(_ chunk: Chunk, emptied: Bool) -> TunnelAction {
@@ -651,17 +653,25 @@ public struct ChunkQueue {
         return done
     }
 
-    fileprivate mutating func removeAll() -> [Chunk] {
+    /// Empties the queue and returns what was in it; with `keepingHead`, the head (being written)
+    /// stays, alone.
+    fileprivate mutating func removeAll(keepingHead: Bool = false) -> [Chunk] {
         if isEmpty {
             queued = 0
             return []
         }
-        let rest = Array(chunks[headIndex...])
+        let kept = keepingHead ? chunks[headIndex] : nil
+        let rest = Array(chunks[(headIndex + (keepingHead ? 1 : 0))...])
         chunks.removeAll(keepingCapacity: true)
         headIndex = 0
         pipes = 0
         queued = 0
         writing = false
+        if let kept {
+            append(kept)
+            queued = kept.count
+            writing = true
+        }
         return rest
     }
 }

@@ -203,6 +203,14 @@ struct TunnelStateTests {
             (.peerEnded, ["rejected(404,pod not found\n)", "resetStream", "resetSocket", "close[]", "finished"]),
             (.peerEnded, []),
         ]),
+        TunnelScenario(name: "client: a refusal while a write is in flight keeps that chunk until the write completes", steps: [
+            (.attach, ["receive"]),
+            (.arrive(10, buffer: 5), ["hold(10)", "write(b5@0+10)"]),
+            (.arrive(20, buffer: 6), ["hold(20)"]),
+            (.responded(500), ["consume(20)", "unhold(20)", "release(b6)"]),
+            (.responded(404), []),
+            (.written(10), ["release(b5)", "unhold(10)", "consume(10)"]),
+        ]),
         TunnelScenario(name: "spliced payload in two pieces: one chunk, written in order", splice: true, steps: [
             (.attach, ["pollReadable"]),
             (.arrivePipe(100, pipe: 7), ["hold(100)", "splice(p7,100)"]),
@@ -223,8 +231,10 @@ struct TunnelStateTests {
             (.acceptsSplice, ["false"]),
             (.written(100), ["give(p7)", "unhold(100)", "consume(100)", "splice(p9,100)"]),
             (.acceptsSplice, ["true"]),
-            (.refused, ["consume(100)", "unhold(100)", "discard(p9)"]),
+            // The chunk being spliced stays until its write completes.
+            (.refused, []),
             (.acceptsSplice, ["false"]),
+            (.written(100), ["give(p9)", "unhold(100)", "consume(100)"]),
         ]),
         TunnelScenario(name: "a socket error while reading resets both ends; a second one changes nothing", steps: [
             (.attach, ["receive"]),
