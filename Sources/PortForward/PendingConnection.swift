@@ -233,6 +233,7 @@ final class PendingConnection: CompletionHandler {
         }
         finish()
         relay.adopt(session)
+        relay.limitedLog("port-forward from \(peer): SPDY/3.1\(overWebSocket ? " in a WebSocket" : "") for pod \(pod.namespace)/\(pod.name)")
         initial.withUnsafeBytes { session.start(initial: $0) }
     }
 

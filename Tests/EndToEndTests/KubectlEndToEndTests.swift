@@ -138,25 +138,27 @@ struct KubectlEndToEndTests {
         #expect(Net.same(answer, half), "half-closed: \(Net.firstDifference(answer, half))")
     }
 
-    @Test("kubectl port-forward over SPDY/3.1: 1.32 (WebSocket refused, falls back), 1.32 told to use SPDY, 1.27; a named port; data intact")
+    @Test("kubectl port-forward: 1.32 through the WebSocket tunnel, 1.32 told to use plain SPDY, 1.27 (SPDY); a named port; data intact")
     func portForward() throws {
         try Kubectl.require(Kubectl.versioned)
         try withScene { scene in
             let relay = try relay(scene)
             // A named port: kubectl resolves it from the pod's spec before it upgrades.
-            let fallback = try startForward(["pod/web", "0:echo"], relay: relay, scene: scene)
-            try expectForwards(fallback.port)
-            fallback.child.kill()
-            let log = relay.child.stderr
-            for line in ["api: GET /api/v1/namespaces/default/pods/web from 127.0.0.1: 200",
-                         "api: GET /api/v1/namespaces/default/pods/web/portforward from 127.0.0.1: 501"] {
-                #expect(log.contains(line), "no \(line.debugDescription) in the relay's log:\n\(log)")
-            }
+            let tunnel = try startForward(["pod/web", "0:echo"], relay: relay, scene: scene)
+            try expectForwards(tunnel.port)
+            tunnel.child.kill()
+            var log = relay.child.stderr
+            #expect(log.contains("api: GET /api/v1/namespaces/default/pods/web from 127.0.0.1: 200"), "\(log)")
+            #expect(log.contains("port-forward from 127.0.0.1: SPDY/3.1 in a WebSocket for pod default/web"), "\(log)")
+            // No fallback: the tunnel was not refused.
+            #expect(!log.contains("pods/web/portforward from 127.0.0.1: 501"), "\(log)")
 
             let spdy = try startForward(["pod/web", "0:\(echoPort)"], environment: ["KUBECTL_PORT_FORWARD_WEBSOCKETS=false"],
                                         relay: relay, scene: scene)
             try expectForwards(spdy.port, large: 8 << 20, concurrent: 10)
             spdy.child.kill()
+            log = relay.child.stderr
+            #expect(log.contains("port-forward from 127.0.0.1: SPDY/3.1 for pod default/web"), "\(log)")
 
             let old = "/usr/lib/google-cloud-sdk/bin/kubectl.1.27"
             if access(old, X_OK) == 0 {
