@@ -231,8 +231,12 @@ extension EndToEndTests {
             let before = try relay.child.residentBytes()
             try waitSent(try floodSink(scene, relay, count: 30, seconds: 6, hold: 10))
             let grown = try relay.child.residentBytes() - before
-            // 30 streams x 2 MiB windows would be 60 MiB; the bound keeps it near 4 MiB (+ buffers in flight).
-            #expect(grown < 24 * mebibyte, "RSS grew by \(grown / mebibyte) MiB")
+            // 30 streams x 2 MiB windows would be 60 MiB; the bound keeps it near 4 MiB (+ buffers in
+            // flight). On io_uring the provided-buffer ring (16 MiB of pool buffers held for the
+            // reactor's life) faults in as the kernel fills it: 4 MiB more room there (24.1 MiB was
+            // seen once on a loaded machine).
+            let ring = E2E.io == "uring" ? 4 * mebibyte : 0
+            #expect(grown < 24 * mebibyte + ring, "RSS grew by \(grown / mebibyte) MiB")
             try stillForwards(scene, relay)
         }
     }

@@ -10,7 +10,8 @@ private func describe(_ decision: Handshake.Decision) -> String {
     case .refuse(let refusal): return "\(refusal.status) \(refusal.text)"
     case .priorKnowledge(let initial): return "h2 \(initial.count)"
     case .upgrade(let upgrade, let initial):
-        return "\(upgrade.frontEnd == .spdy ? "spdy" : "h2c") \(upgrade.request.method) \(upgrade.request.target) body=\(String(decoding: upgrade.body, as: UTF8.self)) rest=\(String(decoding: initial, as: UTF8.self))"
+        let name = upgrade.frontEnd == .spdy ? "spdy" : upgrade.frontEnd == .spdyOverWebSocket ? "spdy-ws" : "h2c"
+        return "\(name) \(upgrade.request.method) \(upgrade.request.target) body=\(String(decoding: upgrade.body, as: UTF8.self)) rest=\(String(decoding: initial, as: UTF8.self))"
     case .serve(let api): return "api \(api.request.method) \(api.request.target) \(api.keepAlive ? "keep" : "close")"
     case .close: return "close"
     }
@@ -88,9 +89,13 @@ struct HandshakeTests {
         HandshakeCase(name: "an API path names no pod: an unknown one is the API's to answer",
                       reads: ["GET /api/v1/namespaces/default/pods/nope HTTP/1.1\r\nHost: relay\r\n\r\n"],
                       decisions: ["api GET /api/v1/namespaces/default/pods/nope keep"]),
-        HandshakeCase(name: "a WebSocket upgrade on the pod's portforward URL is the API's to refuse, and closes",
+        HandshakeCase(name: "kubectl's WebSocket tunnel on the pod's portforward URL is upgraded",
                       reads: ["GET /api/v1/namespaces/default/pods/web/portforward HTTP/1.1\r\nHost: relay\r\nConnection: Upgrade\r\n"
                               + "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: SPDY/3.1+portforward.k8s.io\r\n\r\n"],
+                      decisions: ["spdy-ws GET /api/v1/namespaces/default/pods/web/portforward body= rest="]),
+        HandshakeCase(name: "a WebSocket upgrade for a subprotocol not spoken yet is the API's to refuse, and closes",
+                      reads: ["GET /api/v1/namespaces/default/pods/web/portforward HTTP/1.1\r\nHost: relay\r\nConnection: Upgrade\r\n"
+                              + "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n"],
                       decisions: ["api GET /api/v1/namespaces/default/pods/web/portforward close"]),
         HandshakeCase(name: "kubectl's SPDY upgrade on the pod's portforward URL is upgraded",
                       reads: ["POST /api/v1/namespaces/default/pods/web/portforward HTTP/1.1\r\nHost: relay\r\nContent-Length: 0\r\n"
