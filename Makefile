@@ -11,7 +11,7 @@ DEB_PACKAGES := libnghttp2-dev liburing-dev libssl-dev zlib1g-dev pkg-config soc
 # Python packages the tests' independent peers use (Tests/Peers), in a virtual environment of the
 # project's own: never the system Python's site-packages.
 VENV := .venv
-PYTHON_PACKAGES := h2==4.1.0 websocket-client==1.9.2
+PYTHON_PACKAGES := h2==4.1.0 websocket-client==1.9.2 kubernetes==37.0.2
 
 # `make test FILTER=Reactor` runs only the matching tests.
 FILTER ?=

@@ -17,6 +17,9 @@ public enum FrontEnd: Equatable, Sendable {
     /// kubectl 1.31+'s default: the same SPDY/3.1 inside a WebSocket (`Upgrade: websocket`,
     /// `Sec-WebSocket-Protocol: SPDY/3.1+portforward.k8s.io`) on a port-forward path.
     case spdyOverWebSocket
+    /// The WebSocket channel protocol of the official client libraries (`v4.channel.k8s.io`,
+    /// `v4.base64.channel.k8s.io`, with `?ports=`) on a port-forward path.
+    case channel
     /// Anything this relay does not speak (yet).
     case unsupported
 
@@ -31,6 +34,11 @@ public enum FrontEnd: Equatable, Sendable {
         if request.fields.lists("upgrade", "websocket"), request.fields.lists("sec-websocket-protocol", "SPDY/3.1+portforward.k8s.io"),
            ForwardPath(parsing: request.target) != nil {
             return .spdyOverWebSocket
+        }
+        if request.fields.lists("upgrade", "websocket"), ForwardPath(parsing: request.target) != nil,
+           request.fields.lists("sec-websocket-protocol", "v4.channel.k8s.io")
+            || request.fields.lists("sec-websocket-protocol", "v4.base64.channel.k8s.io") {
+            return .channel
         }
         if KubernetesAPI.serves(request.target) { return .api }
         return .unsupported

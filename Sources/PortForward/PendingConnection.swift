@@ -157,6 +157,7 @@ final class PendingConnection: CompletionHandler {
     }
 
     private func become(upgrade: Handshake.Upgrade?, initial: ArraySlice<UInt8>) {
+        if let upgrade, upgrade.frontEnd == .channel { return becomeChannels(upgrade.request, initial: initial) }
         if let upgrade, upgrade.frontEnd == .spdy || upgrade.frontEnd == .spdyOverWebSocket {
             return becomeSPDY(upgrade.request, overWebSocket: upgrade.frontEnd == .spdyOverWebSocket, initial: initial)
         }
@@ -234,6 +235,42 @@ final class PendingConnection: CompletionHandler {
         finish()
         relay.adopt(session)
         relay.limitedLog("port-forward from \(peer): SPDY/3.1\(overWebSocket ? " in a WebSocket" : "") for pod \(pod.namespace)/\(pod.name)")
+        initial.withUnsafeBytes { session.start(initial: $0) }
+    }
+
+    /// The channel protocol: `101`, the ports announced, every port connected at once.
+    private func becomeChannels(_ request: RequestHead, initial: ArraySlice<UInt8>) {
+        guard case .pod(let pod) = relay.resolve(request.target) else {
+            return refuse(.unknownPath(request.target))
+        }
+        let query = request.target.firstIndex(of: "?").map { request.target[request.target.index(after: $0)...] } ?? ""
+        let ports: [UInt16]
+        switch ChannelPorts.parse(query: query) {
+        case .success(let parsed): ports = parsed
+        case .failure(let error): return refuse(.badRequest("\(error)"))
+        }
+        let accepted: WebSocketHandshake.Accepted
+        switch WebSocketHandshake.validate(method: request.method, fields: request.fields.fields,
+                                           supported: ["v4.channel.k8s.io", "v4.base64.channel.k8s.io"]) {
+        case .success(let value): accepted = value
+        case .failure(let error):
+            finish()
+            relay.limitedLog("request from \(peer) refused with \(error.status): \(error)")
+            _ = writeAll(Array(error.response.utf8))
+            Sockets.shutdownWrite(fd)
+            relay.reactor.close(fd)
+            return
+        }
+        let encoding = accepted.subprotocol.flatMap(ChannelEncoding.init(subprotocol:)) ?? .binary
+        guard writeAll(Array(WebSocketHandshake.switchingProtocols(accepted).utf8)) else {
+            finish()
+            relay.reactor.close(fd)
+            return
+        }
+        finish()
+        let session = ChannelRelaySession(fd: fd, peer: peer, pod: pod, relay: relay, encoding: encoding, ports: ports)
+        relay.adopt(session)
+        relay.limitedLog("port-forward from \(peer): \(encoding.subprotocol) for pod \(pod.namespace)/\(pod.name), ports \(ports.map(String.init).joined(separator: ","))")
         initial.withUnsafeBytes { session.start(initial: $0) }
     }
 

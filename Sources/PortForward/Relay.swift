@@ -22,6 +22,8 @@ public final class Relay: CompletionHandler {
     var sessions: [ObjectIdentifier: RelaySession] = [:]
     /// kubectl's port-forward connections (plain SPDY/3.1).
     var spdySessions: [ObjectIdentifier: SPDYRelaySession] = [:]
+    /// The official clients' port-forward connections (the WebSocket channel protocol).
+    var channelSessions: [ObjectIdentifier: ChannelRelaySession] = [:]
     var handshakes: [ObjectIdentifier: PendingConnection] = [:]
     /// Protocol and connection errors, one line each, rate-limited (`-v`).
     public var log: (String) -> Void = { _ in } {
@@ -73,6 +75,7 @@ public final class Relay: CompletionHandler {
         housekeeping.stop()
         for session in sessions.values { session.connection.session.terminate(); session.connection.flushSoon() }
         for session in spdySessions.values { session.stop() }
+        for session in channelSessions.values { session.stop() }
     }
 
     public func complete(_ completion: Completion) {
@@ -81,7 +84,7 @@ public final class Relay: CompletionHandler {
             return
         }
         let fd = completion.result
-        if handshakes.count + sessions.count + spdySessions.count >= limits.maxConnections {
+        if handshakes.count + sessions.count + spdySessions.count + channelSessions.count >= limits.maxConnections {
             limitedLog("connection refused: \(limits.maxConnections) connections open (--max-connections)")
             Sockets.resetOnClose(fd)
             reactor.close(fd)
@@ -125,6 +128,16 @@ public final class Relay: CompletionHandler {
         guard spdySessions.removeValue(forKey: ObjectIdentifier(session)) != nil else { return }
         endedSinceTrim += 1
         if let reason, reason != Connection.closedByPeer { limitedLog("SPDY session \(session.peer): \(reason)") }
+    }
+
+    func adopt(_ session: ChannelRelaySession) {
+        channelSessions[ObjectIdentifier(session)] = session
+    }
+
+    func channelSessionClosed(_ session: ChannelRelaySession, reason: String?) {
+        guard channelSessions.removeValue(forKey: ObjectIdentifier(session)) != nil else { return }
+        endedSinceTrim += 1
+        if let reason, reason != Connection.closedByPeer { limitedLog("channel session \(session.peer): \(reason)") }
     }
 
     func sessionClosed(_ session: RelaySession, reason: String?) {

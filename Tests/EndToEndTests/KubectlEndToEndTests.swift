@@ -225,6 +225,28 @@ struct KubectlEndToEndTests {
         }
     }
 
+    @Test("The official Python client (kubernetes.stream.portforward, the WebSocket channel protocol): data intact; a refused port says so on its error channel")
+    func pythonClient() throws {
+        try Peers.require()
+        try withScene { scene in
+            let relay = try relay(scene)
+            let script = E2E.packageRoot + "/Tests/Peers/k8sclient.py"
+            let check = try E2E.run([Peers.python, "-c", "import kubernetes"], timeout: 30)
+            guard check.status == 0 else {
+                let reason = "the kubernetes package is not in the venv: run `make venv`"
+                Issue.record(Comment(rawValue: "skipped: \(reason)"), severity: .warning)
+                try Test.cancel(Comment(rawValue: reason))
+            }
+            let good = try E2E.run([Peers.python, script, relay.url, "default", "web", "\(echoPort)", "\(8 << 20)"], timeout: 60)
+            #expect(good.status == 0 && good.stdout.contains("phase Running") && good.stdout.contains("ok \(echoPort) \(8 << 20)"), "\(good)")
+            let mixed = try E2E.run([Peers.python, script, relay.url, "default", "web", "\(echoPort),7999", "\(256 << 10)"], timeout: 60)
+            #expect(mixed.stdout.contains("ok \(echoPort) \(256 << 10)"), "\(mixed)")
+            #expect(mixed.stdout.contains("7999") && mixed.stdout.contains("connection refused"), "\(mixed)")
+            #expect(relay.child.stderr.contains("port-forward from 127.0.0.1: v4.channel.k8s.io for pod default/web"), "\(relay.child.stderr)")
+            #expect(relay.child.isRunning)
+        }
+    }
+
     @Test("Keep-alive: pipelined requests are answered in order; the last one allowed says Connection: close; an idle connection is closed")
     func keepAlive() throws {
         try withScene { scene in
