@@ -26,7 +26,10 @@
 # BENCH_BASELINE (another portforward binary, e.g. an older commit's: adds the rows base-epoll and
 # base-uring, its relay and client under the same loads in the same rounds; the load generators
 # stay this binary's).
-# BENCH_ROWS may name base-epoll and base-uring only with BENCH_BASELINE.
+# BENCH_ROWS may name base-epoll and base-uring only with BENCH_BASELINE. Rows not run by default:
+# kubectl-ws, kubectl-spdy (kubectl 1.32, BENCH_KUBECTL, port-forwarding through a relay in each
+# mode) and kubectl-ws-nsenter, kubectl-spdy-nsenter (the same with the relay's nsenter+socat
+# connector, the reference design's node side).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -77,7 +80,8 @@ pids+=($!); wait_port $! "$echo_port" "the echo server" "${in_ns[@]}"
 printf 'pods:\n  - {namespace: bench, name: target, netns: /run/netns/%s}\n' "$ns" >"$work/pods.yaml"
 
 # Per row: where the client runs ("ns" or "host"), and its local ports for iperf3 and echo.
-declare -A where iperf_at echo_at relay_at skip_reason
+declare -A where iperf_at echo_at relay_at skip_reason pid_of
+kubectl_bin=${BENCH_KUBECTL:-/usr/lib/google-cloud-sdk/bin/kubectl.1.32}
 
 # direct: no relay, inside the namespace.
 where[direct]=ns; iperf_at[direct]=$iperf_port; echo_at[direct]=$echo_port
@@ -158,20 +162,43 @@ EOF
     return 1
 }
 
+# kubectl port-forward through a relay (epoll): MODE ws (kubectl 1.32's default, SPDY inside a
+# WebSocket) or spdy (plain SPDY/3.1), CONNECTOR native or nsenter (the reference design's node
+# side: nsenter + socat per connection).
+start_kubectl() {  # ROW MODE CONNECTOR
+    local row=$1 mode=$2 connector=$3
+    [ -x "$kubectl_bin" ] || { skip_reason[$row]="$kubectl_bin is not installed"; return 1; }
+    local relay_port; relay_port=$(free_port)
+    "$bin" relay --listen "127.0.0.1:$relay_port" --node bench --pods "$work/pods.yaml" --io epoll \
+        --connector "$connector" "${copy_args[@]}" >"$work/relay-$row.log" 2>&1 &
+    pids+=($!); pid_of[relay-$row]=$!; wait_port $! "$relay_port" "portforward relay (for $row)"
+    printf 'apiVersion: v1\nkind: Config\nclusters:\n- name: r\n  cluster: {server: "http://127.0.0.1:%s"}\ncontexts:\n- name: r\n  context: {cluster: r, namespace: bench, user: u}\ncurrent-context: r\nusers:\n- name: u\n  user: {}\n' \
+        "$relay_port" >"$work/kubeconfig-$row"
+    where[$row]=host; relay_at[$row]=$relay_port
+    iperf_at[$row]=$(free_port); echo_at[$row]=$(free_port)
+    local websockets=true
+    [ "$mode" = spdy ] && websockets=false
+    HOME=$work KUBECONFIG="$work/kubeconfig-$row" KUBECTL_PORT_FORWARD_WEBSOCKETS=$websockets \
+        "$kubectl_bin" --cache-dir "$work/kube-cache-$row" port-forward --address 127.0.0.1 pod/target \
+        "${iperf_at[$row]}:$iperf_port" "${echo_at[$row]}:$echo_port" >"$work/kubectl-$row.log" 2>&1 &
+    pids+=($!); wait_port $! "${echo_at[$row]}" "kubectl port-forward ($row)"
+    pid_of[client-$row]=$!
+}
+
 # portforward: a relay that knows the pod, and `portforward forward` for both target ports.
 start_portforward() {  # ROW IO [BINARY]
     local row=$1 io=$2 binary=${3:-$bin}
     local relay_port; relay_port=$(free_port)
     "$binary" relay --listen "127.0.0.1:$relay_port" --node bench --pods "$work/pods.yaml" --io "$io" \
         "${copy_args[@]}" >"$work/relay-$row.log" 2>&1 &
-    pids+=($!); wait_port $! "$relay_port" "portforward relay --io $io"
+    pids+=($!); pid_of[relay-$row]=$!; wait_port $! "$relay_port" "portforward relay --io $io"
     where[$row]=host; relay_at[$row]=$relay_port
     iperf_at[$row]=$(free_port); echo_at[$row]=$(free_port)
     # The per-connection "Handling connection" lines go to a file, as a user's terminal would take them.
     "$binary" forward --server "http://127.0.0.1:$relay_port" --io "$io" "${copy_args[@]}" --address 127.0.0.1 \
         -n bench target "${iperf_at[$row]}:$iperf_port" "${echo_at[$row]}:$echo_port" \
         >"$work/forward-$row.log" 2>&1 &
-    pids+=($!); wait_port $! "${echo_at[$row]}" "portforward forward --io $io"
+    pids+=($!); pid_of[client-$row]=$!; wait_port $! "${echo_at[$row]}" "portforward forward --io $io"
 }
 
 active=()
@@ -186,6 +213,10 @@ for row in "${rows[@]}"; do
         base-epoll|base-uring)
             [ -n "$baseline" ] || fail "row $row needs BENCH_BASELINE"
             start_portforward "$row" "${row#base-}" "$baseline" && active+=("$row") ;;
+        kubectl-ws) start_kubectl "$row" ws native && active+=("$row") ;;
+        kubectl-spdy) start_kubectl "$row" spdy native && active+=("$row") ;;
+        kubectl-ws-nsenter) start_kubectl "$row" ws nsenter && active+=("$row") ;;
+        kubectl-spdy-nsenter) start_kubectl "$row" spdy nsenter && active+=("$row") ;;
         *) fail "unknown row $row (BENCH_ROWS)" ;;
     esac
 done
@@ -201,14 +232,37 @@ client() {  # client ROW COMMAND...: runs where the row's client runs
     if [ "${where[$row]}" = ns ]; then "${in_ns[@]}" "$@"; else "$@"; fi
 }
 
+cpu_seconds() {  # PID: utime+stime in seconds (0 when the process is gone)
+    awk -v tck="$(getconf CLK_TCK)" '{ print ($14 + $15) / tck }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
 run_iperf() {  # ROW PARALLEL ROUND
     local row=$1 parallel=$2 round=$3 json=$work/iperf-$1-$2-$3.json
+    # For rows with a relay and a client process (ours, or kubectl): their CPU over one-connection runs.
+    local relay_pid=${pid_of[relay-$row]:-} client_pid=${pid_of[client-$row]:-}
+    local relay_before=0 client_before=0
+    if [ "$parallel" = 1 ] && [ -n "$relay_pid" ]; then
+        relay_before=$(cpu_seconds "$relay_pid"); client_before=$(cpu_seconds "$client_pid")
+    fi
     if client "$row" timeout $((seconds + 30)) iperf3 -c 127.0.0.1 -p "${iperf_at[$row]}" -P "$parallel" \
             -t "$seconds" -O 1 -J >"$json" 2>"$json.err"; then
         record "$row" "tput$parallel" "$round" "$(python3 -c '
 import json, sys
 d = json.load(open(sys.argv[1]))
 print(d["end"]["sum_received"]["bits_per_second"] / 1e9)' "$json")"
+        if [ "$parallel" = 1 ] && [ -n "$relay_pid" ]; then
+            # Bytes of every interval, the omitted first second included, as the CPU counts it.
+            python3 -c '
+import json, sys
+path, row, rnd, rb, ra, cb, ca = sys.argv[1:8]
+intervals = json.load(open(path))["intervals"]
+gigabytes = sum(i["sum"]["bytes"] for i in intervals) / 1e9
+if gigabytes > 0:
+    print(f"{row}\trelay_cpu\t{rnd}\t{(float(ra) - float(rb)) / gigabytes}")
+    print(f"{row}\tclient_cpu\t{rnd}\t{(float(ca) - float(cb)) / gigabytes}")' \
+                "$json" "$row" "$round" "$relay_before" "$(cpu_seconds "$relay_pid")" \
+                "$client_before" "$(cpu_seconds "$client_pid")" >>"$results"
+        fi
     else
         note "iperf3 -P $parallel through $row failed: $(tail -n 3 "$json.err" "$json" 2>/dev/null | tr '\n' ' ' | cut -c1-200)"
         record "$row" "tput$parallel" "$round" nan
@@ -285,11 +339,15 @@ python3 - "$results" "$out_dir/bench-$stamp" "$rounds" "$seconds" "$rate_seconds
 import json, math, os, platform, subprocess, sys, statistics
 (results, base, rounds, seconds, rate_seconds, fanout_streams, elapsed,
  env_json, skipped, copy, active) = sys.argv[1:12]
-rows_order = ["direct", "socat", "reference", "ssh", "pf-epoll", "pf-uring", "base-epoll", "base-uring"]
+rows_order = ["direct", "socat", "reference", "ssh", "pf-epoll", "pf-uring", "base-epoll", "base-uring",
+              "kubectl-ws", "kubectl-spdy", "kubectl-ws-nsenter", "kubectl-spdy-nsenter"]
 labels = {"direct": "direct loopback (no relay)", "socat": "socat relay",
           "reference": "reference design (socat -> nsenter + socat)", "ssh": "ssh -L (aes128-gcm)",
           "pf-epoll": "portforward, epoll", "pf-uring": "portforward, io_uring",
-          "base-epoll": "baseline binary, epoll", "base-uring": "baseline binary, io_uring"}
+          "base-epoll": "baseline binary, epoll", "base-uring": "baseline binary, io_uring",
+          "kubectl-ws": "kubectl 1.32 (WebSocket) -> our relay", "kubectl-spdy": "kubectl 1.32 (SPDY) -> our relay",
+          "kubectl-ws-nsenter": "kubectl 1.32 (WebSocket) -> relay, nsenter+socat",
+          "kubectl-spdy-nsenter": "kubectl 1.32 (SPDY) -> relay, nsenter+socat"}
 samples = {}
 for line in open(results):
     row, figure, rnd, value = line.rstrip("\n").split("\t")
@@ -343,6 +401,10 @@ for io in ("epoll", "uring"):
         parts = [f"{t} {median(new, f) / median(old, f):.2f}" if median(new, f) and median(old, f) else f"{t} -"
                  for f, t in figures]
         out.append(f"this build / baseline, {io}: " + "; ".join(parts))
+for r in rows:
+    relay_cpu, client_cpu = median(r, "relay_cpu"), median(r, "client_cpu")
+    if relay_cpu is not None:
+        out.append(f"{r}: CPU-s per GB, one connection: relay {relay_cpu:.3f}, client {client_cpu or 0:.3f}")
 held = [f"{r}: {fmt(median(r, 'fanout_held'))}/{int(fanout_streams):,} held, churn {fmt(median(r, 'churn_rate'))} streams/s, "
         f"open TTFB p99 {fmt((median(r, 'fanout_ttfb_p99') or 0) / 1000)} ms" for r in rows if r.startswith(("pf-", "base-"))]
 env = json.loads(env_json or "{}")

@@ -40,6 +40,14 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
     /// Close once the output is written: a GOAWAY after a protocol error, or the peer's.
     private var closingReason: String?
     private var receivingBuffer = BufferPool.none
+    /// Plain SPDY in splice mode: a DATA payload for a stream that takes pipes is spliced socket ->
+    /// pipe, never read; after one, the next frame head is read alone (`headNext`), so that the
+    /// next payload can be spliced whole instead of half read by a greedy receive.
+    private var inPipe: Pipe?
+    private var headNext = false
+    private let head = UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8)
+    /// Payloads smaller than this are read: a splice costs two system calls.
+    static let spliceThreshold = 16 * 1024
     private var pairTimer: TimerID = 0
     /// A DATA frame's 8-byte head is written here, then copied into the output queue.
     private let headerBytes = UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8)
@@ -55,7 +63,7 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
     /// What the output queue may hold before the streams wait for it to drain.
     static let outputLimit = 2 << 20
 
-    private enum Tag: UInt32 { case receive = 1, write, splice, pairTimer }
+    private enum Tag: UInt32 { case receive = 1, write, splice, pairTimer, spliceIn, head }
 
     init(fd: FileDescriptor, peer: String, pod: Pod, relay: Relay, overWebSocket: Bool = false) throws {
         self.fd = fd
@@ -75,6 +83,7 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
     }
 
     deinit {
+        head.deallocate()
         headerBytes.deallocate()
         webSocketHeader.deallocate()
     }
@@ -98,7 +107,44 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
         if receiving || closed || closingReason != nil { return }
         if held.isOver || streamsAtBound > 0 { return }
         receiving = true
+        if webSocket == nil, let pipes = relay.pipes {
+            if headNext, session.headMissing > 0 {
+                relay.reactor.read(fd, into: head, count: session.headMissing, handler: self, tag: Tag.head.rawValue)
+                return
+            }
+            let midSplice = headNext
+            headNext = false
+            let remaining = session.dataRemaining
+            if remaining >= Self.spliceThreshold || (midSplice && remaining > 0),
+               let stream = session.dataStream, let carrier = streams[stream], !carrier.closed, carrier.tunnel.acceptsSplice {
+                if inPipe == nil { inPipe = try? pipes.take() }
+                if let pipe = inPipe {
+                    relay.reactor.splice(from: fd, to: pipe.write, count: min(remaining, pipes.capacity), socket: fd,
+                                         handler: self, tag: Tag.spliceIn.rawValue)
+                    return
+                }
+            }
+        }
         relay.reactor.receive(fd, handler: self, tag: Tag.receive.rawValue)
+    }
+
+    /// `count` payload bytes of the current DATA frame are in `inPipe`: the stream's tunnel takes
+    /// the pipe, and the session hears of the bytes as skipped.
+    private func spliced(_ count: Int) {
+        guard let pipe = inPipe else { return }
+        inPipe = nil
+        headNext = true
+        // The stream may have been reset while the splice was under way: the bytes are still the
+        // frame's, and the session must count them.
+        if let stream = session.dataStream, let carrier = streams[stream], !carrier.closed {
+            let before = carrier.unwritten
+            carrier.unwritten += count
+            if before < streamBound && carrier.unwritten >= streamBound { streamsAtBound += 1 }
+            carrier.tunnel.received(.spliced(pipe, count: count))
+        } else {
+            relay.pipes?.discard(pipe)
+        }
+        do { try session.skipData(count) } catch { closingReason = "\(error)" }
     }
 
     /// Bytes read from the socket: SPDY, or WebSocket frames whose binary payloads are SPDY.
@@ -146,6 +192,26 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
             receive(UnsafeMutableRawBufferPointer(start: relay.reactor.buffers.pointer(completion.buffer), count: Int(completion.result)))
             receivingBuffer = BufferPool.none
             relay.reactor.buffers.release(completion.buffer)
+            if closed { return }
+            receiveNext()
+            flushSoon()
+        case .spliceIn:
+            receiving = false
+            guard completion.result > 0 else {
+                if completion.result == -EAGAIN { return receiveNext() }
+                return close(reason: completion.result == 0 ? Connection.closedByPeer : SystemError.reason(-completion.result))
+            }
+            spliced(Int(completion.result))
+            if closed { return }
+            receiveNext()
+            flushSoon()
+        case .head:
+            receiving = false
+            guard completion.result > 0 else {
+                if completion.result == -EAGAIN { return receiveNext() }
+                return close(reason: completion.result == 0 ? Connection.closedByPeer : SystemError.reason(-completion.result))
+            }
+            deliver(UnsafeRawBufferPointer(start: head, count: Int(completion.result)))
             if closed { return }
             receiveNext()
             flushSoon()
@@ -438,7 +504,12 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
         streams.removeAll()
         ready.removeAll()
         // Payloads queued for the socket go back once no cancelled write can read them.
-        relay.reactor.close(fd) { [output] in output.discard() }
+        let pipe = inPipe
+        inPipe = nil
+        relay.reactor.close(fd) { [output, pipes = relay.pipes] in
+            output.discard()
+            if let pipe { pipes?.discard(pipe) }
+        }
         relay.spdySessionClosed(self, reason: reason)
     }
 }
