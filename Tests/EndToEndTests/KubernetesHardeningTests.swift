@@ -63,7 +63,9 @@ struct KubernetesHardeningTests {
             let flooded = try relay.child.residentBytes()
             // Before: the echoes gathered in the session's output while a write waited, about
             // 6 MB a second per flooder, without bound (70 MiB here after 9 s; now about 17).
-            #expect(flooded - idle < 32 << 20, "resident memory grew by \((flooded - idle) >> 20) MiB under the floods")
+            // io_uring's provided-buffer ring (16 MiB, never trimmed) becomes resident under load.
+            let bound = (E2E.io == "uring" ? 48 : 32) << 20
+            #expect(flooded - idle < bound, "resident memory grew by \((flooded - idle) >> 20) MiB under the floods")
             try SPDYPeer.healthy(relay)
             try SPDYPeer.healthy(relay, ws: true)
             for flooder in flooders { _ = flooder.wait(timeout: 15) }
