@@ -57,13 +57,27 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
     private var webSocketEvents: [FrameEvent] = []
     private let webSocketHeader = UnsafeMutableRawBufferPointer.allocate(byteCount: 16, alignment: 8)
     private var pairTimerDeadline: UInt64 = 0
+    /// Keepalive and idle (docs/PROTOCOL.md, "Keepalive and idle sessions"), as on h2 sessions.
+    private let keepalive: Keepalive?
+    private let idleTimeout: Double
+    private var tickTimer: TimerID = 0
+    private var lastReceived: UInt64 = 0
+    private var pingSent: UInt64 = 0
+    private var idleSince: UInt64 = 0
+    /// `end` was called: the socket closes at the next tick whether or not the peer read the GOAWAY.
+    private var ending = false
 
     /// The most payload one DATA frame carries (the HTTP/2 side's frame size).
     static let maxFramePayload = 256 * 1024
     /// What the output queue may hold before the streams wait for it to drain.
     static let outputLimit = 2 << 20
+    /// What the output queue may hold before the connection stops reading. DATA is queued only
+    /// below `outputLimit` (plus one frame), so past this it is control frames the peer does not
+    /// read: the echoes of its PINGs, pongs, RST_STREAMs its frames earned. Without it, a client
+    /// that sends PINGs and never reads grows the relay without bound.
+    static let maxQueuedBytes = 4 << 20
 
-    private enum Tag: UInt32 { case receive = 1, write, splice, pairTimer, spliceIn, head }
+    private enum Tag: UInt32 { case receive = 1, write, splice, pairTimer, tick, spliceIn, head }
 
     init(fd: FileDescriptor, peer: String, pod: Pod, relay: Relay, overWebSocket: Bool = false) throws {
         self.fd = fd
@@ -73,6 +87,8 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
         session = try SPDYSession()
         held = HeldBytes(limit: relay.limits.maxHeldBytesPerConnection)
         streamBound = Int(relay.settings.streamWindow)
+        keepalive = relay.limits.keepalive.interval > 0 ? relay.limits.keepalive : nil
+        idleTimeout = relay.limits.idleTimeout
         if overWebSocket {
             webSocket = ByteStream()
             webSocketEvents.reserveCapacity(16)
@@ -97,6 +113,8 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
             copy.copyMemory(from: initial)
             receive(copy)
         }
+        lastReceived = Clock.nanoseconds()
+        if keepalive != nil || idleTimeout > 0 { armTick() }
         receiveNext()
         flushSoon()
     }
@@ -105,7 +123,7 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
 
     private func receiveNext() {
         if receiving || closed || closingReason != nil { return }
-        if held.isOver || streamsAtBound > 0 { return }
+        if held.isOver || streamsAtBound > 0 || queuedBytes >= Self.maxQueuedBytes { return }
         receiving = true
         if webSocket == nil, let pipes = relay.pipes {
             if headNext, session.headMissing > 0 {
@@ -146,6 +164,10 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
         }
         do { try session.skipData(count) } catch { closingReason = "\(error)" }
     }
+
+    /// Bytes waiting to be written: the output queue's, and the session's frames not yet moved
+    /// there (while a write is under way, they gather in the session).
+    private var queuedBytes: Int { output.queuedBytes + session.pendingOutput }
 
     /// Bytes read from the socket: SPDY, or WebSocket frames whose binary payloads are SPDY.
     private func receive(_ bytes: UnsafeMutableRawBufferPointer) {
@@ -188,6 +210,7 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
             guard completion.result > 0 else {
                 return close(reason: completion.result == 0 ? Connection.closedByPeer : SystemError.reason(-completion.result))
             }
+            lastReceived = Clock.nanoseconds()
             receivingBuffer = completion.buffer
             receive(UnsafeMutableRawBufferPointer(start: relay.reactor.buffers.pointer(completion.buffer), count: Int(completion.result)))
             receivingBuffer = BufferPool.none
@@ -201,6 +224,7 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
                 if completion.result == -EAGAIN { return receiveNext() }
                 return close(reason: completion.result == 0 ? Connection.closedByPeer : SystemError.reason(-completion.result))
             }
+            lastReceived = Clock.nanoseconds()
             spliced(Int(completion.result))
             if closed { return }
             receiveNext()
@@ -211,6 +235,7 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
                 if completion.result == -EAGAIN { return receiveNext() }
                 return close(reason: completion.result == 0 ? Connection.closedByPeer : SystemError.reason(-completion.result))
             }
+            lastReceived = Clock.nanoseconds()
             deliver(UnsafeRawBufferPointer(start: head, count: Int(completion.result)))
             if closed { return }
             receiveNext()
@@ -219,10 +244,13 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
             writing = false
             if completion.result < 0 { return close(reason: SystemError.reason(-completion.result)) }
             output.advance(Int(completion.result))
+            receiveNext()
             flushSoon()
         case .pairTimer:
             pairTimerDeadline = 0
             expirePairs()
+        case .tick:
+            tick()
         case nil:
             break
         }
@@ -262,7 +290,9 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
             }
         case .goAway:
             closingReason = Connection.closedByPeer
-        case .headers, .ping, .settings, .windowUpdate:
+        case .ping(_, let isReply):
+            if isReply { pingSent = 0 }
+        case .headers, .settings, .windowUpdate:
             break
         }
     }
@@ -417,6 +447,60 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
         flushSoon()
     }
 
+    // MARK: keepalive and idle
+
+    /// A quarter of the shortest interval: a silent peer is noticed within interval + timeout +
+    /// two ticks (as on h2 sessions).
+    private var tickNanoseconds: UInt64 {
+        var seconds = idleTimeout > 0 ? idleTimeout : .infinity
+        if let keepalive { seconds = min(seconds, keepalive.interval, keepalive.timeout) }
+        return UInt64(max(seconds / 4, 0.05) * 1e9)
+    }
+
+    private func armTick() {
+        tickTimer = relay.reactor.timer(nanoseconds: tickNanoseconds, handler: self, tag: Tag.tick.rawValue)
+    }
+
+    private func tick() {
+        if ending { return close(reason: closingReason) }
+        let now = Clock.nanoseconds()
+        if let keepalive {
+            if !receiving && (held.isOver || streamsAtBound > 0) {
+                // Not reading because a pod is slow (SPDY's only back-pressure): the peer may
+                // well be answering; its silence is ours.
+                lastReceived = now
+                pingSent = 0
+            }
+            if pingSent != 0, now - pingSent >= UInt64(keepalive.timeout * 1e9) {
+                return end(reason: "no answer to PING within \(keepalive.timeout.formatted1) s")
+            }
+            if pingSent == 0, now - lastReceived >= UInt64(keepalive.interval * 1e9) {
+                pingSent = now
+                _ = session.ping()
+                flushSoon()
+            }
+        }
+        if idleTimeout > 0 {
+            if !streams.isEmpty || pairs.count > 0 {
+                idleSince = 0
+            } else if idleSince == 0 {
+                idleSince = now
+            } else if now - idleSince >= UInt64(idleTimeout * 1e9) {
+                return end(reason: "no stream for \(idleTimeout.formatted1) s (idle timeout)")
+            }
+        }
+        armTick()
+    }
+
+    /// GOAWAY says why, if the peer still reads; the socket closes a second later either way.
+    private func end(reason: String) {
+        ending = true
+        session.goAway()
+        closingReason = reason
+        flushSoon()
+        tickTimer = relay.reactor.timer(nanoseconds: 1_000_000_000, handler: self, tag: Tag.tick.rawValue)
+    }
+
     // MARK: writing
 
     func flushSoon() {
@@ -495,6 +579,7 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
         if closed { return }
         closed = true
         relay.reactor.cancelTimer(pairTimer)
+        relay.reactor.cancelTimer(tickTimer)
         for attempt in attempts.values { attempt.cancel() }
         attempts.removeAll()
         for carrier in Array(streams.values) {

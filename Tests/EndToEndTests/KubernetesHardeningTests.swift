@@ -1,0 +1,121 @@
+import Foundation
+import Testing
+#if canImport(Glibc)
+@preconcurrency import Glibc
+#endif
+
+// The Kubernetes surface attacked: kubectl's SPDY/3.1 port-forward, plain and inside a WebSocket,
+// driven by Tests/Peers/spdypeer.py (Python's socket and zlib, not our SPDY code). Each attack
+// must be answered within a stated bound while a healthy port-forward keeps flowing.
+
+enum SPDYPeer {
+    static let script = E2E.packageRoot + "/Tests/Peers/spdypeer.py"
+
+    static func command(_ mode: String, _ relay: RelayProcess, _ arguments: [String]) -> [String] {
+        [Peers.python, script, mode, "127.0.0.1", "\(relay.port)"] + arguments
+    }
+
+    /// Runs a spdypeer mode to its end and returns its JSON line.
+    static func run(_ mode: String, _ relay: RelayProcess, _ arguments: [String] = [], timeout: Double = 60) throws -> [String: Any] {
+        let result = try E2E.run(command(mode, relay, arguments), timeout: timeout)
+        guard let line = result.stdout.split(separator: "\n").last,
+              let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
+            throw HarnessError("spdypeer \(mode) printed no result (status \(result.status))\n\(result.stdout)\n\(result.stderr)")
+        }
+        return object
+    }
+
+    /// A healthy port-forward through the relay: `bytes` echoed by the pod, within `timeout` s.
+    static func healthy(_ relay: RelayProcess, ws: Bool = false, bytes: Int = 256 * 1024, timeout: Double = 5) throws {
+        let start = Date()
+        let result = try run("forward", relay, ["--bytes", "\(bytes)", "--timeout", "\(timeout)"] + (ws ? ["--ws"] : []),
+                             timeout: timeout + 5)
+        let seconds = Date().timeIntervalSince(start)
+        #expect(result["intact"] as? Bool == true, "a healthy port-forward was not echoed intact: \(result)")
+        #expect(seconds < timeout, "a healthy port-forward took \(seconds) s")
+    }
+}
+
+@Suite("End to end: kubectl's port-forward protocols attacked", .serialized)
+struct KubernetesHardeningTests {
+    /// A relay with the echo pod `web` (default/web, port 7000) and `extra` flags.
+    private func relay(_ scene: Scene, extra: [String] = []) throws -> RelayProcess {
+        try Peers.require()
+        let namespace = try scene.makeNamespace()
+        try scene.serve(in: namespace, port: echoPort)
+        return try scene.startRelay(pods: ["web": namespace], connector: .native, extra: ["-v"] + extra)
+    }
+
+    @Test("A client that floods PINGs (and frames that earn RST_STREAMs) and never reads holds a bounded queue; others flow")
+    func controlFloodWithoutReading() throws {
+        try withScene { scene in
+            let relay = try relay(scene)
+            try SPDYPeer.healthy(relay)
+            let idle = try relay.child.residentBytes()
+            // Each PING is echoed and each DATA frame for a stream never opened earns an
+            // RST_STREAM: frames the relay must send a peer that reads nothing.
+            let flooders = [
+                try scene.start(SPDYPeer.command("pingflood", relay, ["--seconds", "12"]), name: "pingflood"),
+                try scene.start(SPDYPeer.command("rstflood", relay, ["--seconds", "12"]), name: "rstflood"),
+                try scene.start(SPDYPeer.command("pingflood", relay, ["--seconds", "12", "--ws"]), name: "pingflood-ws"),
+            ]
+            Thread.sleep(forTimeInterval: 9)
+            let flooded = try relay.child.residentBytes()
+            // Before: the echoes gathered in the session's output while a write waited, about
+            // 6 MB a second per flooder, without bound (70 MiB here after 9 s; now about 17).
+            // io_uring's provided-buffer ring (16 MiB, never trimmed) becomes resident under load.
+            let bound = (E2E.io == "uring" ? 48 : 32) << 20
+            #expect(flooded - idle < bound, "resident memory grew by \((flooded - idle) >> 20) MiB under the floods")
+            try SPDYPeer.healthy(relay)
+            try SPDYPeer.healthy(relay, ws: true)
+            for flooder in flooders { _ = flooder.wait(timeout: 15) }
+            #expect(relay.child.isRunning, "the relay died\n\(relay.child.output)")
+            try SPDYPeer.healthy(relay)
+        }
+    }
+
+    @Test("16,000 error streams that never get their data stream do not stall another client's port-forward")
+    func synStreamFlood() throws {
+        try withScene { scene in
+            let relay = try relay(scene)
+            let flood = try scene.start(SPDYPeer.command("synflood", relay, ["--count", "16000", "--seconds", "5", "--timeout", "60"]),
+                                        name: "synflood")
+            Thread.sleep(forTimeInterval: 1)
+            // Before: each SYN_STREAM scanned every waiting pair for the next deadline, and
+            // inflated its header block a byte at a time; the reactor was busy for tens of
+            // seconds, and this port-forward timed out.
+            try SPDYPeer.healthy(relay, timeout: 5)
+            try SPDYPeer.healthy(relay, ws: true, timeout: 5)
+            let result = try flood.waitFor("the flood's result", timeout: 60) { text -> String? in
+                text.split(separator: "\n").first { $0.hasPrefix("{") }.map(String.init)
+            }
+            #expect(result.contains("\"replies\": 16000"), "every lone error stream gets its SYN_REPLY: \(result)")
+            #expect(relay.child.isRunning)
+        }
+    }
+
+    @Test("A client that upgrades and goes silent is PINGed and dropped; one without streams is dropped when idle")
+    func silentClient() throws {
+        try withScene { scene in
+            let relay = try relay(scene, extra: ["--keepalive-interval", "1", "--keepalive-timeout", "1"])
+            let baseline = relay.child.openFiles()
+            for ws in [false, true] {
+                // Before: no keepalive on SPDY sessions: never dropped (a vanished kubectl held its
+                // connection and its streams until TCP noticed, if ever).
+                let silent = try SPDYPeer.run("silent", relay, ["--seconds", "10"] + (ws ? ["--ws"] : []), timeout: 20)
+                let after = silent["closed_after"] as? Double
+                #expect(after != nil && after! <= 5, "a silent client\(ws ? " in a WebSocket" : "") was not dropped: \(silent)")
+                #expect((silent["pings"] as? Int ?? 0) >= 1, "the relay PINGs a silent client: \(silent)")
+            }
+            try SPDYPeer.healthy(relay)
+            #expect(relay.child.openFiles() == baseline, "descriptors left behind")
+            _ = try relay.child.waitFor("one line for the dropped session") { $0.contains("no answer to PING within 1 s") ? true : nil }
+
+            let idle = try self.relay(scene, extra: ["--keepalive-interval", "0", "--idle-timeout", "1"])
+            let silent = try SPDYPeer.run("silent", idle, ["--seconds", "10"], timeout: 20)
+            let after = silent["closed_after"] as? Double
+            #expect(after != nil && after! <= 4, "a session without streams outlived --idle-timeout: \(silent)")
+            _ = try idle.child.waitFor("one line for the idle session") { $0.contains("idle timeout") ? true : nil }
+        }
+    }
+}
