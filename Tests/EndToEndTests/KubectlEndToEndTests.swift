@@ -155,7 +155,7 @@ struct KubectlEndToEndTests {
 
             let spdy = try startForward(["pod/web", "0:\(echoPort)"], environment: ["KUBECTL_PORT_FORWARD_WEBSOCKETS=false"],
                                         relay: relay, scene: scene)
-            try expectForwards(spdy.port, large: 8 << 20, concurrent: 10)
+            try expectForwards(spdy.port)
             spdy.child.kill()
             log = relay.child.stderr
             #expect(log.contains("port-forward from 127.0.0.1: SPDY/3.1 for pod default/web"), "\(log)")
@@ -264,6 +264,20 @@ struct KubectlEndToEndTests {
             #expect(mixed.stdout.contains("7999") && mixed.stdout.contains("connection refused"), "\(mixed)")
             #expect(relay.child.stderr.contains("port-forward from 127.0.0.1: v4.channel.k8s.io for pod default/web"), "\(relay.child.stderr)")
             #expect(relay.child.isRunning)
+        }
+    }
+
+    @Test("The channel protocol, both encodings, from a WebSocket client not written here (websocket-client)",
+          arguments: ["v4.channel.k8s.io", "v4.base64.channel.k8s.io"])
+    func channelProtocol(_ subprotocol: String) throws {
+        try Peers.require()
+        try withScene { scene in
+            let relay = try relay(scene)
+            let script = E2E.packageRoot + "/Tests/Peers/channelpeer.py"
+            let url = "ws://127.0.0.1:\(relay.port)/api/v1/namespaces/default/pods/web/portforward"
+            let run = try E2E.run([Peers.python, script, url, subprotocol, "\(echoPort)", "\(2 << 20)"], timeout: 60)
+            #expect(run.status == 0 && run.stdout.contains("ok \(2 << 20)"), "\(run)")
+            #expect(relay.child.stderr.contains("port-forward from 127.0.0.1: \(subprotocol) for pod default/web"), "\(relay.child.stderr)")
         }
     }
 

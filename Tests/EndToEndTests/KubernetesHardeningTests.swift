@@ -38,12 +38,50 @@ enum SPDYPeer {
 
 @Suite("End to end: kubectl's port-forward protocols attacked", .serialized)
 struct KubernetesHardeningTests {
-    /// A relay with the echo pod `web` (default/web, port 7000) and `extra` flags.
+    /// A relay with the pod `web` (default/web: an echo server on port 7000, and a port that never
+    /// reads, `sinkPort`) and `extra` flags.
     private func relay(_ scene: Scene, extra: [String] = []) throws -> RelayProcess {
         try Peers.require()
         let namespace = try scene.makeNamespace()
         try scene.serve(in: namespace, port: echoPort)
+        try scene.serve(in: namespace, port: sinkPort, address: "SYSTEM:sleep 3600")
         return try scene.startRelay(pods: ["web": namespace], connector: .native, extra: ["-v"] + extra)
+    }
+
+    @Test("The kubelet's own path (/portForward/NS/NAME) takes the same SPDY port-forward, plain and in a WebSocket",
+          arguments: [false, true])
+    func kubeletPath(_ ws: Bool) throws {
+        try Peers.require()
+        try withScene { scene in
+            let relay = try relay(scene)
+            let result = try SPDYPeer.run("forward", relay, ["--node-path", "--bytes", "\(4 << 20)"] + (ws ? ["--ws"] : []))
+            #expect(result["intact"] as? Bool == true, "\(result)")
+            #expect(relay.child.stderr.contains("port-forward from 127.0.0.1: SPDY/3.1\(ws ? " in a WebSocket" : "") for pod default/web"),
+                    "\(relay.child.stderr)")
+        }
+    }
+
+    @Test("An upload to a pod that never reads stops at the stream's bound (SPDY has no flow control); other forwards flow",
+          arguments: [false, true])
+    func uploadToStalledPod(_ ws: Bool) throws {
+        try Peers.require()
+        try withScene { scene in
+            let relay = try relay(scene)
+            let before = try relay.child.residentBytes()
+            let upload = try scene.start(SPDYPeer.command("upload", relay, ["--target-port", "\(sinkPort)", "--seconds", "6"]
+                                                          + (ws ? ["--ws"] : [])), name: "spdypeer-upload")
+            Thread.sleep(forTimeInterval: 3)
+            // Another forward on another connection goes on meanwhile.
+            try SPDYPeer.healthy(relay, ws: ws)
+            _ = upload.wait(timeout: 15)
+            let result = upload.stdout
+            let grown = try relay.child.residentBytes() - before
+            // The stream's bound is 2 MiB of unwritten bytes, the pod socket's buffers take some
+            // more; far from the hundreds of MiB the client offered.
+            #expect(grown < 24 * mebibyte, "RSS grew by \(grown / mebibyte) MiB; \(result)")
+            #expect(result.contains("\"stalled\": true"), "the upload was never held back: \(result)")
+            #expect(relay.child.isRunning)
+        }
     }
 
     @Test("A client that floods PINGs (and frames that earn RST_STREAMs) and never reads holds a bounded queue; others flow")

@@ -51,7 +51,7 @@ SYN_STREAM, SYN_REPLY, RST_STREAM, SETTINGS, PING, GOAWAY = 1, 2, 3, 4, 6, 7
 
 
 class Peer:
-    def __init__(self, host, port, pod, ws):
+    def __init__(self, host, port, pod, ws, node_path=False):
         self.sock = socket.create_connection((host, port), timeout=20)
         self.ws = ws
         self.deflate = zlib.compressobj(zdict=DICTIONARY)
@@ -59,7 +59,8 @@ class Peer:
         self.incoming = b""
         self.ws_incoming = b""
         ns, name = pod.split("/")
-        path = f"/api/v1/namespaces/{ns}/pods/{name}/portforward"
+        # The API server's pod subresource, or the kubelet's own path (--node-path).
+        path = f"/portForward/{ns}/{name}" if node_path else f"/api/v1/namespaces/{ns}/pods/{name}/portforward"
         if ws:
             key = base64.b64encode(os.urandom(16)).decode()
             head = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
@@ -315,12 +316,13 @@ if __name__ == "__main__":
     parser.add_argument("port", type=int)
     parser.add_argument("--pod", default="default/web")
     parser.add_argument("--ws", action="store_true")
+    parser.add_argument("--node-path", action="store_true")
     parser.add_argument("--target-port", type=int, default=7000)
     parser.add_argument("--bytes", type=int, default=1 << 20)
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--timeout", type=float, default=20)
     args = parser.parse_args()
-    peer = Peer(args.host, args.port, args.pod, args.ws)
+    peer = Peer(args.host, args.port, args.pod, args.ws, args.node_path)
     result = globals()[args.mode](peer, args)
     print(json.dumps(result), flush=True)

@@ -1,0 +1,53 @@
+"""A WebSocket channel-protocol client (kubelet's v4.channel.k8s.io / v4.base64.channel.k8s.io)
+written with websocket-client, not the Kubernetes client: connects to URL with ?ports=PORT, checks
+the two port announcements, echoes SIZE random bytes through the port's data channel and prints
+"ok SIZE", or what went wrong. Usage:
+
+    channelpeer.py URL SUBPROTOCOL PORT SIZE
+"""
+import base64
+import os
+import sys
+
+import websocket
+
+
+def main():
+    url, subprotocol, port, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    base64_encoding = subprotocol.startswith("v4.base64")
+    ws = websocket.create_connection(f"{url}?ports={port}", subprotocols=[subprotocol], timeout=20)
+
+    def decode(message):
+        """(channel, bytes) of one message, as the encoding writes it."""
+        if base64_encoding:
+            text = message if isinstance(message, str) else message.decode()
+            return int(text[0]), base64.b64decode(text[1:])
+        return message[0], bytes(message[1:])
+
+    announced = [decode(ws.recv()) for _ in range(2)]
+    expected = [(0, port.to_bytes(2, "little")), (1, port.to_bytes(2, "little"))]
+    if announced != expected:
+        print("announcements", announced, "expected", expected, flush=True)
+        sys.exit(1)
+    payload = os.urandom(size)
+    step = 32 * 1024
+    for offset in range(0, size, step):
+        chunk = payload[offset:offset + step]
+        if base64_encoding:
+            ws.send("0" + base64.b64encode(chunk).decode())
+        else:
+            ws.send_binary(b"\x00" + chunk)
+    received = bytearray()
+    while len(received) < size:
+        channel, data = decode(ws.recv())
+        if channel == 1:
+            print("error channel:", data.decode(errors="replace"), flush=True)
+            sys.exit(1)
+        received += data
+    ws.close()
+    print("ok", len(received) if bytes(received) == payload else "mismatch", flush=True)
+    sys.exit(0 if bytes(received) == payload else 1)
+
+
+if __name__ == "__main__":
+    main()
