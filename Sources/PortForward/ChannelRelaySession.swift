@@ -301,11 +301,10 @@ final class ChannelRelaySession: CompletionHandler, DeferredTask {
 }
 
 /// One port of a channel-protocol connection, as a tunnel's transport.
-final class ChannelStream: DataSource, StreamTransport {
+final class ChannelStream: TunnelBody, StreamTransport {
     weak var owner: ChannelRelaySession?
     /// The port's index in the request's list (its channels are 2i and 2i+1).
     let port: Int
-    var tunnel: Tunnel!
     let held: HeldBytes
     var unwritten = 0
     var listed = false
@@ -322,17 +321,4 @@ final class ChannelStream: DataSource, StreamTransport {
     func resume() { owner?.ready(self) }
     func consume(_ count: Int) { owner?.written(self, count) }
     func reset() { owner?.abandon(self) }
-
-    override func pendingBytes(limit: Int) -> (count: Int, endsBody: Bool) { tunnel.pendingBytes(limit: limit) }
-
-    override func takePayload(count: Int) -> Payload {
-        switch tunnel.take(count) {
-        case .end: return .memory(UnsafeRawPointer(bitPattern: 1)!)
-        case .buffer(let buffer, let offset): return .memory(UnsafeRawPointer(tunnel.reactor.buffers.pointer(buffer) + offset))
-        case .pipe(let pipe): return .pipe(pipe.read)
-        }
-    }
-
-    override func payloadSent(count: Int) { tunnel.payloadSent(count) }
-    override func payloadDropped(count: Int) { tunnel.payloadDropped(count) }
 }

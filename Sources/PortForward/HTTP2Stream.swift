@@ -6,12 +6,10 @@ import Reactor
 /// stream's `DataSource` (nghttp2 pulls DATA through it, NO_COPY, and the output queue reports
 /// what was written), and it turns what the connection received for the stream into `Inbound`
 /// pieces: spliced payloads, bytes in the connection's receive buffer, or bytes to copy.
-public final class HTTP2Stream: DataSource, StreamTransport {
+public final class HTTP2Stream: TunnelBody, StreamTransport {
     public let connection: Connection
     /// Set once the stream is opened (client side) or from the request (relay side).
     public var id: StreamID
-    /// Held for as long as nghttp2 or the output queue may call back (they hold this object).
-    public private(set) var tunnel: Tunnel!
     private var buffers: BufferPool { connection.reactor.buffers }
 
     public init(connection: Connection, id: StreamID = -1) {
@@ -60,21 +58,4 @@ public final class HTTP2Stream: DataSource, StreamTransport {
         }
         tunnel.received(.bytes(bytes, buffer: BufferPool.none))
     }
-
-    // MARK: DataSource
-
-    public override func pendingBytes(limit: Int) -> (count: Int, endsBody: Bool) {
-        tunnel.pendingBytes(limit: limit)
-    }
-
-    public override func takePayload(count: Int) -> Payload {
-        switch tunnel.take(count) {
-        case .end: return .memory(UnsafeRawPointer(bitPattern: 1)!)
-        case .buffer(let buffer, let offset): return .memory(UnsafeRawPointer(buffers.pointer(buffer) + offset))
-        case .pipe(let pipe): return .pipe(pipe.read)
-        }
-    }
-
-    public override func payloadSent(count: Int) { tunnel.payloadSent(count) }
-    public override func payloadDropped(count: Int) { tunnel.payloadDropped(count) }
 }

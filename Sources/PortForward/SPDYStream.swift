@@ -9,11 +9,9 @@ import SPDY
 /// SPDY has no flow control (kubectl's spdystream neither sends nor heeds WINDOW_UPDATE), so
 /// `consume` opens no window: it counts what the pod socket took, and while a stream holds its
 /// bound of received, unwritten bytes the connection stops reading (`SPDYRelaySession`).
-final class SPDYStream: DataSource, StreamTransport {
+final class SPDYStream: TunnelBody, StreamTransport {
     weak var owner: SPDYRelaySession?
     let pair: PortForwardPairs.Pair
-    /// Held for as long as the output queue may call back (it holds this object).
-    var tunnel: Tunnel!
     let held: HeldBytes
     /// Received for the pod and not yet written to it.
     var unwritten = 0
@@ -40,19 +38,4 @@ final class SPDYStream: DataSource, StreamTransport {
     func consume(_ count: Int) { owner?.written(self, count) }
 
     func reset() { owner?.abandon(self) }
-
-    // MARK: DataSource
-
-    override func pendingBytes(limit: Int) -> (count: Int, endsBody: Bool) { tunnel.pendingBytes(limit: limit) }
-
-    override func takePayload(count: Int) -> Payload {
-        switch tunnel.take(count) {
-        case .end: return .memory(UnsafeRawPointer(bitPattern: 1)!)
-        case .buffer(let buffer, let offset): return .memory(UnsafeRawPointer(tunnel.reactor.buffers.pointer(buffer) + offset))
-        case .pipe(let pipe): return .pipe(pipe.read)
-        }
-    }
-
-    override func payloadSent(count: Int) { tunnel.payloadSent(count) }
-    override func payloadDropped(count: Int) { tunnel.payloadDropped(count) }
 }
