@@ -1,5 +1,8 @@
 import FuzzSupport
 import SPDY
+#if canImport(Glibc)
+import Glibc
+#endif
 
 // `SPDYSession` fed a peer's bytes in pieces the input chooses, with a delegate that answers as a
 // port-forward server does (SYN_REPLY, RST_STREAM, DATA through `sendData` and `dataHeader`):
@@ -151,9 +154,7 @@ final class Server: SPDYSessionDelegate {
             record(.headers(stream, headers, fin: fin))
             checkBlock(headers)
             requireOpen(stream, "HEADERS")
-            if fin {
-                streams[stream]!.remoteEnded = true
-            }
+            // With fin, `peerEnded` follows.
         case .data(let stream, let bytes):
             record(.data(stream, Array(bytes)))
             requireOpen(stream, "DATA")
@@ -253,6 +254,7 @@ func checkWire(_ wire: [UInt8], opened: UInt32) {
             while let event = try reader.next(bytes, from: &index) {
                 switch event {
                 case .control(let type, let flags, let payload):
+                    if getenv("FUZZ_DEBUG") != nil { print("out: \(type) \(flags) \(Array(payload.prefix(8)))") }
                     switch type {
                     case .synReply:
                         require(payload.count >= 4, "a SYN_REPLY of \(payload.count) bytes")
@@ -274,6 +276,7 @@ func checkWire(_ wire: [UInt8], opened: UInt32) {
                         require(false, "the server sent control frame \(type)")
                     }
                 case .dataHead(let header):
+                    if getenv("FUZZ_DEBUG") != nil { print("out: DATA \(header)") }
                     require(replied.contains(header.stream) && !ended.contains(header.stream),
                             "DATA on stream \(header.stream), replied \(replied.contains(header.stream)), ended \(ended.contains(header.stream))")
                     if header.fin { ended.insert(header.stream) }
@@ -304,6 +307,7 @@ public func testOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
 
     let whole = run(stream, pieces: pieces(of: stream.count, sizes: UnsafeRawBufferPointer(start: nil, count: 0)),
                     limits: limits, useDataHeader: useDataHeader)
+    if getenv("FUZZ_DEBUG") != nil { print(whole.seen.map { "\($0)" }.joined(separator: "\n")) }
     require(whole.wire.count <= 4 * stream.count + 256, "\(stream.count) bytes in, \(whole.wire.count) out")
     checkWire(whole.wire, opened: whole.lastStream)
     if !sizes.isEmpty {
