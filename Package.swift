@@ -6,8 +6,9 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "portforward", targets: ["portforward"]),
-        // For Benchmarks/ (a package of its own, so that `swift build` here needs no package-benchmark).
-        .library(name: "PortForwardKit", targets: ["PortForward", "HTTP2", "Reactor"]),
+        // For Benchmarks/ and Fuzz/ (packages of their own, so that `swift build` here needs neither
+        // package-benchmark nor libFuzzer).
+        .library(name: "PortForwardKit", targets: ["PortForward", "HTTP2", "Reactor", "SPDY", "WebSocket"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),

@@ -145,9 +145,7 @@ public final class SPDYSession {
         } else {
             // A stream this side reset or ended: its DATA may have been in flight, drop it. One
             // that never existed is a stream error (2.2.2).
-            if stream & 1 == 0 || stream > lastPeerStream {
-                queueReset(stream, .invalidStream)
-            }
+            notOpen(stream)
             deliveringData = false
         }
     }
@@ -179,7 +177,7 @@ public final class SPDYSession {
             let stream = payload.bigEndianUInt32(at: 0) & 0x7fff_ffff
             let headers = try decompressor.decompress(UnsafeRawBufferPointer(rebasing: payload[4...]))
             guard let state = streams[stream] else {
-                if stream & 1 == 0 || stream > lastPeerStream { queueReset(stream, .invalidStream) }
+                notOpen(stream)
                 return
             }
             guard !state.remoteEnded else {
@@ -255,6 +253,18 @@ public final class SPDYSession {
         streams[stream] = StreamState(localEnded: flags & FrameFlags.unidirectional != 0, remoteEnded: fin)
         emit(.synStream(stream: stream, associated: associated, priority: priority, headers: headers, fin: fin))
         if fin { closeIfDone(stream) }
+    }
+
+    /// A DATA or HEADERS frame on a stream that is not open: dropped, and if the stream never
+    /// existed, RST_STREAM INVALID_STREAM (2.2.2). A client's id above the last one counts as used
+    /// from then on, as if its SYN_STREAM had come and been reset: the peer was told the stream is
+    /// reset, so a SYN_STREAM for it (or a lower id) later is a session error, not a stream this
+    /// side would answer with SYN_REPLY. (GOAWAY's last-good-stream counts the streams answered
+    /// with SYN_REPLY or RST_STREAM, so it names it too.)
+    private func notOpen(_ stream: UInt32) {
+        guard stream & 1 == 0 || stream > lastPeerStream else { return }
+        queueReset(stream, .invalidStream)
+        if stream & 1 == 1 { lastPeerStream = stream }
     }
 
     private func peerEnded(_ stream: UInt32) {

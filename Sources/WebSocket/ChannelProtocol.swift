@@ -187,10 +187,13 @@ public struct ChannelProtocol: Sendable {
                 case .base64:
                     var decoded: [UInt8] = []
                     decoded.reserveCapacity(range.count / 4 * 3 + 3)
-                    guard decoder.decode(UnsafeRawBufferPointer(rebasing: bytes[range]), into: &decoded) else {
+                    let accepted = decoder.decode(UnsafeRawBufferPointer(rebasing: bytes[range]), into: &decoded)
+                    // The groups before a bad character are passed on even then: had the read cut
+                    // the message before it, they would have been already.
+                    if !decoded.isEmpty { events.append(.decoded(port: channel / 2, decoded)) }
+                    guard accepted else {
                         return fail(.invalidPayload("a channel message that is not base64"), &events)
                     }
-                    if !decoded.isEmpty { events.append(.decoded(port: channel / 2, decoded)) }
                 }
             case .messageEnd:
                 if encoding == .base64, let channel, channel >= 0, channel % 2 == 0, channel / 2 < ports.count,

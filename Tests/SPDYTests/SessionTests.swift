@@ -84,19 +84,40 @@ final class SessionTests: XCTestCase {
         // The same id again while it is open: a stream error.
         try session.receive(client.synStream(3, dataHeaders))
         XCTAssertEqual(recorder.events.last, .reset(3, .protocolError, byPeer: false))
-        // DATA on a stream never opened, and on one this side reset (in flight: dropped quietly).
-        try session.receive(client.data(9, "x"))
+        // DATA on one this side reset (in flight: dropped quietly), and on a stream never opened.
         try session.receive(client.synStream(5, errorHeaders))
         session.reset(stream: 5)
         try session.receive(client.data(5, "late"))
+        try session.receive(client.data(9, "x"))
         XCTAssertEqual(try client.read(session.takeOutput()),
-                       [.rst(3, .protocolError), .rst(9, .invalidStream), .rst(5, .cancel)])
+                       [.rst(3, .protocolError), .rst(5, .cancel), .rst(9, .invalidStream)])
         // Going backwards ends the session.
-        XCTAssertThrowsError(try session.receive(client.synStream(1, errorHeaders))) {
-            XCTAssertEqual($0 as? SPDYError, .invalidStreamID(1, "not above the last stream 5"))
+        XCTAssertThrowsError(try session.receive(client.synStream(7, errorHeaders))) {
+            XCTAssertEqual($0 as? SPDYError, .invalidStreamID(7, "not above the last stream 9"))
         }
-        XCTAssertEqual(try client.read(session.takeOutput()), [.goAway(5, .protocolError)])
+        XCTAssertEqual(try client.read(session.takeOutput()), [.goAway(9, .protocolError)])
         XCTAssertThrowsError(try session.receive([UInt8]()), "a failed session stays failed")
+    }
+
+    /// FuzzSPDYSession found this: DATA (or HEADERS) on a stream the peer had not opened got
+    /// RST_STREAM INVALID_STREAM, and a SYN_STREAM for the same id afterwards was accepted, so
+    /// the peer read a SYN_REPLY and DATA on a stream it had been told was reset.
+    func testStreamReportedResetCannotBeOpenedLater() throws {
+        for useHeaders in [false, true] {
+            setUp()
+            let synStream = client.synStream(1, errorHeaders)
+            let early = useHeaders ? client.headers(5, ["x": "1"]) : client.data(5, "", fin: true)
+            recorder.react = { session, event in
+                if case .synStream(let stream, _, _, _, _) = event { try! session.synReply(stream: stream) }
+            }
+            try session.receive(synStream + early)
+            XCTAssertEqual(try client.read(session.takeOutput()), [.synReply(1, [:], fin: false), .rst(5, .invalidStream)])
+            XCTAssertThrowsError(try session.receive(client.synStream(5, dataHeaders))) {
+                XCTAssertEqual($0 as? SPDYError, .invalidStreamID(5, "not above the last stream 5"))
+            }
+            XCTAssertEqual(try client.read(session.takeOutput()), [.goAway(5, .protocolError)])
+            XCTAssertEqual(recorder.events, [.synStream(1, errorHeaders, fin: false)])
+        }
     }
 
     func testSessionErrorsEndTheSession() throws {

@@ -43,6 +43,14 @@ final class TestClient {
         return output
     }
 
+    func headers(_ stream: UInt32, _ headers: HeaderBlock, fin: Bool = false) -> [UInt8] {
+        var block: [UInt8] = []
+        try! compressor.compress(headers, appendingTo: &block)
+        var output: [UInt8] = []
+        FrameEncoder.headers(stream: stream, fin: fin, compressedBlock: block, to: &output)
+        return output
+    }
+
     func data(_ stream: UInt32, _ text: String, fin: Bool = false) -> [UInt8] {
         var output: [UInt8] = []
         FrameEncoder.data(stream: stream, fin: fin, payload: Array(text.utf8), to: &output)

@@ -3,7 +3,7 @@ import PortForward
 
 // `ForwardPath(parsing:)`: a parsed path's `.path` parses back to the same value and is the input
 // up to its query; the parts it took are non-empty and hold no "/" or "?" byte; and it agrees
-// with a model of the two path shapes that splits bytes, as a URL path is split.
+// with a model of the three path shapes that splits bytes, as a URL path is split.
 
 /// The path before its query, by bytes.
 func beforeQuery(_ path: String) -> String {
@@ -19,6 +19,9 @@ func expected(_ path: String) -> ForwardPath? {
     case 7 where parts[0] == "" && parts[1] == "proxy" && parts[2] == "nodes" && parts[4] == "portForward"
         && [parts[3], parts[5], parts[6]].allSatisfy({ !$0.isEmpty }):
         return ForwardPath(node: parts[3], namespace: parts[5], pod: parts[6])
+    case 8 where parts[0] == "" && parts[1] == "api" && parts[2] == "v1" && parts[3] == "namespaces"
+        && parts[5] == "pods" && parts[7] == "portforward" && !parts[4].isEmpty && !parts[6].isEmpty:
+        return ForwardPath(namespace: parts[4], pod: parts[6], subresource: true)
     default:
         return nil
     }

@@ -62,3 +62,32 @@ extension Array where Element == UInt8 {
     /// The bytes as a Swift string literal, for messages.
     public var debugText: String { String(decoding: self, as: UTF8.self).debugDescription }
 }
+
+/// Splits a stream into the pieces a fuzz input asks for: each piece byte is a length (1-256),
+/// used in turn and again from the first; no piece bytes means the whole stream at once.
+public func pieces(of count: Int, sizes: UnsafeRawBufferPointer) -> [Range<Int>] {
+    guard !sizes.isEmpty else { return count == 0 ? [] : [0..<count] }
+    var ranges: [Range<Int>] = []
+    var offset = 0
+    var round = 0
+    while offset < count {
+        let size = min(Int(sizes[round % sizes.count]) + 1, count - offset)
+        ranges.append(offset..<(offset + size))
+        offset += size
+        round += 1
+    }
+    return ranges
+}
+
+/// `FUZZ_WRITE_SEEDS=DIR <target>` writes the target's seeds (made with the project's own encoders)
+/// to DIR and exits, instead of fuzzing: how Fuzz/Corpus/<target>/ was made.
+public func writeSeedsIfAsked(_ seeds: () -> [(name: String, bytes: [UInt8])]) {
+    guard let directory = getenv("FUZZ_WRITE_SEEDS").map({ String(cString: $0) }) else { return }
+    for seed in seeds() {
+        let path = directory + "/" + seed.name
+        guard let file = fopen(path, "wb") else { fputs("cannot write \(path)\n", stderr); exit(1) }
+        _ = seed.bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, file) }
+        fclose(file)
+    }
+    exit(0)
+}
