@@ -39,8 +39,19 @@ final class ChannelRelaySession: CompletionHandler, DeferredTask {
     /// The most payload one message carries.
     static let maxMessagePayload = 256 * 1024
     static let outputLimit = 2 << 20
+    /// Past this much waiting output the connection stops reading: beyond `outputLimit` it can
+    /// only be answers to the peer's pings or closes, which a peer that does not read would
+    /// otherwise pile up without bound (as on SPDY sessions).
+    static let maxQueuedBytes = 4 << 20
 
-    private enum Tag: UInt32 { case receive = 1, write, splice }
+    /// Keepalive, as on h2 and SPDY sessions: a WebSocket PING after `interval` without a byte
+    /// from the peer, and the end of the session when no pong (or anything) came within `timeout`.
+    private let keepalive: Keepalive?
+    private var tickTimer: TimerID = 0
+    private var lastReceived: UInt64 = 0
+    private var pingSent: UInt64 = 0
+
+    private enum Tag: UInt32 { case receive = 1, write, splice, tick }
 
     init(fd: FileDescriptor, peer: String, pod: Pod, relay: Relay, encoding: ChannelEncoding, ports: [UInt16]) {
         self.fd = fd
@@ -50,6 +61,7 @@ final class ChannelRelaySession: CompletionHandler, DeferredTask {
         channels = ChannelProtocol(encoding: encoding, ports: ports)
         held = HeldBytes(limit: relay.limits.maxHeldBytesPerConnection)
         streamBound = Int(relay.settings.streamWindow)
+        keepalive = relay.limits.keepalive.interval > 0 ? relay.limits.keepalive : nil
         events.reserveCapacity(16)
         Sockets.noDelay(fd)
         held.onBelowLimit = { [unowned self] in self.receiveNext() }
@@ -67,15 +79,44 @@ final class ChannelRelaySession: CompletionHandler, DeferredTask {
             copy.copyMemory(from: initial)
             receive(copy)
         }
+        lastReceived = Clock.nanoseconds()
+        if let keepalive {
+            tickTimer = relay.reactor.timer(nanoseconds: Self.tickNanoseconds(keepalive), handler: self, tag: Tag.tick.rawValue)
+        }
         receiveNext()
         flushSoon()
+    }
+
+    // MARK: keepalive
+
+    private static func tickNanoseconds(_ keepalive: Keepalive) -> UInt64 {
+        UInt64(max(min(keepalive.interval, keepalive.timeout) / 4, 0.05) * 1e9)
+    }
+
+    private func tick(_ keepalive: Keepalive) {
+        let now = Clock.nanoseconds()
+        if !receiving && (held.isOver || streamsAtBound > 0) {
+            // Not reading because a pod is slow: the peer's silence is ours.
+            lastReceived = now
+            pingSent = 0
+        }
+        if pingSent != 0, now - pingSent >= UInt64(keepalive.timeout * 1e9) {
+            return close(reason: "no answer to PING within \(keepalive.timeout.formatted1) s")
+        }
+        if pingSent == 0, now - lastReceived >= UInt64(keepalive.interval * 1e9) {
+            pingSent = now
+            let ping = FrameWriter.ping()
+            ping.withUnsafeBytes { output.append(bytes: $0.baseAddress!, count: $0.count) }
+            flushSoon()
+        }
+        tickTimer = relay.reactor.timer(nanoseconds: Self.tickNanoseconds(keepalive), handler: self, tag: Tag.tick.rawValue)
     }
 
     // MARK: reading
 
     private func receiveNext() {
         if receiving || closed || closingReason != nil { return }
-        if held.isOver || streamsAtBound > 0 { return }
+        if held.isOver || streamsAtBound > 0 || output.queuedBytes >= Self.maxQueuedBytes { return }
         receiving = true
         relay.reactor.receive(fd, handler: self, tag: Tag.receive.rawValue)
     }
@@ -91,6 +132,8 @@ final class ChannelRelaySession: CompletionHandler, DeferredTask {
             guard completion.result > 0 else {
                 return close(reason: completion.result == 0 ? Connection.closedByPeer : SystemError.reason(-completion.result))
             }
+            lastReceived = Clock.nanoseconds()
+            pingSent = 0
             receivingBuffer = completion.buffer
             receive(UnsafeMutableRawBufferPointer(start: relay.reactor.buffers.pointer(completion.buffer), count: Int(completion.result)))
             receivingBuffer = BufferPool.none
@@ -102,7 +145,10 @@ final class ChannelRelaySession: CompletionHandler, DeferredTask {
             writing = false
             if completion.result < 0 { return close(reason: SystemError.reason(-completion.result)) }
             output.advance(Int(completion.result))
+            receiveNext()
             flushSoon()
+        case .tick:
+            if let keepalive { tick(keepalive) }
         case nil:
             break
         }
@@ -290,6 +336,7 @@ final class ChannelRelaySession: CompletionHandler, DeferredTask {
     func close(reason: String?) {
         if closed { return }
         closed = true
+        relay.reactor.cancelTimer(tickTimer)
         for attempt in attempts.values { attempt.cancel() }
         attempts.removeAll()
         for carrier in streams { carrier.tunnel.connectionLost() }

@@ -84,6 +84,31 @@ struct KubernetesHardeningTests {
         }
     }
 
+    @Test("Channel protocol: a silent client is PINGed and dropped; one that floods PINGs and never reads holds a bounded queue")
+    func channelAttackers() throws {
+        try Peers.require()
+        try withScene { scene in
+            let relay = try relay(scene, extra: ["--keepalive-interval", "1", "--keepalive-timeout", "1"])
+            let script = E2E.packageRoot + "/Tests/Peers/channelpeer.py"
+            let url = "ws://127.0.0.1:\(relay.port)/api/v1/namespaces/default/pods/web/portforward"
+            let silent = try E2E.run([Peers.python, script, url, "v4.channel.k8s.io", "\(echoPort)", "silent"], timeout: 40)
+            let seconds = silent.stdout.split(separator: " ").last.flatMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? 99
+            #expect(seconds < 6, "\(silent)")
+            #expect(relay.child.stderr.contains("no answer to PING within 1 s"), "\(relay.child.stderr)")
+
+            let before = try relay.child.residentBytes()
+            let flood = try E2E.run([Peers.python, script, url, "v4.channel.k8s.io", "\(echoPort)", "pingflood"], timeout: 40)
+            let grown = try relay.child.residentBytes() - before
+            #expect(flood.stdout.contains("stalled True") || flood.stdout.contains("closed"), "\(flood)")
+            // The 4 MiB output bound, buffers in flight, and on io_uring its provided-buffer ring
+            // (16 MiB, never trimmed), which becomes resident under load.
+            let bound = (E2E.io == "uring" ? 40 : 24) << 20
+            #expect(grown < bound, "RSS grew by \(grown / mebibyte) MiB: \(flood)")
+            try SPDYPeer.healthy(relay)
+            #expect(relay.child.isRunning)
+        }
+    }
+
     @Test("A client that floods PINGs (and frames that earn RST_STREAMs) and never reads holds a bounded queue; others flow")
     func controlFloodWithoutReading() throws {
         try withScene { scene in

@@ -4,16 +4,63 @@ the two port announcements, echoes SIZE random bytes through the port's data cha
 "ok SIZE", or what went wrong. Usage:
 
     channelpeer.py URL SUBPROTOCOL PORT SIZE
+    channelpeer.py URL SUBPROTOCOL PORT silent|pingflood   (an attacker: never reads)
 """
 import base64
 import os
 import sys
+import time
 
 import websocket
 
 
+def silent(ws):
+    """Upgrade, then neither read nor answer: seconds until the relay closes the socket."""
+    started = time.time()
+    sock = ws.sock
+    sock.settimeout(30)
+    time.sleep(0.5)
+    try:
+        while sock.recv(65536):
+            pass  # the relay's pings and port announcements, unanswered
+    except OSError:
+        pass
+    print("closed after", round(time.time() - started, 2), flush=True)
+
+
+def pingflood(ws, seconds=6):
+    """Masked PING frames as fast as the socket takes them, never reading: whether the relay
+    stopped taking them (it should, once its answers pile up unread)."""
+    sock = ws.sock
+    sock.setblocking(False)
+    frame = bytes([0x89, 0x80]) + os.urandom(4)  # PING, masked, no payload
+    batch = frame * 4096
+    written, stalled = 0, False
+    end = time.time() + seconds
+    pending = memoryview(batch)
+    while time.time() < end:
+        if not pending:
+            pending = memoryview(batch)
+        try:
+            n = sock.send(pending)
+            written += n
+            pending = pending[n:]
+        except BlockingIOError:
+            stalled = True
+            time.sleep(0.01)
+        except OSError as error:
+            print("closed", error, "written", written, flush=True)
+            return
+    print("written", written, "stalled", stalled, flush=True)
+
+
 def main():
-    url, subprotocol, port, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    url, subprotocol, port, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    if size in ("silent", "pingflood"):
+        ws = websocket.create_connection(f"{url}?ports={port}", subprotocols=[subprotocol], timeout=20)
+        silent(ws) if size == "silent" else pingflood(ws)
+        return
+    size = int(size)
     base64_encoding = subprotocol.startswith("v4.base64")
     ws = websocket.create_connection(f"{url}?ports={port}", subprotocols=[subprotocol], timeout=20)
 
