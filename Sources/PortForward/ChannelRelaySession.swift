@@ -176,6 +176,8 @@ final class ChannelRelaySession: CompletionHandler, DeferredTask {
     private func deliver(_ bytes: UnsafeRawBufferPointer, to port: Int, buffer: BufferID) {
         guard closingReason == nil, port < streams.count else { return }
         let carrier = streams[port]
+        // A port whose tunnel ended takes nothing more (no one would count it as written).
+        if carrier.tunnel.finished { return }
         let before = carrier.unwritten
         carrier.unwritten += bytes.count
         if before < streamBound && carrier.unwritten >= streamBound { streamsAtBound += 1 }
