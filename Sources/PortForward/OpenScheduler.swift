@@ -13,7 +13,7 @@ import Reactor
 /// reset attack) waits behind its own opens, and a stream reset while it waits costs nothing.
 final class OpenScheduler: CompletionHandler, DeferredTask {
     let reactor: ReactorBackend
-    private var waiting: [RelaySession] = []
+    private var waiting: [OpenQueue] = []
     /// A run is due at the end of this turn.
     private var deferred = false
     /// A run is due by timer (next turn, or when a token is): its deadline, 0 when none.
@@ -25,9 +25,9 @@ final class OpenScheduler: CompletionHandler, DeferredTask {
     init(reactor: ReactorBackend) { self.reactor = reactor }
 
     /// `session` has a new open waiting.
-    func enqueue(_ session: RelaySession) {
-        if !session.scheduled {
-            session.scheduled = true
+    func enqueue(_ session: OpenQueue) {
+        if !session.inOpenScheduler {
+            session.inOpenScheduler = true
             waiting.append(session)
         }
         if !deferred {
@@ -69,7 +69,7 @@ final class OpenScheduler: CompletionHandler, DeferredTask {
                 started += count
                 if count > 0 { progressed = true }
                 if !session.hasWaitingOpens {
-                    session.scheduled = false
+                    session.inOpenScheduler = false
                     waiting.remove(at: index)
                     continue
                 }
@@ -82,4 +82,15 @@ final class OpenScheduler: CompletionHandler, DeferredTask {
         // More than a turn's worth: go on after the reactor has polled; else when a token is due.
         arm(after: started >= Self.perTurn ? 0 : min(shortestWait, 1_000_000_000))
     }
+}
+
+/// A connection whose stream opens wait for their turn in the `OpenScheduler`: an h2 session
+/// (`RelaySession`) or kubectl's SPDY session (`SPDYRelaySession`).
+protocol OpenQueue: AnyObject {
+    /// In the scheduler's list.
+    var inOpenScheduler: Bool { get set }
+    var hasWaitingOpens: Bool { get }
+    /// Starts up to `limit` waiting opens within the token buckets; returns how many started
+    /// and, when a bucket stopped it, how long until a token.
+    func startWaitingOpens(limit: Int) -> (started: Int, wait: UInt64)
 }

@@ -117,15 +117,28 @@ public final class Relay: CompletionHandler {
 
     func adopt(_ session: RelaySession) {
         sessions[ObjectIdentifier(session)] = session
-        peers[session.peer, default: (TokenBucket(limits.peerStreamOpenRate), 0)].connections += 1
+        peerJoined(session.peer)
+    }
+
+    /// A connection from `peer` opens streams: it shares the peer's stream-open bucket.
+    private func peerJoined(_ peer: String) {
+        peers[peer, default: (TokenBucket(limits.peerStreamOpenRate), 0)].connections += 1
+    }
+
+    private func peerLeft(_ peer: String) {
+        if let entry = peers[peer] {
+            peers[peer] = entry.connections > 1 ? (entry.bucket, entry.connections - 1) : nil
+        }
     }
 
     func adopt(_ session: SPDYRelaySession) {
         spdySessions[ObjectIdentifier(session)] = session
+        peerJoined(session.peer)
     }
 
     func spdySessionClosed(_ session: SPDYRelaySession, reason: String?) {
         guard spdySessions.removeValue(forKey: ObjectIdentifier(session)) != nil else { return }
+        peerLeft(session.peer)
         endedSinceTrim += 1
         if let reason, reason != Connection.closedByPeer { limitedLog("SPDY session \(session.peer): \(reason)") }
     }
@@ -144,9 +157,7 @@ public final class Relay: CompletionHandler {
         guard sessions.removeValue(forKey: ObjectIdentifier(session)) != nil else { return }
         endedSinceTrim += 1
         if let reason, reason != Connection.closedByPeer { limitedLog("session \(session.peer): \(reason)") }
-        if let entry = peers[session.peer] {
-            peers[session.peer] = entry.connections > 1 ? (entry.bucket, entry.connections - 1) : nil
-        }
+        peerLeft(session.peer)
     }
 
     /// The peer's stream-open bucket: whether a token is there, and how long until one is.

@@ -8,7 +8,7 @@ import Reactor
 
 /// One HTTP/2 connection on the relay: each stream with a `port` header becomes a tunnel to that
 /// port of the pod its path names.
-final class RelaySession {
+final class RelaySession: OpenQueue {
     let connection: Connection
     unowned let relay: Relay
     let peer: String
@@ -24,7 +24,7 @@ final class RelaySession {
     }
     private var waitingOpens: [WaitingOpen] = []
     private var waitingHead = 0
-    var scheduled = false
+    var inOpenScheduler = false
     private var bucket: TokenBucket
 
     init(fd: FileDescriptor, peer: String, relay: Relay) throws {

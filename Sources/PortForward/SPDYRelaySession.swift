@@ -16,7 +16,7 @@ import WebSocket
 /// held bytes are over `--max-held-bytes`, or while one of its streams holds a stream window's
 /// worth (2 MiB) of bytes its pod has not taken. The price is the kubelet's own: one slow pod
 /// socket stalls the other streams of that connection (docs/PROTOCOL.md).
-final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTask {
+final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTask, OpenQueue {
     let fd: FileDescriptor
     let peer: String
     let pod: Pod
@@ -30,6 +30,12 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
     /// Streams with bytes (or their end) ready to send, oldest first.
     private var ready: [SPDYStream] = []
     private var attempts: [UInt32: ConnectAttempt] = [:]
+    /// Complete pairs waiting for their turn to connect (`OpenScheduler`: the same per-connection
+    /// and per-peer stream-open buckets as h2 streams), oldest first.
+    private var waitingOpens: [SPDYStream] = []
+    private var waitingHead = 0
+    var inOpenScheduler = false
+    private var bucket: TokenBucket
     /// Streams holding their bound of unwritten bytes.
     private var streamsAtBound = 0
     private let streamBound: Int
@@ -85,6 +91,7 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
         self.pod = pod
         self.relay = relay
         session = try SPDYSession()
+        bucket = TokenBucket(relay.limits.streamOpenRate)
         held = HeldBytes(limit: relay.limits.maxHeldBytesPerConnection)
         streamBound = Int(relay.settings.streamWindow)
         keepalive = relay.limits.keepalive.interval > 0 ? relay.limits.keepalive : nil
@@ -345,6 +352,48 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
         if relay.streams > relay.limits.maxStreams {
             return fail(carrier, Refusal.tooManyStreams(limit: relay.limits.maxStreams).text)
         }
+        waitingOpens.append(carrier)
+        relay.opens.enqueue(self)
+    }
+
+    var hasWaitingOpens: Bool { waitingHead < waitingOpens.count }
+
+    func startWaitingOpens(limit: Int) -> (started: Int, wait: UInt64) {
+        var started = 0
+        let now = Clock.nanoseconds()
+        while started < limit && waitingHead < waitingOpens.count {
+            let carrier = waitingOpens[waitingHead]
+            if carrier.tunnel.finished || closed {
+                // Reset (or its connection lost) while it waited: nothing to undo.
+                waitingHead += 1
+                continue
+            }
+            let wait = max(bucket.wait(now: now), relay.peerTokenWait(peer, now: now))
+            if wait > 0 { compactOpens(); return (started, wait) }
+            bucket.take(now: now)
+            relay.takePeerToken(peer, now: now)
+            waitingHead += 1
+            started += 1
+            connect(carrier)
+        }
+        compactOpens()
+        return (started, 0)
+    }
+
+    private func compactOpens() {
+        if waitingHead == waitingOpens.count {
+            waitingOpens.removeAll(keepingCapacity: waitingOpens.count <= 1024)
+            waitingHead = 0
+        } else if waitingHead > 1024 {
+            waitingOpens.removeFirst(waitingHead)
+            waitingHead = 0
+        }
+    }
+
+    private func connect(_ carrier: SPDYStream) {
+        let pair = carrier.pair
+        let stream = pair.dataStream
+        let tunnel = carrier.tunnel!
         var answered = false
         let attempt = relay.connector.connect(pod: pod, port: Int(pair.port)) { [unowned self] result in
             answered = true
@@ -588,6 +637,8 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
         }
         streams.removeAll()
         ready.removeAll()
+        waitingOpens.removeAll()
+        waitingHead = 0
         // Payloads queued for the socket go back once no cancelled write can read them.
         let pipe = inPipe
         inPipe = nil

@@ -109,6 +109,19 @@ struct KubernetesHardeningTests {
         }
     }
 
+    @Test("SPDY pairs wait for the same stream-open buckets as h2 streams: 100 at once at 50/s take about 2 s")
+    func pairsAreRateLimited() throws {
+        try Peers.require()
+        try withScene { scene in
+            let relay = try relay(scene, extra: ["--stream-open-rate", "50", "--stream-open-burst", "5"])
+            let result = try SPDYPeer.run("pairs", relay, ["--count", "100", "--timeout", "20"], timeout: 40)
+            let seconds = result["seconds"] as? Double ?? 0
+            #expect(result["echoed"] as? Int == 100, "\(result)")
+            // 95 tokens after the burst, at 50 a second: 1.9 s; unpaced, 100 connects take milliseconds.
+            #expect(seconds > 1.5 && seconds < 10, "\(result)")
+        }
+    }
+
     @Test("A client that floods PINGs (and frames that earn RST_STREAMs) and never reads holds a bounded queue; others flow")
     func controlFloodWithoutReading() throws {
         try withScene { scene in

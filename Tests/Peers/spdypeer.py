@@ -12,6 +12,7 @@ modes:
   synflood    --count error streams that never get their data stream, then hold
   bomb        one SYN_STREAM whose header block inflates to gigabytes
   upload      one pair to --target-port, then --bytes to a pod that never reads
+  pairs       --count pairs to --target-port at once, a byte echoed on each: seconds until all echoed
 """
 import argparse
 import base64
@@ -302,6 +303,23 @@ def bomb(peer, args):
                 seen[-1].append(struct.unpack(">II", body)[1])
     except (TimeoutError, EOFError, ConnectionResetError) as error:
         return {"block": len(block), "seen": seen, "ended": type(error).__name__}
+
+
+def pairs(peer, args):
+    """--count complete pairs to --target-port at once, a byte echoed on each: how long until all
+    echoed (the relay's stream-open buckets pace the connects)."""
+    started = time.time()
+    for i in range(args.count):
+        data_stream = open_pair(peer, args.target_port, request=i, error_stream=1 + 4 * i)
+        peer.send(peer.data(data_stream, b"x"))
+    echoed = set()
+    while len(echoed) < args.count:
+        kind, a, flags, body = peer.frame(timeout=args.timeout)
+        if kind == "data" and body and a % 4 == 3:
+            echoed.add(a)
+        elif kind == "control" and a == GOAWAY:
+            break
+    return {"echoed": len(echoed), "seconds": round(time.time() - started, 3)}
 
 
 def upload(peer, args):
