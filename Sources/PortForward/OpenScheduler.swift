@@ -94,3 +94,61 @@ protocol OpenQueue: AnyObject {
     /// and, when a bucket stopped it, how long until a token.
     func startWaitingOpens(limit: Int) -> (started: Int, wait: UInt64)
 }
+
+/// A connection's stream opens waiting for their turn, oldest first, and its stream-open bucket:
+/// what every `OpenQueue` keeps. `next` hands out the opens the buckets allow, one at a time, so
+/// that the caller starts each outside this value (a connect may answer at once).
+struct WaitingOpens<Open> {
+    enum Next {
+        case start(Open)
+        /// A bucket is empty: a token comes in this many nanoseconds.
+        case wait(UInt64)
+        case empty
+    }
+
+    private var opens: [Open] = []
+    private var head = 0
+    private var bucket: TokenBucket
+
+    init(rate: TokenBucket.Setting) { bucket = TokenBucket(rate) }
+
+    var isEmpty: Bool { head == opens.count }
+
+    mutating func append(_ open: Open) { opens.append(open) }
+
+    mutating func removeAll() {
+        opens.removeAll()
+        head = 0
+    }
+
+    /// The next open to start now, within this connection's bucket and `peerWait` (the peer
+    /// address's bucket, whose token the caller takes); opens `isGone` says ended while they
+    /// waited are dropped on the way.
+    mutating func next(now: UInt64, peerWait: UInt64, isGone: (Open) -> Bool) -> Next {
+        while head < opens.count, isGone(opens[head]) { head += 1 }
+        guard head < opens.count else {
+            compact()
+            return .empty
+        }
+        let wait = max(bucket.wait(now: now), peerWait)
+        if wait > 0 {
+            compact()
+            return .wait(wait)
+        }
+        bucket.take(now: now)
+        let open = opens[head]
+        head += 1
+        compact()
+        return .start(open)
+    }
+
+    private mutating func compact() {
+        if head == opens.count {
+            opens.removeAll(keepingCapacity: opens.count <= 1024)
+            head = 0
+        } else if head > 1024 {
+            opens.removeFirst(head)
+            head = 0
+        }
+    }
+}

@@ -22,15 +22,13 @@ final class RelaySession: OpenQueue {
         var pod: Pod
         var port: Int
     }
-    private var waitingOpens: [WaitingOpen] = []
-    private var waitingHead = 0
+    private var waitingOpens: WaitingOpens<WaitingOpen>
     var inOpenScheduler = false
-    private var bucket: TokenBucket
 
     init(fd: FileDescriptor, peer: String, relay: Relay) throws {
         self.relay = relay
         self.peer = peer
-        bucket = TokenBucket(relay.limits.streamOpenRate)
+        waitingOpens = WaitingOpens(rate: relay.limits.streamOpenRate)
         let session = try Session(role: .server, settings: relay.settings)
         connection = Connection(fd: fd, session: session, reactor: relay.reactor,
                                 maxHeldBytes: relay.limits.maxHeldBytesPerConnection)
@@ -111,40 +109,23 @@ final class RelaySession: OpenQueue {
         return tunnel
     }
 
-    var hasWaitingOpens: Bool { waitingHead < waitingOpens.count }
+    var hasWaitingOpens: Bool { !waitingOpens.isEmpty }
 
-    /// Starts up to `limit` waiting opens within the token buckets; returns how many started and,
-    /// when a bucket stopped it, how long until a token.
     func startWaitingOpens(limit: Int) -> (started: Int, wait: UInt64) {
         var started = 0
         let now = Clock.nanoseconds()
-        while started < limit && waitingHead < waitingOpens.count {
-            let open = waitingOpens[waitingHead]
-            if open.tunnel.finished {
-                // Reset while it waited: nothing to undo.
-                waitingHead += 1
-                continue
+        while started < limit {
+            // Reset while it waited: nothing to undo.
+            switch waitingOpens.next(now: now, peerWait: relay.peerTokenWait(peer, now: now), isGone: { $0.tunnel.finished }) {
+            case .empty: return (started, 0)
+            case .wait(let nanoseconds): return (started, nanoseconds)
+            case .start(let open):
+                relay.takePeerToken(peer, now: now)
+                started += 1
+                connect(open)
             }
-            let wait = max(bucket.wait(now: now), relay.peerTokenWait(peer, now: now))
-            if wait > 0 { compact(); return (started, wait) }
-            bucket.take(now: now)
-            relay.takePeerToken(peer, now: now)
-            waitingHead += 1
-            started += 1
-            connect(open)
         }
-        compact()
         return (started, 0)
-    }
-
-    private func compact() {
-        if waitingHead == waitingOpens.count {
-            waitingOpens.removeAll(keepingCapacity: waitingOpens.count <= 1024)
-            waitingHead = 0
-        } else if waitingHead > 1024 {
-            waitingOpens.removeFirst(waitingHead)
-            waitingHead = 0
-        }
     }
 
     private func connect(_ open: WaitingOpen) {
@@ -197,7 +178,6 @@ final class RelaySession: OpenQueue {
         for attempt in attempts.values { attempt.cancel() }
         attempts.removeAll()
         waitingOpens.removeAll()
-        waitingHead = 0
         relay.sessionClosed(self, reason: reason)
     }
 }

@@ -32,10 +32,8 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
     private var attempts: [UInt32: ConnectAttempt] = [:]
     /// Complete pairs waiting for their turn to connect (`OpenScheduler`: the same per-connection
     /// and per-peer stream-open buckets as h2 streams), oldest first.
-    private var waitingOpens: [SPDYStream] = []
-    private var waitingHead = 0
+    private var waitingOpens: WaitingOpens<SPDYStream>
     var inOpenScheduler = false
-    private var bucket: TokenBucket
     /// Streams holding their bound of unwritten bytes.
     private var streamsAtBound = 0
     private let streamBound: Int
@@ -91,7 +89,7 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
         self.pod = pod
         self.relay = relay
         session = try SPDYSession()
-        bucket = TokenBucket(relay.limits.streamOpenRate)
+        waitingOpens = WaitingOpens(rate: relay.limits.streamOpenRate)
         held = HeldBytes(limit: relay.limits.maxHeldBytesPerConnection)
         streamBound = Int(relay.settings.streamWindow)
         keepalive = relay.limits.keepalive.interval > 0 ? relay.limits.keepalive : nil
@@ -356,38 +354,24 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
         relay.opens.enqueue(self)
     }
 
-    var hasWaitingOpens: Bool { waitingHead < waitingOpens.count }
+    var hasWaitingOpens: Bool { !waitingOpens.isEmpty }
 
     func startWaitingOpens(limit: Int) -> (started: Int, wait: UInt64) {
         var started = 0
         let now = Clock.nanoseconds()
-        while started < limit && waitingHead < waitingOpens.count {
-            let carrier = waitingOpens[waitingHead]
-            if carrier.tunnel.finished || closed {
-                // Reset (or its connection lost) while it waited: nothing to undo.
-                waitingHead += 1
-                continue
+        while started < limit {
+            // Reset (or its connection lost) while it waited: nothing to undo.
+            switch waitingOpens.next(now: now, peerWait: relay.peerTokenWait(peer, now: now),
+                                     isGone: { [closed] in closed || $0.tunnel.finished }) {
+            case .empty: return (started, 0)
+            case .wait(let nanoseconds): return (started, nanoseconds)
+            case .start(let carrier):
+                relay.takePeerToken(peer, now: now)
+                started += 1
+                connect(carrier)
             }
-            let wait = max(bucket.wait(now: now), relay.peerTokenWait(peer, now: now))
-            if wait > 0 { compactOpens(); return (started, wait) }
-            bucket.take(now: now)
-            relay.takePeerToken(peer, now: now)
-            waitingHead += 1
-            started += 1
-            connect(carrier)
         }
-        compactOpens()
         return (started, 0)
-    }
-
-    private func compactOpens() {
-        if waitingHead == waitingOpens.count {
-            waitingOpens.removeAll(keepingCapacity: waitingOpens.count <= 1024)
-            waitingHead = 0
-        } else if waitingHead > 1024 {
-            waitingOpens.removeFirst(waitingHead)
-            waitingHead = 0
-        }
     }
 
     private func connect(_ carrier: SPDYStream) {
@@ -638,7 +622,6 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
         streams.removeAll()
         ready.removeAll()
         waitingOpens.removeAll()
-        waitingHead = 0
         // Payloads queued for the socket go back once no cancelled write can read them.
         let pipe = inPipe
         inPipe = nil
