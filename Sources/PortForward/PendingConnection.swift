@@ -13,6 +13,8 @@ import WebSocket
 final class PendingConnection: CompletionHandler {
     let fd: FileDescriptor
     let peer: String
+    /// The client certificate's identity (a TLS connection that showed one), else nil.
+    let identity: Identity?
     unowned let relay: Relay
     private var handshake: Handshake
     private var timer: TimerID = 0
@@ -26,9 +28,10 @@ final class PendingConnection: CompletionHandler {
 
     private enum Tag: UInt32 { case receive = 0, timer = 1, write = 2 }
 
-    init(fd: FileDescriptor, peer: String, relay: Relay) {
+    init(fd: FileDescriptor, peer: String, identity: Identity? = nil, relay: Relay) {
         self.fd = fd
         self.peer = peer
+        self.identity = identity
         self.relay = relay
         handshake = Handshake(limits: Handshake.Limits(maxHead: relay.limits.maxRequestHead,
                                                        maxBody: relay.limits.maxUpgradeBody(relay.settings),

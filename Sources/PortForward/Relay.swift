@@ -91,7 +91,14 @@ public final class Relay: CompletionHandler {
             return
         }
         let peer = Sockets.peerAddress(fd)
-        let handshake = PendingConnection(fd: fd, peer: peer.length > 0 ? peer.ip : "?", relay: self)
+        accepted(fd, peer: peer.length > 0 ? peer.ip : "?", identity: nil)
+    }
+
+    /// A connection ready for its first request: a plain accepted socket, or (with TLS) the
+    /// inner end of a connection whose handshake is done, with the client certificate's
+    /// identity if it showed one.
+    func accepted(_ fd: FileDescriptor, peer: String, identity: Identity?) {
+        let handshake = PendingConnection(fd: fd, peer: peer, identity: identity, relay: self)
         handshakes[ObjectIdentifier(handshake)] = handshake
         handshake.start()
     }
