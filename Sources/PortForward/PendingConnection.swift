@@ -100,7 +100,7 @@ final class PendingConnection: CompletionHandler {
 
     private func serve(_ api: Handshake.APIRequest) {
         let request = api.request
-        let response = relay.api.respond(method: request.method, target: request.target, headers: request.fields)
+        let response = relay.apiResponse(method: request.method, target: request.target, headers: request.fields, identity: identity)
         relay.limitedLog("api: \(request.method) \(request.target.prefix(256)) from \(peer): \(response.status)")
         var head = "HTTP/1.1 \(response.status) \(response.reasonPhrase)\r\n"
         for (name, value) in response.headers { head += "\(name): \(value)\r\n" }

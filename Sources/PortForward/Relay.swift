@@ -118,6 +118,13 @@ public final class Relay: CompletionHandler {
         return .pod(pod)
     }
 
+    /// A Kubernetes API request, from whichever front end carried it (HTTP/1.1 here, an HTTP/2
+    /// stream over TLS with ALPN h2, as kubectl sends its reads over https): the one place where
+    /// API requests are answered (and, with authorization, checked).
+    func apiResponse(method: String, target: String, headers: HeadFields, identity: Identity?) -> KubernetesAPI.Response {
+        api.respond(method: method, target: target, headers: headers)
+    }
+
     func handshakeDone(_ handshake: PendingConnection) {
         handshakes[ObjectIdentifier(handshake)] = nil
     }
