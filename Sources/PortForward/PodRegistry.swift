@@ -470,7 +470,7 @@ func quoted(_ text: String) -> String {
 
 extension Node {
     /// The resolved type (`tag:yaml.org,2002:str`, `...:int`, `...:null`); Yams keeps `Tag.name` internal.
-    fileprivate var tagName: Tag.Name { Tag.Name(rawValue: tag.description) }
+    var tagName: Tag.Name { Tag.Name(rawValue: tag.description) }
 
     /// ":LINE" after the file's name in a message (nothing for a node made in code).
     fileprivate var lineSuffix: String { mark.map { ":\($0.line)" } ?? "" }
