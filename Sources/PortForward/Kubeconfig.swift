@@ -1,3 +1,4 @@
+import Reactor
 import WebSocket
 import Yams
 #if canImport(Glibc)
@@ -349,5 +350,32 @@ public struct ExecCredential: Equatable, Sendable {
         parts.tm_min = Int32(minute)
         parts.tm_sec = Int32(second)
         return Int(timegm(&parts)) - offset
+    }
+}
+
+extension Kubeconfig {
+    /// A kubeconfig file is read whole; larger ones are refused.
+    public static let maximumFileSize = 4 << 20
+
+    /// The files `paths(explicit:environment:)` chooses, read and merged. A missing file in
+    /// `KUBECONFIG` or the default path is skipped; a missing `--kubeconfig` is an error. No file
+    /// at all gives an empty configuration (then `--server` must say where to go).
+    public static func load(explicit: String?, environment: [String: String]) throws -> Kubeconfig {
+        let (paths, mustExist) = paths(explicit: explicit, environment: environment)
+        var files: [Kubeconfig] = []
+        for path in paths {
+            let text: String
+            do {
+                text = try TextFile.read(path, what: "kubeconfig", maximumSize: maximumFileSize)
+            } catch let error as SystemError where error.errno == ENOENT && !mustExist {
+                continue
+            } catch let error as TextFile.Problem {
+                throw LoadError(description: error.description)
+            } catch {
+                throw LoadError(description: "\(error)")
+            }
+            files.append(try Kubeconfig(yaml: text, path: path))
+        }
+        return merged(files)
     }
 }

@@ -99,56 +99,13 @@ public struct PodRegistry: Sendable {
     }
 
     /// Reads and parses the pods file at `path`: a regular file of at most `maximumFileSize`
-    /// bytes of UTF-8. Anything else (a FIFO, whose open or read could wait forever; a
-    /// directory; a device) is refused with one line.
+    /// bytes of UTF-8 (`TextFile`).
     public init(contentsOf path: String) throws {
-        // stat first: a FIFO or a device is refused without being opened.
-        var status = stat()
-        guard stat(path, &status) == 0 else { throw SystemError("cannot read pods file", subject: path) }
-        try Self.requireRegular(status, path)
-        var fd: Int32
-        repeat { fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY) } while fd < 0 && pf_errno() == EINTR
-        guard fd >= 0 else { throw SystemError("cannot read pods file", subject: path) }
-        defer { close(fd) }
-        // Again on what was opened: the path may have been replaced in between.
-        guard fstat(fd, &status) == 0 else { throw SystemError("cannot read pods file", subject: path) }
-        try Self.requireRegular(status, path)
-        if Int(status.st_size) > Self.maximumFileSize {
-            throw LoadError(description: "pods file \(path) is larger than \(Self.maximumFileSize >> 20) MiB (\(status.st_size) bytes)")
-        }
-        // Read to the end whatever the size said (a file may grow, procfs files say 0), but never
-        // past the limit.
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while bytes.count <= Self.maximumFileSize {
-            let count = read(fd, &chunk, chunk.count)
-            if count < 0 {
-                if pf_errno() == EINTR { continue }
-                throw SystemError("cannot read pods file", subject: path)
-            }
-            if count == 0 { break }
-            bytes.append(contentsOf: chunk[..<count])
-        }
-        if bytes.count > Self.maximumFileSize {
-            throw LoadError(description: "pods file \(path) is larger than \(Self.maximumFileSize >> 20) MiB")
-        }
-        guard let text = String(validating: bytes, as: UTF8.self) else {
-            throw LoadError(description: "pods file \(path) is not UTF-8 text")
+        let text: String
+        do { text = try TextFile.read(path, what: "pods file", maximumSize: Self.maximumFileSize) } catch let error as TextFile.Problem {
+            throw LoadError(description: error.description)
         }
         try self.init(yaml: text, source: path)
-    }
-
-    private static func requireRegular(_ status: stat, _ path: String) throws {
-        let kind: String
-        switch status.st_mode & S_IFMT {
-        case S_IFREG: return
-        case S_IFDIR: kind = "a directory"
-        case S_IFIFO: kind = "a FIFO"
-        case S_IFCHR, S_IFBLK: kind = "a device"
-        case S_IFSOCK: kind = "a socket"
-        default: kind = "not a regular file"
-        }
-        throw LoadError(description: "pods file \(path) is \(kind), not a regular file")
     }
 
     public init(yaml text: String, source: String = "pods file") throws {
