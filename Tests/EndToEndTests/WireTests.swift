@@ -23,6 +23,15 @@ extension Child {
     }
 }
 
+extension Child {
+    /// Every descriptor but those on network namespaces (the relay keeps one per pod it has
+    /// reached, by design).
+    func openFilesBesidesNamespaces() -> Int {
+        let all = openFiles()
+        return all < 0 ? all : all - openNetworkNamespaces().count
+    }
+}
+
 extension Scene {
     /// A relay reached through a proxy that delays every chunk by `delay` seconds each way
     /// (Tests/Peers/delayproxy.py): a client-relay round trip costs 2 x delay.
