@@ -7,11 +7,13 @@
 # alike), BENCH_ROUNDS rounds (3), and prints the medians with ratios to the reference design.
 #
 # Figures: iperf3 throughput with 1 and 8 connections; connection rate (connect, 4-byte echo,
-# close) serial and 4 in parallel, measured by `portforward bench connrate` through the row's
+# close) serial and 4 in parallel, measured by a minimal C client (Benchmarks/c/connrate.c,
+# blocking calls, one process per parallel connection; built here with cc) through the row's
 # local port (for portforward rows: through the `portforward forward` client, a new TCP
 # connection and so a new stream each time); fan-out for portforward rows
 # (`portforward bench fanout` straight to the relay: 10,000 streams on one connection).
-# The target servers (iperf3 -s, and `portforward bench --serve echo`) run in a network
+# The target servers (iperf3 -s, and a minimal C epoll echo server, Benchmarks/c/echo-server.c)
+# run in a network
 # namespace. Rows that are a single plain hop (direct, socat, ssh -L) run client, relay and
 # server on the namespace's loopback; the reference design and portforward cross from the host
 # into the namespace, as they do in real use.
@@ -59,7 +61,7 @@ if [ -n "$baseline" ]; then
     baseline=$(realpath "$baseline")
 fi
 [ "$(id -u)" -eq 0 ] || fail "needs root: the target servers run in a network namespace"
-for tool in ip iperf3 socat nsenter python3 timeout; do
+for tool in ip iperf3 socat nsenter python3 timeout cc; do
     command -v "$tool" >/dev/null || fail "$tool is missing: run 'make deps'"
 done
 
@@ -69,13 +71,17 @@ source scripts/lib.sh
 
 in_ns=(ip netns exec "$ns")
 
+# The load generator and the echo target: small C programs, so that neither is the bottleneck.
+cc -O2 -o "$work/connrate" Benchmarks/c/connrate.c || fail "cc could not build Benchmarks/c/connrate.c"
+cc -O2 -o "$work/echo-server" Benchmarks/c/echo-server.c || fail "cc could not build Benchmarks/c/echo-server.c"
+
 # --- The pod: a network namespace with iperf3 and an echo server --------------------------------
 ip netns delete "$ns" 2>/dev/null || true
 ip netns add "$ns"
 "${in_ns[@]}" ip link set lo up
 "${in_ns[@]}" iperf3 -s -p "$iperf_port" >"$work/iperf3-server.log" 2>&1 &
 pids+=($!); wait_port $! "$iperf_port" "iperf3 -s" "${in_ns[@]}"
-"${in_ns[@]}" "$bin" bench --serve echo --port "$echo_port" --io epoll >"$work/echo.log" 2>&1 &
+"${in_ns[@]}" "$work/echo-server" "$echo_port" >"$work/echo.log" 2>&1 &
 pids+=($!); wait_port $! "$echo_port" "the echo server" "${in_ns[@]}"
 printf 'pods:\n  - {namespace: bench, name: target, netns: /run/netns/%s}\n' "$ns" >"$work/pods.yaml"
 
@@ -271,17 +277,14 @@ if gigabytes > 0:
 }
 
 run_rate() {  # ROW PARALLEL ROUND
-    local row=$1 parallel=$2 round=$3 json=$work/rate-$1-$2-$3.json
-    if client "$row" timeout $((rate_seconds + 30)) "$bin" bench connrate --target "127.0.0.1:${echo_at[$row]}" \
-            -P "$parallel" -t "$rate_seconds" --warmup 0.5 -q --io epoll --json "$json" >"$json.out" 2>&1; then
-        record "$row" "rate$parallel" "$round" "$(python3 -c '
-import json, sys
-print(json.load(open(sys.argv[1]))["results"]["connections_per_s"])' "$json")"
+    local row=$1 parallel=$2 round=$3 out=$work/rate-$1-$2-$3.out
+    if client "$row" timeout $((rate_seconds + 30)) "$work/connrate" 127.0.0.1 "${echo_at[$row]}" "$rate_seconds" 0.5 \
+            "$parallel" >"$out" 2>"$out.err"; then
+        record "$row" "rate$parallel" "$round" "$(cut -d' ' -f1 "$out")"
+        record "$row" "p50_$parallel" "$round" "$(cut -d' ' -f2 "$out")"
     else
-        note "connrate -P $parallel through $row failed: $(tail -n 3 "$json.out" | tr '\n' ' ')"
-        [ -s "$json" ] && record "$row" "rate$parallel" "$round" "$(python3 -c '
-import json, sys
-print(json.load(open(sys.argv[1]))["results"]["connections_per_s"])' "$json")" || record "$row" "rate$parallel" "$round" nan
+        note "connrate -P $parallel through $row failed: $(tail -n 3 "$out" "$out.err" | tr '\n' ' ')"
+        record "$row" "rate$parallel" "$round" nan
     fi
 }
 
@@ -405,6 +408,23 @@ for r in rows:
     relay_cpu, client_cpu = median(r, "relay_cpu"), median(r, "client_cpu")
     if relay_cpu is not None:
         out.append(f"{r}: CPU-s per GB, one connection: relay {relay_cpu:.3f}, client {client_cpu or 0:.3f}")
+# Issue 13's anchors: the same figures as fractions of direct loopback (and of ssh -L), with the
+# spread of the rounds, and the serial connection's median latency.
+def spread(row, figure):
+    values = [v for v in samples.get((row, figure), []) if not math.isnan(v)]
+    return f"{fmt(min(values))}-{fmt(max(values))}" if values else "-"
+for r in rows:
+    if r == "direct": continue
+    parts = []
+    for f, t, anchor in (("rate1", "serial conn/s", "direct"), ("rate1", "serial conn/s", "ssh"),
+                         ("tput1", "1-conn throughput", "direct")):
+        if median(r, f) and median(anchor, f) and anchor != r:
+            parts.append(f"{t} {median(r, f) / median(anchor, f):.2f}x {anchor}")
+    if parts:
+        out.append(f"{r}: " + "; ".join(parts) + f"; serial conn/s {spread(r, 'rate1')} over rounds, "
+                   f"p50 {fmt(median(r, 'p50_1'))} us")
+if "direct" in rows:
+    out.append(f"direct: serial conn/s {spread('direct', 'rate1')} over rounds, p50 {fmt(median('direct', 'p50_1'))} us")
 held = [f"{r}: {fmt(median(r, 'fanout_held'))}/{int(fanout_streams):,} held, churn {fmt(median(r, 'churn_rate'))} streams/s, "
         f"open TTFB p99 {fmt((median(r, 'fanout_ttfb_p99') or 0) / 1000)} ms" for r in rows if r.startswith(("pf-", "base-"))]
 env = json.loads(env_json or "{}")

@@ -28,11 +28,15 @@ public enum ConnectorChoice: String, CaseIterable, Sendable {
 
 /// Enters the pod's network namespace only to create the socket (setns around `socket()`), then
 /// connects from the relay's own thread without blocking it: to 127.0.0.1:PORT, then [::1]:PORT.
-public final class NativeConnector: Connector {
+/// Each pod's namespace stays open (`NamespaceDescriptors`): a stream costs a `stat` of its path,
+/// not an open and a close.
+public final class NativeConnector: Connector, CompletionHandler {
     public let name = "native"
     let reactor: ReactorBackend
     let timeout: UInt64
     private let home: FileDescriptor
+    public let namespaces = NamespaceDescriptors()
+    private var sweeping = false
 
     public init(reactor: ReactorBackend, timeoutSeconds: Double = 5) throws {
         self.reactor = reactor
@@ -51,9 +55,13 @@ public final class NativeConnector: Connector {
     /// A socket created inside `path`'s network namespace (nil: ours).
     func socket(in path: String?, family: Int32) throws -> FileDescriptor {
         guard let path else { return try check("socket") { pf_socket_nonblock(family, Int32(SOCK_STREAM.rawValue)) } }
-        // Checked on every stream, not only at start: a pod's namespace may come (or go) after.
-        let namespace = try NetworkNamespace.open(path)
-        defer { Glibc.close(namespace) }
+        // Checked on every stream, not only at start: a pod's namespace may come (or go, or be
+        // replaced) after.
+        let namespace = try namespaces.descriptor(path)
+        if !sweeping {
+            sweeping = true
+            _ = reactor.timer(nanoseconds: UInt64(NamespaceDescriptors.sweepInterval * 1e9), handler: self, tag: 0)
+        }
         _ = try check("cannot enter network namespace", subject: path) { pf_setns(namespace, pf_clone_newnet) }
         defer {
             if pf_setns(home, pf_clone_newnet) != 0 {
@@ -61,6 +69,15 @@ public final class NativeConnector: Connector {
             }
         }
         return try check("socket") { pf_socket_nonblock(family, Int32(SOCK_STREAM.rawValue)) }
+    }
+
+    /// The sweep timer: namespaces that went away are let go of; the timer runs while any is held.
+    public func complete(_ completion: Completion) {
+        namespaces.sweep()
+        sweeping = namespaces.count > 0
+        if sweeping {
+            _ = reactor.timer(nanoseconds: UInt64(NamespaceDescriptors.sweepInterval * 1e9), handler: self, tag: 0)
+        }
     }
 }
 

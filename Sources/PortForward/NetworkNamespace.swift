@@ -11,7 +11,7 @@ public struct NamespaceProblem: Error, CustomStringConvertible, Equatable, Senda
 }
 
 /// Opening a pod's network namespace file safely: this runs on the reactor's thread (once per
-/// stream, and at start for every pod), so it must never block, and a path that is not a
+/// stream whose pod has no descriptor open yet, and at start for every pod), so it must never block, and a path that is not a
 /// network namespace must be named as such rather than surface as setns's bare EINVAL.
 public enum NetworkNamespace {
     /// A descriptor for `path`, checked to be a network namespace, ready for setns; the caller
@@ -60,7 +60,7 @@ public enum NetworkNamespace {
         }
     }
 
-    private static func problem(_ path: String, errno code: Int32) -> NamespaceProblem {
+    static func problem(_ path: String, errno code: Int32) -> NamespaceProblem {
         if code == ENOENT || code == ENOTDIR {
             return NamespaceProblem(description: "\(path) does not exist")
         }
@@ -76,5 +76,68 @@ public enum NetworkNamespace {
         case S_IFSOCK: "a socket"
         default: "not a regular file"
         }
+    }
+}
+
+/// One open descriptor per pod network namespace path, so that a stream costs one `stat` of the
+/// path (to see that it still names the same namespace) instead of stat, open, fstatfs, ioctl and
+/// close. A descriptor holds its namespace alive, so one whose path went away or now names
+/// another namespace (`ip netns del` + `ip netns add`, a pod's process replaced) is closed: on
+/// the next stream to that path, and for paths no stream asks for, by `sweep`, which the
+/// connector runs every `NamespaceDescriptors.sweepInterval`.
+public final class NamespaceDescriptors {
+    struct Entry {
+        var fd: FileDescriptor
+        var device: UInt64
+        var inode: UInt64
+    }
+
+    /// How often descriptors of namespaces that went away are looked for (and closed).
+    public static let sweepInterval: Double = 2
+
+    private var entries: [String: Entry] = [:]
+
+    public init() {}
+
+    deinit { for entry in entries.values { Glibc.close(entry.fd) } }
+
+    /// Descriptors held now.
+    public var count: Int { entries.count }
+
+    /// A descriptor for `path`, ready for setns; owned by this cache (the caller does not close it).
+    public func descriptor(_ path: String) throws(NamespaceProblem) -> FileDescriptor {
+        var status = stat()
+        let found = stat(path, &status) == 0
+        if let entry = entries[path] {
+            if found && Self.same(entry, status) { return entry.fd }
+            drop(path)
+        }
+        if !found { throw NetworkNamespace.problem(path, errno: pf_errno()) }
+        let fd = try NetworkNamespace.open(path)
+        // What was opened, not what was stat'ed a moment before (the path may have changed).
+        var opened = stat()
+        guard fstat(fd, &opened) == 0 else {
+            let code = pf_errno()
+            Glibc.close(fd)
+            throw NetworkNamespace.problem(path, errno: code)
+        }
+        entries[path] = Entry(fd: fd, device: UInt64(opened.st_dev), inode: UInt64(opened.st_ino))
+        return fd
+    }
+
+    /// Closes the descriptors whose path no longer names the namespace they hold.
+    public func sweep() {
+        for (path, entry) in entries {
+            var status = stat()
+            if stat(path, &status) != 0 || !Self.same(entry, status) { drop(path) }
+        }
+    }
+
+    private func drop(_ path: String) {
+        if let entry = entries.removeValue(forKey: path) { Glibc.close(entry.fd) }
+    }
+
+    private static func same(_ entry: Entry, _ status: stat) -> Bool {
+        entry.device == UInt64(status.st_dev) && entry.inode == UInt64(status.st_ino)
     }
 }

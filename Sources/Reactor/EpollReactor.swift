@@ -20,6 +20,10 @@ public final class EpollReactor: ReactorBackend {
         /// An accept resting after a resource error (0: none): it is not attempted until the
         /// timer wakes it, as the edge that would wake it may never come.
         var restTimer: TimerID = 0
+        /// epoll reported the descriptor readable (or ended) and no read has said EAGAIN since:
+        /// an edge that came while no reader waited is remembered here, not probed for with
+        /// poll() on the next `pollReadable`.
+        var mayRead = false
     }
 
     public let name = "epoll"
@@ -90,9 +94,9 @@ public final class EpollReactor: ReactorBackend {
     public func pollReadable(_ fd: FileDescriptor, handler: CompletionHandler, tag: UInt32) {
         register(fd)
         slots[Int(fd)].reader = Pending(request: .poll(fd), handler: handler, tag: tag)
-        // Edge-triggered: an edge that came before registration is not reported again.
-        var probe = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        if Glibc.poll(&probe, 1, 0) > 0 { attemptReader(fd) }
+        // Edge-triggered: an edge that came before is not reported again, but it was remembered
+        // (a descriptor just registered has its present readiness reported by epoll_ctl itself).
+        if slots[Int(fd)].mayRead { attemptReader(fd) }
     }
 
     public func timer(nanoseconds: UInt64, handler: CompletionHandler, tag: UInt32) -> TimerID {
@@ -120,7 +124,12 @@ public final class EpollReactor: ReactorBackend {
 
     public func spliceNow(from source: FileDescriptor, to destination: FileDescriptor, count: Int) -> Int {
         let moved = pf_splice(source, destination, count, pf_splice_move | pf_splice_nonblock)
-        return moved >= 0 ? moved : -Int(pf_errno())
+        if moved >= 0 { return moved }
+        let code = pf_errno()
+        // The callers splice a socket into an emptied pipe: EAGAIN says the socket has nothing,
+        // so the next `pollReadable` waits for an edge instead of trying at once.
+        if code == EAGAIN && Int(source) < slots.count { slots[Int(source)].mayRead = false }
+        return -Int(code)
     }
 
     public func schedule(_ task: DeferredTask) { core.addDeferred(task) }
@@ -142,8 +151,13 @@ public final class EpollReactor: ReactorBackend {
             for index in 0..<Int(count) {
                 let event = events[index]
                 let fd = FileDescriptor(truncatingIfNeeded: event.data)
-                if event.events & (pf_epollin | pf_epollerr | pf_epollhup | pf_epollrdhup) != 0 { attemptReader(fd) }
-                if event.events & (pf_epollout | pf_epollerr | pf_epollhup) != 0 { attemptWriter(fd) }
+                if event.events & (pf_epollin | pf_epollerr | pf_epollhup | pf_epollrdhup) != 0 {
+                    if Int(fd) < slots.count { slots[Int(fd)].mayRead = true }
+                    attemptReader(fd)
+                }
+                if event.events & (pf_epollout | pf_epollerr | pf_epollhup) != 0 {
+                    attemptWriter(fd, failed: event.events & (pf_epollerr | pf_epollhup) != 0)
+                }
             }
             core.fireTimers()
         }
@@ -190,7 +204,7 @@ public final class EpollReactor: ReactorBackend {
                     continue
                 }
                 let code = pf_errno()
-                if code == EAGAIN { return }
+                if code == EAGAIN { slots[index].mayRead = false; return }
                 if LoopCore.acceptSkips(after: code) { continue }
                 core.post(pending.handler, Completion(operation: .accept, tag: pending.tag, result: -code))
                 if LoopCore.acceptRests(after: code) {
@@ -208,6 +222,7 @@ public final class EpollReactor: ReactorBackend {
             let result = Glibc.read(fd, buffers.pointer(buffer), buffers.bufferSize)
             let code = result < 0 ? pf_errno() : 0
             if code == EAGAIN || code == EINTR {
+                if code == EAGAIN { slots[index].mayRead = false }
                 buffers.release(buffer)
                 return
             }
@@ -237,14 +252,17 @@ public final class EpollReactor: ReactorBackend {
         attemptReader(fd)
     }
 
-    private func attemptWriter(_ fd: FileDescriptor) {
+    /// `failed`: epoll said EPOLLERR or EPOLLHUP (false from an event without them: a connect is
+    /// then complete without asking SO_ERROR).
+    private func attemptWriter(_ fd: FileDescriptor, failed: Bool = true) {
         let index = Int(fd)
         guard index < slots.count, let pending = slots[index].writer else { return }
         let result: Int
         switch pending.request {
         case .connect:
             slots[index].writer = nil
-            let code = Sockets.socketError(fd)
+            // Writable without an error: connected. Otherwise SO_ERROR says why not.
+            let code = failed ? Sockets.socketError(fd) : 0
             core.post(pending.handler, Completion(operation: .connect, tag: pending.tag, result: -code))
             return
         case .write(_, let pointer, let count):
@@ -263,7 +281,10 @@ public final class EpollReactor: ReactorBackend {
     private func finish(reader: Bool, _ index: Int, _ pending: Pending, _ result: Int) {
         if result < 0 {
             let code = pf_errno()
-            if code == EAGAIN || code == EINTR { return }
+            if code == EAGAIN || code == EINTR {
+                if reader && code == EAGAIN { slots[index].mayRead = false }
+                return
+            }
             if reader { slots[index].reader = nil } else { slots[index].writer = nil }
             core.post(pending.handler, Completion(operation: pending.request.operation, tag: pending.tag, result: -code))
             return
