@@ -85,6 +85,9 @@ public final class TLSConnection: CompletionHandler {
         self.peer = peer
         self.deadlineSeconds = deadlineSeconds
         phase = .handshake
+        // The pump writes whole records, flushed when it has them: Nagle would only hold a
+        // small one (a stream's HEADERS, a 4-byte echo) for the peer's delayed ACK, 40 ms.
+        Sockets.noDelay(fd)
     }
 
     /// The client side, its handshake done (`TLSClientHandshake`): `openInner()` starts the pump.
@@ -99,6 +102,7 @@ public final class TLSConnection: CompletionHandler {
         self.deadlineSeconds = deadlineSeconds
         phase = .open
         sniffed = true
+        Sockets.noDelay(session.fd)
     }
 
     /// Server: waits for the ClientHello, within the deadline.
@@ -222,11 +226,23 @@ public final class TLSConnection: CompletionHandler {
         guard phase == .open else { return }
         // Plaintext towards the inner end, one buffer at a time.
         while innerWrite == nil && !outerReadEnded {
+            // As many records as the buffer takes (SSL_read gives one record, 16 KiB at most, a
+            // call), so that one write to the pair carries them all.
             let buffer = reactor.buffers.take()
-            ERR_clear_error()
-            let count = SSL_read(ssl, reactor.buffers.pointer(buffer), Int32(reactor.buffers.bufferSize))
-            if count > 0 {
-                innerWrite = InFlight(buffer: buffer, offset: 0, count: Int(count))
+            let start = reactor.buffers.pointer(buffer)
+            let size = reactor.buffers.bufferSize
+            var filled = 0
+            var count: Int32 = 0
+            while filled < size {
+                ERR_clear_error()
+                count = SSL_read(ssl, start + filled, Int32(size - filled))
+                if count <= 0 { break }
+                filled += Int(count)
+            }
+            if filled > 0 {
+                // What stopped the filling (more wanted, close_notify, an error) is met again by
+                // the next SSL_read, once this buffer is written.
+                innerWrite = InFlight(buffer: buffer, offset: 0, count: filled)
                 issueInnerWrite()
                 break
             }
