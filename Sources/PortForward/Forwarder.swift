@@ -392,7 +392,16 @@ public final class Forwarder: CompletionHandler {
 
     private func connectionClosed(_ reason: String?) {
         if !stopping {
-            printError("error: lost connection to relay at \(options.server): \(tlsFailure ?? reason ?? "closed")")
+            if let tlsFailure, tlsFailure.contains("alert") {
+                // TLS 1.3: the relay checks a client certificate after the client's handshake is
+                // done, and its refusal arrives as an alert at the first read.
+                let alert = tlsFailure.components(separatedBy: "TLS: ").last ?? tlsFailure
+                printError("error: the relay at \(options.server) refused the TLS connection: \(alert)"
+                           + (alert.contains("certificate") || alert.contains("unknown ca")
+                              ? " (it asks for a client certificate signed by its --client-ca-file: see --client-certificate)" : ""))
+            } else {
+                printError("error: lost connection to relay at \(options.server): \(tlsFailure ?? reason ?? "closed")")
+            }
             exitCode = 1
         }
         reactor.stop()

@@ -209,7 +209,7 @@ struct TLSEndToEndTests {
                 let result = try failingForward(["--server", relay.url, "--certificate-authority", files.ca] + credentials, scene: scene)
                 #expect(result.status != 0, "\(credentials): \(result)")
                 let errors = result.errors.filter { $0.hasPrefix("error: ") }
-                #expect(errors.count == 1 && errors[0].contains("alert"), "\(credentials): \(result.stderr)")
+                #expect(errors.count == 1 && errors[0].contains("refused the TLS connection") && errors[0].contains("alert"), "\(credentials): \(result.stderr)")
             }
             let log = relay.child.stderr
             #expect(log.contains("TLS handshake from 127.0.0.1 failed: certificate verify failed (client certificate: unable to get local issuer certificate)")
