@@ -23,7 +23,7 @@
 #
 # Knobs: PORTFORWARD (binary), BENCH_ROUNDS (3), BENCH_SECONDS (3, per iperf3 run),
 # BENCH_RATE_SECONDS (2, per connection-rate run), BENCH_FANOUT (10000 streams),
-# BENCH_ROWS (space-separated subset of: direct socat reference ssh pf-epoll pf-uring),
+# BENCH_ROWS (space-separated subset of: direct socat reference ssh pf-epoll pf-uring pf-tls-epoll pf-tls-uring),
 # BENCH_COPY (the relay's and client's --copy; default: their own default),
 # BENCH_BASELINE (another portforward binary, e.g. an older commit's: adds the rows base-epoll and
 # base-uring, its relay and client under the same loads in the same rounds; the load generators
@@ -32,6 +32,9 @@
 # kubectl-ws, kubectl-spdy (kubectl 1.32, BENCH_KUBECTL, port-forwarding through a relay in each
 # mode) and kubectl-ws-nsenter, kubectl-spdy-nsenter (the same with the relay's nsenter+socat
 # connector, the reference design's node side).
+# pf-tls-epoll, pf-tls-uring (in the default rows): portforward over TLS (certificates made for the
+# run with openssl; TLS 1.3 with TLS_AES_128_GCM_SHA256 only, to compare with ssh -L's
+# aes128-gcm); no fan-out figure (the load generator speaks h2c only).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -41,7 +44,7 @@ seconds=${BENCH_SECONDS:-3}
 rate_seconds=${BENCH_RATE_SECONDS:-2}
 fanout_streams=${BENCH_FANOUT:-10000}
 baseline=${BENCH_BASELINE:-}
-default_rows="direct socat reference ssh pf-epoll pf-uring"
+default_rows="direct socat reference ssh pf-epoll pf-uring pf-tls-epoll pf-tls-uring"
 [ -n "$baseline" ] && default_rows+=" base-epoll base-uring"
 rows=(${BENCH_ROWS:-$default_rows})
 copy_args=()
@@ -191,17 +194,39 @@ start_kubectl() {  # ROW MODE CONNECTOR
     pid_of[client-$row]=$!
 }
 
+# TLS rows: a CA and a relay certificate for 127.0.0.1, made once per run.
+make_tls_files() {
+    [ -f "$work/tls-ca.crt" ] && return 0
+    command -v openssl >/dev/null || return 1
+    printf 'subjectAltName=IP:127.0.0.1\n' >"$work/tls-san.cnf"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/tls-ca.key" \
+        -out "$work/tls-ca.crt" -subj /CN=bench-ca -days 1 2>/dev/null &&
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/tls-relay.key" \
+        -out "$work/tls-relay.csr" -subj /CN=relay 2>/dev/null &&
+    openssl x509 -req -in "$work/tls-relay.csr" -CA "$work/tls-ca.crt" -CAkey "$work/tls-ca.key" -CAcreateserial \
+        -out "$work/tls-relay.crt" -days 1 -extfile "$work/tls-san.cnf" 2>/dev/null
+}
+
 # portforward: a relay that knows the pod, and `portforward forward` for both target ports.
-start_portforward() {  # ROW IO [BINARY]
-    local row=$1 io=$2 binary=${3:-$bin}
+# With TLS (4th argument "tls"): the relay's port is TLS, the client's URL https, AES-128-GCM only.
+start_portforward() {  # ROW IO [BINARY [tls]]
+    local row=$1 io=$2 binary=${3:-$bin} tls=${4:-}
     local relay_port; relay_port=$(free_port)
+    local relay_tls=() client_tls=() scheme=http
+    if [ "$tls" = tls ]; then
+        make_tls_files || { skip_reason[$row]="openssl could not make the certificates"; return 1; }
+        relay_tls=(--tls-cert-file "$work/tls-relay.crt" --tls-private-key-file "$work/tls-relay.key"
+                   --tls-cipher-suites TLS_AES_128_GCM_SHA256)
+        client_tls=(--certificate-authority "$work/tls-ca.crt" --tls-cipher-suites TLS_AES_128_GCM_SHA256)
+        scheme=https
+    fi
     "$binary" relay --listen "127.0.0.1:$relay_port" --node bench --pods "$work/pods.yaml" --io "$io" \
-        "${copy_args[@]}" >"$work/relay-$row.log" 2>&1 &
+        "${relay_tls[@]}" "${copy_args[@]}" >"$work/relay-$row.log" 2>&1 &
     pids+=($!); pid_of[relay-$row]=$!; wait_port $! "$relay_port" "portforward relay --io $io"
     where[$row]=host; relay_at[$row]=$relay_port
     iperf_at[$row]=$(free_port); echo_at[$row]=$(free_port)
     # The per-connection "Handling connection" lines go to a file, as a user's terminal would take them.
-    "$binary" forward --server "http://127.0.0.1:$relay_port" --io "$io" "${copy_args[@]}" --address 127.0.0.1 \
+    "$binary" forward --server "$scheme://127.0.0.1:$relay_port" "${client_tls[@]}" --io "$io" "${copy_args[@]}" --address 127.0.0.1 \
         -n bench target "${iperf_at[$row]}:$iperf_port" "${echo_at[$row]}:$echo_port" \
         >"$work/forward-$row.log" 2>&1 &
     pids+=($!); pid_of[client-$row]=$!; wait_port $! "${echo_at[$row]}" "portforward forward --io $io"
@@ -216,6 +241,8 @@ for row in "${rows[@]}"; do
         ssh) if start_ssh; then active+=(ssh); else note "skipping ssh -L: ${skip_reason[ssh]}"; fi ;;
         pf-epoll) start_portforward pf-epoll epoll && active+=(pf-epoll) ;;
         pf-uring) start_portforward pf-uring uring && active+=(pf-uring) ;;
+        pf-tls-epoll|pf-tls-uring)
+            if start_portforward "$row" "${row#pf-tls-}" "$bin" tls; then active+=("$row"); else note "skipping $row: ${skip_reason[$row]}"; fi ;;
         base-epoll|base-uring)
             [ -n "$baseline" ] || fail "row $row needs BENCH_BASELINE"
             start_portforward "$row" "${row#base-}" "$baseline" && active+=("$row") ;;
@@ -315,7 +342,7 @@ for round in $(seq "$rounds"); do
         for row in "${active[@]}"; do note "round $round/$rounds: connection rate x$parallel: $row"; run_rate "$row" "$parallel" "$round"; done
     done
     for row in "${active[@]}"; do
-        case $row in pf-*|base-*) note "round $round/$rounds: fan-out: $row"; run_fanout "$row" "$round" ;; esac
+        case $row in pf-tls-*) ;; pf-*|base-*) note "round $round/$rounds: fan-out: $row"; run_fanout "$row" "$round" ;; esac
     done
 done
 elapsed=$((SECONDS - started))
@@ -342,11 +369,12 @@ python3 - "$results" "$out_dir/bench-$stamp" "$rounds" "$seconds" "$rate_seconds
 import json, math, os, platform, subprocess, sys, statistics
 (results, base, rounds, seconds, rate_seconds, fanout_streams, elapsed,
  env_json, skipped, copy, active) = sys.argv[1:12]
-rows_order = ["direct", "socat", "reference", "ssh", "pf-epoll", "pf-uring", "base-epoll", "base-uring",
+rows_order = ["direct", "socat", "reference", "ssh", "pf-epoll", "pf-uring", "pf-tls-epoll", "pf-tls-uring", "base-epoll", "base-uring",
               "kubectl-ws", "kubectl-spdy", "kubectl-ws-nsenter", "kubectl-spdy-nsenter"]
 labels = {"direct": "direct loopback (no relay)", "socat": "socat relay",
           "reference": "reference design (socat -> nsenter + socat)", "ssh": "ssh -L (aes128-gcm)",
           "pf-epoll": "portforward, epoll", "pf-uring": "portforward, io_uring",
+          "pf-tls-epoll": "portforward TLS (aes128-gcm), epoll", "pf-tls-uring": "portforward TLS (aes128-gcm), io_uring",
           "base-epoll": "baseline binary, epoll", "base-uring": "baseline binary, io_uring",
           "kubectl-ws": "kubectl 1.32 (WebSocket) -> our relay", "kubectl-spdy": "kubectl 1.32 (SPDY) -> our relay",
           "kubectl-ws-nsenter": "kubectl 1.32 (WebSocket) -> relay, nsenter+socat",
@@ -426,7 +454,7 @@ for r in rows:
 if "direct" in rows:
     out.append(f"direct: serial conn/s {spread('direct', 'rate1')} over rounds, p50 {fmt(median('direct', 'p50_1'))} us")
 held = [f"{r}: {fmt(median(r, 'fanout_held'))}/{int(fanout_streams):,} held, churn {fmt(median(r, 'churn_rate'))} streams/s, "
-        f"open TTFB p99 {fmt((median(r, 'fanout_ttfb_p99') or 0) / 1000)} ms" for r in rows if r.startswith(("pf-", "base-"))]
+        f"open TTFB p99 {fmt((median(r, 'fanout_ttfb_p99') or 0) / 1000)} ms" for r in rows if r.startswith(("pf-", "base-")) and not r.startswith("pf-tls-")]
 env = json.loads(env_json or "{}")
 def version(cmd):
     try:

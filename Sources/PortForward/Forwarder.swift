@@ -2,6 +2,7 @@ import CNGHTTP2
 import CLinuxShim
 import HTTP2
 import Reactor
+import TLS
 #if canImport(Glibc)
 @preconcurrency import Glibc
 #endif
@@ -19,6 +20,8 @@ public struct ForwardOptions: Sendable {
     /// PING the relay after this long without a byte from it, and give up on the session when the
     /// answer has not come within the timeout (`--keepalive-interval`, `--keepalive-timeout`).
     public var keepalive: Keepalive? = Keepalive()
+    /// For an `https://` server.
+    public var tls = TLSClientOptions()
 
     public init(server: String, target: ForwardPath, ports: [PortSpec], addresses: [String] = ["localhost"]) {
         self.server = server
@@ -28,34 +31,56 @@ public struct ForwardOptions: Sendable {
     }
 }
 
+/// How the client speaks TLS to an `https://` relay (kubectl's flag names).
+public struct TLSClientOptions: Sendable {
+    /// `--certificate-authority`: the CA the relay's certificate must chain to (else the system store).
+    public var certificateAuthorityFile: String?
+    /// `--client-certificate`, `--client-key`: shown when the relay asks (`--client-ca-file`).
+    public var clientCertificateFile: String?
+    public var clientKeyFile: String?
+    /// `--insecure-skip-tls-verify`: no check of the relay's certificate at all.
+    public var insecureSkipVerify = false
+    /// `--tls-server-name`: the name the certificate must carry, instead of the URL's host.
+    public var serverName: String?
+    /// Cipher suites to allow (OpenSSL names, `:`-separated), for measurements; nil: OpenSSL's defaults.
+    public var cipherList: String?
+
+    public init() {}
+}
+
 public struct ForwardError: Error, CustomStringConvertible, Sendable {
     public var description: String
     public init(_ description: String) { self.description = description }
 }
 
-/// `http://host:port` split up.
+/// `http://host:port` or `https://host:port` split up.
 public struct ServerURL: Sendable {
     public var host: String
     public var port: Int
+    /// `https://`: TLS, then HTTP/2 (ALPN h2).
+    public var secure = false
 
     public init(parsing text: String) throws {
         var rest = Substring(text)
         if rest.hasPrefix("https://") {
-            throw ForwardError("\(text): https is not supported; the relay speaks h2c (http://)")
+            secure = true
+            rest = rest.dropFirst(8)
+        } else if rest.hasPrefix("http://") {
+            rest = rest.dropFirst(7)
         }
-        if rest.hasPrefix("http://") { rest = rest.dropFirst(7) }
+        let defaultPort = secure ? 443 : 80
         if let slash = rest.firstIndex(of: "/") { rest = rest[..<slash] }
         guard !rest.isEmpty else { throw ForwardError("invalid server URL \"\(text)\"") }
         if rest.hasPrefix("["), let close = rest.firstIndex(of: "]") {
             host = String(rest[rest.index(after: rest.startIndex)..<close])
             let after = rest[rest.index(after: close)...]
-            port = after.hasPrefix(":") ? Int(after.dropFirst()) ?? -1 : 80
+            port = after.hasPrefix(":") ? Int(after.dropFirst()) ?? -1 : defaultPort
         } else if let colon = rest.lastIndex(of: ":") {
             host = String(rest[..<colon])
             port = Int(rest[rest.index(after: colon)...]) ?? -1
         } else {
             host = String(rest)
-            port = 80
+            port = defaultPort
         }
         guard (1...65535).contains(port) else { throw ForwardError("invalid server URL \"\(text)\": bad port") }
     }
@@ -73,6 +98,9 @@ public final class Forwarder: CompletionHandler {
     private var listeners: [(fd: FileDescriptor, spec: PortSpec)] = []
     private let table = StreamTable()
     private var signals: SignalWatcher?
+    /// The TLS pump under the relay connection (`https://`), and why it failed, if it did.
+    private var tls: TLSConnection?
+    private var tlsFailure: String?
     private var stopping = false
     /// Splice mode: local bytes go socket -> pipe -> relay connection (nil: pooled buffers).
     public var pipes: PipePool?
@@ -99,11 +127,19 @@ public final class Forwarder: CompletionHandler {
     /// Connects and upgrades (blocking: nothing else is going on yet), then opens the listeners.
     /// Throws with the one line to show when the relay cannot be reached or refuses the pod.
     public func start() throws {
-        let fd = try dial()
         let settings = SessionSettings()
-        let (leftover, _) = try upgrade(fd, settings: settings)
+        let fd: FileDescriptor
+        let leftover: [UInt8]
         let session = try Session(role: .client, settings: settings)
-        try session.upgrade(settingsPayload: HTTPText.settingsPayload(settings))
+        if server.secure {
+            // TLS with ALPN h2: HTTP/2 with prior knowledge, each stream naming the pod.
+            fd = try secureDial()
+            leftover = []
+        } else {
+            fd = try dial()
+            (leftover, _) = try upgrade(fd, settings: settings)
+            try session.upgrade(settingsPayload: HTTPText.settingsPayload(settings))
+        }
         connection = Connection(fd: fd, session: session, reactor: reactor)
         table.serve(connection, pipes: pipes) { [unowned self] reason in self.connectionClosed(reason) }
         table.onHeaders = { [unowned self] headers, stream, endStream in
@@ -121,6 +157,35 @@ public final class Forwarder: CompletionHandler {
         } catch {
             // The default action still ends the process on Ctrl-C, only without a GOAWAY.
             printError("warning: cannot watch for Ctrl-C and SIGTERM (\(error)): they will end the client abruptly")
+        }
+    }
+
+    /// Dials, then the TLS handshake (blocking, like the dial and the upgrade); returns the inner
+    /// end of the TLS pump, which the relay connection reads and writes as plaintext.
+    private func secureDial() throws -> FileDescriptor {
+        let tcp = try dial()
+        do {
+            let context = try TLSContext.client(certificateAuthorityFile: options.tls.certificateAuthorityFile,
+                                                clientCertificateFile: options.tls.clientCertificateFile,
+                                                clientKeyFile: options.tls.clientKeyFile,
+                                                insecureSkipVerify: options.tls.insecureSkipVerify,
+                                                cipherList: options.tls.cipherList)
+            let established = try TLSClientHandshake.perform(fd: tcp, context: context,
+                                                             serverName: options.tls.serverName ?? server.host,
+                                                             timeoutSeconds: options.upgradeTimeoutSeconds)
+            guard established.alpn == "h2" else {
+                throw ForwardError("the relay did not agree to HTTP/2 over TLS (ALPN \(established.alpn ?? "none")): is it a portforward relay?")
+            }
+            let pump = TLSConnection(established: established, reactor: reactor, peer: server.authority, deadlineSeconds: 2)
+            pump.log = { [unowned self] line in
+                self.tlsFailure = line
+                self.log?(line)
+            }
+            tls = pump
+            return try pump.openInner()
+        } catch {
+            if tls == nil { Glibc.close(tcp) }
+            throw ForwardError("cannot connect to relay at \(options.server): \(error)")
         }
     }
 
@@ -225,6 +290,9 @@ public final class Forwarder: CompletionHandler {
             .split(separator: "\n").first.map(String.init) ?? ""
         // A relay's refusals are one line of text/plain; anything else is not a relay.
         let plain = head.header("content-type")?.hasPrefix("text/plain") ?? false
+        if body.hasPrefix("Client sent an HTTP request to an HTTPS server") {
+            throw ForwardError("\(options.server) serves TLS, not plain HTTP (it answered \(head.status): \(body)): use https://")
+        }
         if plain && !body.isEmpty && Refusal.textIsMessage(status: head.status) { throw ForwardError(body) }
         throw ForwardError("\(options.server) answered \(head.status) to the upgrade"
                            + (plain && !body.isEmpty ? ": \(body)" : " (is it a portforward relay?)"))
@@ -286,7 +354,7 @@ public final class Forwarder: CompletionHandler {
         carrier.carry(tunnel)
         do {
             carrier.id = try connection.session.submitRequest([
-                (":method", "POST"), (":scheme", "http"), (":authority", server.authority),
+                (":method", "POST"), (":scheme", server.secure ? "https" : "http"), (":authority", server.authority),
                 (":path", options.target.path), ("port", "\(spec.remote)"),
             ], body: carrier)
         } catch {
@@ -324,7 +392,16 @@ public final class Forwarder: CompletionHandler {
 
     private func connectionClosed(_ reason: String?) {
         if !stopping {
-            printError("error: lost connection to relay at \(options.server): \(reason ?? "closed")")
+            if let tlsFailure, tlsFailure.contains("alert") {
+                // TLS 1.3: the relay checks a client certificate after the client's handshake is
+                // done, and its refusal arrives as an alert at the first read.
+                let alert = tlsFailure.components(separatedBy: "TLS: ").last ?? tlsFailure
+                printError("error: the relay at \(options.server) refused the TLS connection: \(alert)"
+                           + (alert.contains("certificate") || alert.contains("unknown ca")
+                              ? " (it asks for a client certificate signed by its --client-ca-file: see --client-certificate)" : ""))
+            } else {
+                printError("error: lost connection to relay at \(options.server): \(tlsFailure ?? reason ?? "closed")")
+            }
             exitCode = 1
         }
         reactor.stop()

@@ -25,6 +25,7 @@ final class PendingConnection: CompletionHandler {
     private var answer: UnsafeMutableRawBufferPointer?
     private var answerWritten = 0
     private var keepAlive = false
+    private var firstBytes = true
 
     private enum Tag: UInt32 { case receive = 0, timer = 1, write = 2 }
 
@@ -73,6 +74,16 @@ final class PendingConnection: CompletionHandler {
             return
         }
         let pool = relay.reactor.buffers
+        if firstBytes {
+            firstBytes = false
+            // A TLS record (22, a handshake: a ClientHello) where a request should be: an https
+            // client at a plain port. Answered at once (its TLS library reports the answer as "not
+            // TLS") rather than at the handshake timeout.
+            if pool.pointer(completion.buffer).load(as: UInt8.self) == 0x16 {
+                pool.release(completion.buffer)
+                return refuse(.badRequest("the client sent a TLS handshake to a plain HTTP port"))
+            }
+        }
         let decision = handshake.receive(UnsafeRawBufferPointer(start: pool.pointer(completion.buffer), count: Int(completion.result)))
         pool.release(completion.buffer)
         act(decision)
@@ -166,7 +177,7 @@ final class PendingConnection: CompletionHandler {
         }
         let session: RelaySession
         do {
-            session = try RelaySession(fd: fd, peer: peer, relay: relay)
+            session = try RelaySession(fd: fd, peer: peer, identity: identity, relay: relay)
         } catch {
             finish()
             relay.limitedLog("session: \(error)")

@@ -2,6 +2,7 @@ import CLinuxShim
 import CNGHTTP2
 import HTTP2
 import Reactor
+import TLS
 #if canImport(Glibc)
 @preconcurrency import Glibc
 #endif
@@ -25,6 +26,17 @@ public final class Relay: CompletionHandler {
     /// The official clients' port-forward connections (the WebSocket channel protocol).
     var channelSessions: [ObjectIdentifier: ChannelRelaySession] = [:]
     var handshakes: [ObjectIdentifier: PendingConnection] = [:]
+    /// With `--tls-cert-file`, the listening port is TLS only: each accepted socket is a
+    /// `TLSConnection` whose inner end, once the handshake is done, is accepted like a plain socket.
+    public var tls: TLSContext?
+    /// TLS connections, and whether each one's handshake is done (those not done yet count as
+    /// connections; a done one's inner end is counted as its session).
+    private var tlsConnections: [ObjectIdentifier: (connection: TLSConnection, established: Bool)] = [:]
+    private var tlsHandshakes = 0
+    /// The port is TLS only (`--tls-cert-file`).
+    public var tlsEnabled: Bool { tls != nil }
+    /// Clients must show a certificate signed by `--client-ca-file` at the handshake.
+    public var clientCAConfigured: Bool { tls?.verifiesClients ?? false }
     /// Protocol and connection errors, one line each, rate-limited (`-v`).
     public var log: (String) -> Void = { _ in } {
         didSet { limitedLog = LogLimiter(sink: log) }
@@ -84,14 +96,45 @@ public final class Relay: CompletionHandler {
             return
         }
         let fd = completion.result
-        if handshakes.count + sessions.count + spdySessions.count + channelSessions.count >= limits.maxConnections {
+        if handshakes.count + tlsHandshakes + sessions.count + spdySessions.count + channelSessions.count >= limits.maxConnections {
             limitedLog("connection refused: \(limits.maxConnections) connections open (--max-connections)")
             Sockets.resetOnClose(fd)
             reactor.close(fd)
             return
         }
-        let peer = Sockets.peerAddress(fd)
-        accepted(fd, peer: peer.length > 0 ? peer.ip : "?", identity: nil)
+        let address = Sockets.peerAddress(fd)
+        let peer = address.length > 0 ? address.ip : "?"
+        if let tls { return startTLS(fd, peer: peer, context: tls) }
+        accepted(fd, peer: peer, identity: nil)
+    }
+
+    /// The TLS handshake, within the handshake timeout; then its inner end is `accepted`, with
+    /// the verified client certificate's identity (CN the user, each O a group).
+    private func startTLS(_ fd: FileDescriptor, peer: String, context: TLSContext) {
+        let connection: TLSConnection
+        do {
+            connection = try TLSConnection(serverSocket: fd, peer: peer, context: context, reactor: reactor,
+                                           deadlineSeconds: limits.handshakeTimeout)
+        } catch {
+            limitedLog("TLS from \(peer): \(error)")
+            reactor.close(fd)
+            return
+        }
+        let key = ObjectIdentifier(connection)
+        connection.log = { [unowned self] line in self.limitedLog(line) }
+        connection.onEstablished = { [unowned self] inner, tlsPeer in
+            self.tlsConnections[key]?.established = true
+            self.tlsHandshakes -= 1
+            let identity = tlsPeer.subject.flatMap { $0.commonName.isEmpty ? nil : Identity(user: $0.commonName, groups: $0.organizations) }
+            self.limitedLog("TLS from \(peer): ALPN \(tlsPeer.alpn ?? "none")\(identity.map { ", client certificate of \($0.user)" } ?? "")")
+            self.accepted(inner, peer: peer, identity: identity)
+        }
+        connection.onClosed = { [unowned self] _ in
+            if let entry = self.tlsConnections.removeValue(forKey: key), !entry.established { self.tlsHandshakes -= 1 }
+        }
+        tlsConnections[key] = (connection, false)
+        tlsHandshakes += 1
+        connection.start()
     }
 
     /// A connection ready for its first request: a plain accepted socket, or (with TLS) the

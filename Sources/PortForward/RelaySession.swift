@@ -12,6 +12,8 @@ final class RelaySession: OpenQueue {
     let connection: Connection
     unowned let relay: Relay
     let peer: String
+    /// The client certificate's identity (TLS), passed with each API request the session answers.
+    let identity: Identity?
     let table = StreamTable()
     var attempts: [StreamID: ConnectAttempt] = [:]
 
@@ -25,9 +27,10 @@ final class RelaySession: OpenQueue {
     private var waitingOpens: WaitingOpens<WaitingOpen>
     var inOpenScheduler = false
 
-    init(fd: FileDescriptor, peer: String, relay: Relay) throws {
+    init(fd: FileDescriptor, peer: String, identity: Identity? = nil, relay: Relay) throws {
         self.relay = relay
         self.peer = peer
+        self.identity = identity
         waitingOpens = WaitingOpens(rate: relay.limits.streamOpenRate)
         let session = try Session(role: .server, settings: relay.settings)
         connection = Connection(fd: fd, session: session, reactor: relay.reactor,
@@ -73,6 +76,11 @@ final class RelaySession: OpenQueue {
 
     @discardableResult
     private func request(headers: HeaderList, stream: StreamID, endStream: Bool) -> Tunnel? {
+        let method = headers[":method"] ?? ""
+        if headers["port"] == nil, method == "GET" || method == "HEAD", let path = headers[":path"], KubernetesAPI.serves(path) {
+            answerAPI(stream, method: method, target: path, headers: headers)
+            return nil
+        }
         let pod: Pod
         switch relay.resolve(headers[":path"] ?? "") {
         case .refused(let refusal):
@@ -157,6 +165,24 @@ final class RelaySession: OpenQueue {
         }
         // A connector may answer at once (a namespace that cannot be entered): nothing to keep then.
         if !answered { attempts[stream] = attempt }
+    }
+
+    /// A Kubernetes API read carried by an HTTP/2 stream (kubectl's, over TLS with ALPN h2): the
+    /// relay's answer, whole, with END_STREAM.
+    private func answerAPI(_ stream: StreamID, method: String, target: String, headers: HeaderList) {
+        let fields = HeadFields(headers.fields.filter { !$0.name.hasPrefix(":") }.map { (name: $0.name, value: $0.value) })
+        let response = relay.apiResponse(method: method, target: target, headers: fields, identity: identity)
+        relay.limitedLog("api: \(method) \(target.prefix(256)) from \(peer) (HTTP/2): \(response.status)")
+        var head = [(":status", "\(response.status)")]
+        for (name, value) in response.headers { head.append((name.lowercased(), value)) }
+        head.append(("content-length", "\(response.body.utf8.count)"))
+        do {
+            try connection.session.submitResponse(stream, headers: head, body: method == "HEAD" ? nil : StaticBody(response.body))
+        } catch {
+            relay.limitedLog("\(peer): stream \(stream): cannot answer: \(error)")
+            connection.session.reset(stream, code: NGHTTP2_INTERNAL_ERROR.rawValue)
+        }
+        connection.flushSoon()
     }
 
     private func answer(_ stream: StreamID, _ refusal: Refusal) {

@@ -3,6 +3,7 @@ import CLinuxShim
 import HTTP2
 import PortForward
 import Reactor
+import TLS
 #if canImport(Glibc)
 @preconcurrency import Glibc
 #endif
@@ -168,6 +169,8 @@ struct Forward: ParsableCommand {
     @Option(help: "Seconds to wait for the PING's answer before giving up on the relay.")
     var keepaliveTimeout: Double = 10
 
+    @OptionGroup(title: "TLS (an https:// server)") var tls: ClientTLSOptions
+
     @OptionGroup var io: IOOptions
 
     @Argument(help: "The pod's name.")
@@ -198,6 +201,7 @@ struct Forward: ParsableCommand {
             addresses: address.split(separator: ",").map { String($0).trimmed })
         options.upgradeTimeoutSeconds = upgradeTimeout
         options.keepalive = keepaliveInterval > 0 ? Keepalive(interval: keepaliveInterval, timeout: keepaliveTimeout) : nil
+        options.tls = tls.options
         do {
             let reactor = try io.makeReactor()
             let forwarder = try Forwarder(options: options, reactor: reactor)
@@ -211,6 +215,66 @@ struct Forward: ParsableCommand {
         } catch {
             fail("\(error)")
         }
+    }
+}
+
+/// kubectl's names for the client's TLS settings.
+struct ClientTLSOptions: ParsableArguments {
+    @Option(help: "A CA certificate file (PEM) the relay's certificate must chain to (default: the system's trusted CAs).")
+    var certificateAuthority: String?
+    @Option(help: "A client certificate file (PEM), for a relay that asks for one (--client-ca-file).")
+    var clientCertificate: String?
+    @Option(help: "The client certificate's private key file (PEM).")
+    var clientKey: String?
+    @Flag(help: "Do not check the relay's certificate at all (insecure: anyone in between can read and change the traffic).")
+    var insecureSkipTlsVerify = false
+    @Option(help: "The name the relay's certificate must carry (default: the host of --server).")
+    var tlsServerName: String?
+    @Option(help: ArgumentHelp("TLS cipher suites to allow, OpenSSL names separated by ':' (for measurements).", visibility: .hidden))
+    var tlsCipherSuites: String?
+
+    func validate() throws {
+        if (clientCertificate == nil) != (clientKey == nil) {
+            throw ValidationError("--client-certificate and --client-key go together")
+        }
+    }
+
+    var options: TLSClientOptions {
+        var options = TLSClientOptions()
+        options.certificateAuthorityFile = certificateAuthority
+        options.clientCertificateFile = clientCertificate
+        options.clientKeyFile = clientKey
+        options.insecureSkipVerify = insecureSkipTlsVerify
+        options.serverName = tlsServerName
+        options.cipherList = tlsCipherSuites
+        return options
+    }
+}
+
+/// kube-apiserver's names for the relay's TLS settings.
+struct RelayTLSOptions: ParsableArguments {
+    @Option(help: "The relay's certificate (PEM, leaf first, then intermediates). With it, the listening port is TLS only.")
+    var tlsCertFile: String?
+    @Option(help: "The private key of --tls-cert-file (PEM).")
+    var tlsPrivateKeyFile: String?
+    @Option(help: "Require client certificates signed by this CA (PEM); the certificate's CN is the user, each O a group.")
+    var clientCaFile: String?
+    @Option(help: ArgumentHelp("TLS cipher suites to allow, OpenSSL names separated by ':' (for measurements).", visibility: .hidden))
+    var tlsCipherSuites: String?
+
+    func validate() throws {
+        if (tlsCertFile == nil) != (tlsPrivateKeyFile == nil) {
+            throw ValidationError("--tls-cert-file and --tls-private-key-file go together")
+        }
+        if clientCaFile != nil && tlsCertFile == nil {
+            throw ValidationError("--client-ca-file needs --tls-cert-file and --tls-private-key-file")
+        }
+    }
+
+    func makeContext() throws -> TLSContext? {
+        guard let tlsCertFile, let tlsPrivateKeyFile else { return nil }
+        return try TLSContext.server(certificateFile: tlsCertFile, privateKeyFile: tlsPrivateKeyFile,
+                                     clientCAFile: clientCaFile, cipherList: tlsCipherSuites)
     }
 }
 
@@ -234,6 +298,8 @@ struct RelayCommand: ParsableCommand {
     @Option(help: "Seconds to wait for a pod's port to accept.")
     var connectTimeout: Double = 5
 
+    @OptionGroup(title: "TLS") var tlsOptions: RelayTLSOptions
+
     @OptionGroup(title: "Limits") var limitOptions: RelayLimitOptions
 
     @OptionGroup var io: IOOptions
@@ -253,6 +319,7 @@ struct RelayCommand: ParsableCommand {
             let relay = try Relay(listen: address, node: node ?? hostName(), registry: registry,
                                   connector: connectorObject, reactor: reactor, limits: limitOptions.limits)
             if io.verbose { relay.log = standardError }
+            relay.tls = try tlsOptions.makeContext()
             relay.pipes = io.makePipes()
             relay.start()
             do {
@@ -261,7 +328,7 @@ struct RelayCommand: ParsableCommand {
                 standardError("warning: \(error): SIGINT and SIGTERM end the relay without GOAWAY")
             }
             let notReady = registry.notReady.isEmpty ? "" : ", \(registry.notReady.count) not ready"
-            print("Relay listening on \(relay.address) (node \(relay.node), \(registry.pods.count) pods\(notReady), connector \(connectorObject.name), io \(reactor.name), open files \(limits.soft))")
+            print("Relay listening on \(relay.address)\(relay.tlsEnabled ? " (TLS\(relay.clientCAConfigured ? ", client certificates required" : ""))" : "") (node \(relay.node), \(registry.pods.count) pods\(notReady), connector \(connectorObject.name), io \(reactor.name), open files \(limits.soft))")
             fflush(stdout)
             try reactor.run()
         } catch let error as ValidationError {

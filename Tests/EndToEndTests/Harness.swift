@@ -332,7 +332,9 @@ struct RelayProcess {
     let child: Child
     let host: String
     let port: Int
-    var url: String { "http://\(host):\(port)" }
+    /// "https" for a relay started with --tls-cert-file.
+    var scheme = "http"
+    var url: String { "\(scheme)://\(host):\(port)" }
 }
 
 struct ForwarderProcess {
