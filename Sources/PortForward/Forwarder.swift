@@ -19,6 +19,9 @@ public struct ForwardOptions: Sendable {
     /// PING the relay after this long without a byte from it, and give up on the session when the
     /// answer has not come within the timeout (`--keepalive-interval`, `--keepalive-timeout`).
     public var keepalive: Keepalive? = Keepalive()
+    /// A bearer token (`--token`), sent as `authorization: Bearer TOKEN` on every stream's
+    /// HEADERS, and only to an `https://` server (`sendsToken`): as kubectl, never in plain text.
+    public var token: String?
 
     public init(server: String, target: ForwardPath, ports: [PortSpec], addresses: [String] = ["localhost"]) {
         self.server = server
@@ -26,6 +29,11 @@ public struct ForwardOptions: Sendable {
         self.ports = ports
         self.addresses = addresses
     }
+}
+
+extension ForwardOptions {
+    /// Whether the token goes out: there is one, and the server URL is https.
+    public var sendsToken: Bool { token != nil && server.hasPrefix("https://") }
 }
 
 public struct ForwardError: Error, CustomStringConvertible, Sendable {
@@ -285,10 +293,12 @@ public final class Forwarder: CompletionHandler {
         let tunnel = Tunnel(transport: carrier, reactor: reactor, pipes: pipes)
         carrier.carry(tunnel)
         do {
-            carrier.id = try connection.session.submitRequest([
+            var headers = [
                 (":method", "POST"), (":scheme", "http"), (":authority", server.authority),
                 (":path", options.target.path), ("port", "\(spec.remote)"),
-            ], body: carrier)
+            ]
+            if options.sendsToken, let token = options.token { headers.append(("authorization", "Bearer \(token)")) }
+            carrier.id = try connection.session.submitRequest(headers, body: carrier)
         } catch {
             printError("error: forwarding port \(spec.remote) to pod \(podName): \(error)")
             // Never opened: the tunnel ends here (no stream to reset), which cuts its link to the

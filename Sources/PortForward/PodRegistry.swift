@@ -90,77 +90,20 @@ public struct PodRegistry: Sendable {
     /// the relay would hold it all in memory while parsing.
     public static let maximumFileSize = 16 << 20
 
-    public struct LoadError: Error, CustomStringConvertible, Sendable {
-        public var description: String
-    }
+    public typealias LoadError = ConfigFileError
 
     public init(_ pods: [Pod] = []) {
         for pod in pods { self.pods[pod.qualifiedName] = pod }
     }
 
     /// Reads and parses the pods file at `path`: a regular file of at most `maximumFileSize`
-    /// bytes of UTF-8. Anything else (a FIFO, whose open or read could wait forever; a
-    /// directory; a device) is refused with one line.
+    /// bytes of UTF-8 (`ConfigFile.read`).
     public init(contentsOf path: String) throws {
-        // stat first: a FIFO or a device is refused without being opened.
-        var status = stat()
-        guard stat(path, &status) == 0 else { throw SystemError("cannot read pods file", subject: path) }
-        try Self.requireRegular(status, path)
-        var fd: Int32
-        repeat { fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY) } while fd < 0 && pf_errno() == EINTR
-        guard fd >= 0 else { throw SystemError("cannot read pods file", subject: path) }
-        defer { close(fd) }
-        // Again on what was opened: the path may have been replaced in between.
-        guard fstat(fd, &status) == 0 else { throw SystemError("cannot read pods file", subject: path) }
-        try Self.requireRegular(status, path)
-        if Int(status.st_size) > Self.maximumFileSize {
-            throw LoadError(description: "pods file \(path) is larger than \(Self.maximumFileSize >> 20) MiB (\(status.st_size) bytes)")
-        }
-        // Read to the end whatever the size said (a file may grow, procfs files say 0), but never
-        // past the limit.
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while bytes.count <= Self.maximumFileSize {
-            let count = read(fd, &chunk, chunk.count)
-            if count < 0 {
-                if pf_errno() == EINTR { continue }
-                throw SystemError("cannot read pods file", subject: path)
-            }
-            if count == 0 { break }
-            bytes.append(contentsOf: chunk[..<count])
-        }
-        if bytes.count > Self.maximumFileSize {
-            throw LoadError(description: "pods file \(path) is larger than \(Self.maximumFileSize >> 20) MiB")
-        }
-        guard let text = String(validating: bytes, as: UTF8.self) else {
-            throw LoadError(description: "pods file \(path) is not UTF-8 text")
-        }
-        try self.init(yaml: text, source: path)
-    }
-
-    private static func requireRegular(_ status: stat, _ path: String) throws {
-        let kind: String
-        switch status.st_mode & S_IFMT {
-        case S_IFREG: return
-        case S_IFDIR: kind = "a directory"
-        case S_IFIFO: kind = "a FIFO"
-        case S_IFCHR, S_IFBLK: kind = "a device"
-        case S_IFSOCK: kind = "a socket"
-        default: kind = "not a regular file"
-        }
-        throw LoadError(description: "pods file \(path) is \(kind), not a regular file")
+        try self.init(yaml: ConfigFile.read(path, kind: "pods file", maximumSize: Self.maximumFileSize), source: path)
     }
 
     public init(yaml text: String, source: String = "pods file") throws {
-        if let line = NestingDepth.firstBeyond(NestingDepth.limit, in: text) {
-            throw LoadError(description: "\(source):\(line): lists and mappings nested more than \(NestingDepth.limit) deep (a pods file needs 3)")
-        }
-        // compose, not load: aliases stay shared nodes, so a small file cannot expand into a huge
-        // tree ("billion laughs"), and each scalar keeps its resolved type for the messages.
-        let document: Node?
-        do { document = try Yams.compose(yaml: text) } catch {
-            throw LoadError(description: "\(source)\(Self.yamlProblem(error))")
-        }
+        let document = try ConfigFile.compose(text, source: source, needs: "a pods file needs 3")
         guard case .mapping(let root)? = document, let list = root["pods"] else {
             throw LoadError(description: "\(source): expected a top-level 'pods:' list")
         }
@@ -206,22 +149,6 @@ public struct PodRegistry: Sendable {
     /// The pods found not ready, by name.
     public var notReady: [Pod] {
         pods.values.filter { !$0.ready }.sorted { $0.qualifiedName < $1.qualifiedName }
-    }
-
-    /// ":LINE:COLUMN: not valid YAML: PROBLEM", on one line (Yams's own text spans three).
-    private static func yamlProblem(_ error: any Error) -> String {
-        guard let error = error as? YamlError else { return ": not valid YAML: \(oneLine("\(error)"))" }
-        switch error {
-        case .scanner(let context, let problem, let mark, _),
-             .parser(let context, let problem, let mark, _),
-             .composer(let context, let problem, let mark, _):
-            let during = context.map { " (\($0.text) at line \($0.mark.line))" } ?? ""
-            return ":\(mark.line):\(mark.column): not valid YAML: \(problem)\(during)"
-        case .reader(let problem, let offset, _, _):
-            return ": not valid YAML: \(problem)\(offset.map { " at byte \($0)" } ?? "")"
-        default:
-            return ": not valid YAML: \(oneLine("\(error)"))"
-        }
     }
 }
 
@@ -369,19 +296,7 @@ private struct Entry {
         PodRegistry.LoadError(description: "\(source)\(node.lineSuffix): pod #\(number): \(what)")
     }
 
-    private func describe(_ node: Node) -> String {
-        switch node {
-        case .scalar(let scalar):
-            let name = node.tagName
-            if name == .null { return "null" }
-            if name == .bool { return "the boolean \(scalar.string)" }
-            if name == .int || name == .float { return "the number \(scalar.string)" }
-            if name == .str { return "the string \(quoted(scalar.string))" }
-            return "\(node.tag) \(quoted(scalar.string))"
-        case .sequence: return "a list"
-        case .mapping: return "a mapping"
-        }
-    }
+    private func describe(_ node: Node) -> String { node.described }
 }
 
 /// Yams composes a document recursively, several stack frames per level of nesting, so a file
@@ -470,12 +385,8 @@ func quoted(_ text: String) -> String {
 
 extension Node {
     /// The resolved type (`tag:yaml.org,2002:str`, `...:int`, `...:null`); Yams keeps `Tag.name` internal.
-    fileprivate var tagName: Tag.Name { Tag.Name(rawValue: tag.description) }
+    var tagName: Tag.Name { Tag.Name(rawValue: tag.description) }
 
     /// ":LINE" after the file's name in a message (nothing for a node made in code).
-    fileprivate var lineSuffix: String { mark.map { ":\($0.line)" } ?? "" }
-}
-
-private func oneLine(_ text: String) -> String {
-    text.split(whereSeparator: \.isNewline).map { String($0).trimmed }.joined(separator: " ")
+    var lineSuffix: String { mark.map { ":\($0.line)" } ?? "" }
 }

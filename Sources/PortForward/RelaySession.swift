@@ -12,6 +12,9 @@ final class RelaySession: OpenQueue {
     let connection: Connection
     unowned let relay: Relay
     let peer: String
+    /// The connection's client-certificate identity, if it showed one; each stream's own
+    /// `authorization` header comes first.
+    let identity: Identity?
     let table = StreamTable()
     var attempts: [StreamID: ConnectAttempt] = [:]
 
@@ -25,9 +28,10 @@ final class RelaySession: OpenQueue {
     private var waitingOpens: WaitingOpens<WaitingOpen>
     var inOpenScheduler = false
 
-    init(fd: FileDescriptor, peer: String, relay: Relay) throws {
+    init(fd: FileDescriptor, peer: String, identity: Identity? = nil, relay: Relay) throws {
         self.relay = relay
         self.peer = peer
+        self.identity = identity
         waitingOpens = WaitingOpens(rate: relay.limits.streamOpenRate)
         let session = try Session(role: .server, settings: relay.settings)
         connection = Connection(fd: fd, session: session, reactor: relay.reactor,
@@ -73,6 +77,10 @@ final class RelaySession: OpenQueue {
 
     @discardableResult
     private func request(headers: HeaderList, stream: StreamID, endStream: Bool) -> Tunnel? {
+        if let refusal = relay.authorizePortForward(target: headers[":path"] ?? "", authorization: headers["authorization"], identity: identity) {
+            answer(stream, refusal)
+            return nil
+        }
         let pod: Pod
         switch relay.resolve(headers[":path"] ?? "") {
         case .refused(let refusal):
@@ -160,10 +168,10 @@ final class RelaySession: OpenQueue {
     }
 
     private func answer(_ stream: StreamID, _ refusal: Refusal) {
-        let body = StaticBody(refusal.text + "\n")
+        let body = StaticBody(refusal.body)
         do {
             try connection.session.submitResponse(stream, headers: [
-                (":status", "\(refusal.status)"), ("content-type", "text/plain; charset=utf-8"),
+                (":status", "\(refusal.status)"), ("content-type", refusal.contentType),
             ], body: body)
         } catch {
             // The stream is already gone (reset by the peer meanwhile): nothing to answer.
