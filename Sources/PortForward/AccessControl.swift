@@ -172,11 +172,11 @@ public enum ListenRule {
         var missing: [String] = []
         if !tls { missing.append("TLS (--tls-cert-file)") }
         if !authenticates { missing.append("authentication (--token-auth-file or --client-ca-file)") }
-        let what = missing.joined(separator: " or ")
+        let what = missing.joined(separator: " and ")
         if insecure {
             return .warn("warning: listening on \(listen) without \(what) (--insecure): anyone who can reach it can reach every pod it serves, and tokens travel in plain text")
         }
-        return .refuse("error: refusing to listen on \(listen) without \(what): give them, listen on 127.0.0.1, or say --insecure")
+        return .refuse("error: refusing to listen on \(listen) without \(what): a non-loopback address needs TLS and authentication (--insecure to listen anyway)")
     }
 
     /// 127.0.0.0/8, ::1, and IPv4-mapped loopback.

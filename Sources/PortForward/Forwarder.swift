@@ -229,10 +229,15 @@ public final class Forwarder: CompletionHandler {
             guard (try? readMore()) == true else { break }
         }
         Glibc.close(fd)
-        let body = String(decoding: bytes[head.length...].prefix(length), as: UTF8.self).trimmed
+        var body = String(decoding: bytes[head.length...].prefix(length), as: UTF8.self).trimmed
             .split(separator: "\n").first.map(String.init) ?? ""
-        // A relay's refusals are one line of text/plain; anything else is not a relay.
-        let plain = head.header("content-type")?.hasPrefix("text/plain") ?? false
+        // A relay's refusals are one line of text/plain, or a Kubernetes Status (401, 403);
+        // anything else is not a relay.
+        var plain = head.header("content-type")?.hasPrefix("text/plain") ?? false
+        if head.header("content-type")?.hasPrefix("application/json") ?? false, let message = Refusal.statusMessage(body) {
+            body = message
+            plain = true
+        }
         if plain && !body.isEmpty && Refusal.textIsMessage(status: head.status) { throw ForwardError(body) }
         throw ForwardError("\(options.server) answered \(head.status) to the upgrade"
                            + (plain && !body.isEmpty ? ": \(body)" : " (is it a portforward relay?)"))

@@ -133,6 +133,43 @@ public enum Refusal: Error, Sendable {
     /// sentence on its own; any other status is about the exchange with the server, so the
     /// client says which server answered which status before the text.
     public static func textIsMessage(status: Int) -> Bool { status == 404 }
+
+    /// Client side: what a refusal's body says. A Kubernetes `Status` (a 401 or 403) says it in
+    /// its `message`, which is shown alone as kubectl shows it; any other body is one line of text.
+    public static func message(body: String) -> String {
+        let text = body.trimmed
+        guard text.hasPrefix("{"), let message = statusMessage(text) else { return text }
+        return message
+    }
+
+    /// The `"message"` string of a `Status` object, its escapes undone; nil if there is none.
+    static func statusMessage(_ json: String) -> String? {
+        let bytes = Array(json.utf8)
+        let key = Array("\"message\":\"".utf8)
+        guard bytes.count > key.count,
+              let start = (0...(bytes.count - key.count)).first(where: { bytes[$0..<($0 + key.count)].elementsEqual(key) }) else { return nil }
+        var out: [UInt8] = []
+        var index = start + key.count
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte == UInt8(ascii: "\"") { return String(decoding: out, as: UTF8.self) }
+            if byte == UInt8(ascii: "\\"), index + 1 < bytes.count {
+                index += 1
+                switch bytes[index] {
+                case UInt8(ascii: "n"): out.append(UInt8(ascii: "\n"))
+                case UInt8(ascii: "t"): out.append(UInt8(ascii: "\t"))
+                case UInt8(ascii: "r"): out.append(UInt8(ascii: "\r"))
+                case UInt8(ascii: "u"): out.append(UInt8(ascii: "?"))  // not in our messages; shown as a mark
+                    index += 4
+                default: out.append(bytes[index])
+                }
+            } else {
+                out.append(byte)
+            }
+            index += 1
+        }
+        return nil
+    }
 }
 
 extension Refusal: CustomStringConvertible {
