@@ -295,4 +295,61 @@ struct AuthEndToEndTests {
             #expect(!child.stderr.contains(secured.alice))
         }
     }
+
+    @Test("kubectl over http drops its token (client-go sends credentials only over https): the relay's 401 is kubectl's 'You must be logged in', exit 1")
+    func kubectlUnauthorized() throws {
+        try Kubectl.require(Kubectl.versioned)
+        try withScene { scene in
+            let secured = try SecuredRelay.start(scene)
+            for websockets in ["true", "false"] {
+                let run = try E2E.run(["env", "HOME=\(scene.directory)", "KUBECTL_PORT_FORWARD_WEBSOCKETS=\(websockets)", Kubectl.versioned,
+                                       "--server", secured.relay.url, "--token", secured.alice, "--cache-dir", "\(scene.directory)/kube-cache",
+                                       "port-forward", "pod/web", "0:\(echoPort)"], timeout: 30)
+                #expect(run.status == 1, "\(run)")
+                #expect(run.stderr.contains("error: You must be logged in to the server (the server has asked for the client to provide credentials)"),
+                        "\(run)")
+            }
+            #expect(secured.relay.child.stderr.contains("api: GET /api?timeout=32s from 127.0.0.1: 401"), "\(secured.relay.child.stderr)")
+            #expect(!secured.relay.child.stderr.contains(secured.alice))
+        }
+    }
+
+    @Test("kubectl, anonymous, with rules that allow system:unauthenticated in default: port-forward works in both modes; prod prints the Forbidden message")
+    func kubectlRules() throws {
+        try Kubectl.require(Kubectl.versioned)
+        try withScene { scene in
+            let namespace = try scene.makeNamespace()
+            try scene.serve(in: namespace, port: echoPort)
+            let rules = "\(scene.directory)/rules.yaml"
+            try "allow:\n  - {group: \"system:unauthenticated\", namespaces: [default]}\n".write(toFile: rules, atomically: true, encoding: .utf8)
+            let relay = try scene.startRelay(podsFile: """
+                pods:
+                  - {namespace: default, name: web, netns: \(namespace.path)}
+                  - {namespace: prod, name: web, netns: \(namespace.path)}
+                """, connector: .native, extra: ["-v", "--authorization-file", rules])
+            let config = try Kubectl.config(relay, in: scene.directory)
+            for websockets in ["true", "false"] {
+                let child = try scene.start(["env", "HOME=\(scene.directory)", "KUBECONFIG=\(config)", "KUBECTL_PORT_FORWARD_WEBSOCKETS=\(websockets)",
+                                             Kubectl.versioned, "--cache-dir", "\(scene.directory)/kube-cache", "port-forward", "pod/web", "0:\(echoPort)"],
+                                            name: "kubectl")
+                let port = try child.waitFor("kubectl's Forwarding line") { text -> Int? in
+                    guard let range = text.range(of: "Forwarding from 127.0.0.1:") else { return nil }
+                    return Int(text[range.upperBound...].prefix { $0.isNumber })
+                }
+                let payload = Net.randomBytes(1 << 20)
+                let echoed = try Net.echo("127.0.0.1", port, payload, timeout: 30)
+                #expect(Net.same(echoed, payload), "KUBECTL_PORT_FORWARD_WEBSOCKETS=\(websockets): \(Net.firstDifference(echoed, payload))")
+                child.kill()
+                let denied = try E2E.run(["env", "HOME=\(scene.directory)", "KUBECONFIG=\(config)", "KUBECTL_PORT_FORWARD_WEBSOCKETS=\(websockets)",
+                                          Kubectl.versioned, "--cache-dir", "\(scene.directory)/kube-cache", "-n", "prod",
+                                          "port-forward", "pod/web", "0:\(echoPort)"], timeout: 30)
+                #expect(denied.status == 1, "\(denied)")
+                #expect(denied.stderr.contains(#"Error from server (Forbidden): pods "web" is forbidden: User "system:anonymous" cannot get resource "pods" in API group "" in the namespace "prod""#),
+                        "\(denied)")
+            }
+            let log = relay.child.stderr
+            #expect(log.contains("port-forward from 127.0.0.1: SPDY/3.1 in a WebSocket for pod default/web"), "\(log)")
+            #expect(log.contains("port-forward from 127.0.0.1: SPDY/3.1 for pod default/web"), "\(log)")
+        }
+    }
 }

@@ -249,3 +249,21 @@ struct ListenRuleTests {
         #expect(!ListenRule.isLoopback("10.0.0.1") && !ListenRule.isLoopback("::") && !ListenRule.isLoopback("128.0.0.1"))
     }
 }
+
+@Suite("Credentials stay out of messages")
+struct CredentialMessageTests {
+    @Test("nghttp2's invalid-header line keeps the name and the value's length, not the value")
+    func headerValue() {
+        let line = "Invalid HTTP header field was received: frame type: 1, stream: 1, name: [Authorization], value: [Bearer s3cret]"
+        #expect(withoutHeaderValue(line) == "Invalid HTTP header field was received: frame type: 1, stream: 1, name: [Authorization], value: 13 bytes, not shown")
+        #expect(withoutHeaderValue("stream 1: closed") == "stream 1: closed")
+    }
+
+    @Test("The client shows a Status body's message, and any other body as it is")
+    func statusMessage() {
+        let forbidden = Refusal.forbidden(Forbidden(user: "alice", verb: "create", resource: "pods/portforward", namespace: "prod", name: "web"))
+        #expect(Refusal.message(body: forbidden.body) == forbidden.text)
+        #expect(Refusal.message(body: Refusal.unauthorized.body) == "Unauthorized")
+        #expect(Refusal.message(body: "pod \"default/web\" not found\n") == "pod \"default/web\" not found")
+    }
+}
