@@ -93,10 +93,14 @@ public struct AccessControl: Sendable {
     /// case, the value trimmed); nil for no header, another scheme or an empty token (the
     /// request is then not a token request at all, as for kube-apiserver).
     static func bearerToken(_ header: String?) -> String? {
+        // As bytes: a space followed by a combining mark is one Character.
         guard let header else { return nil }
-        let parts = header.trimmed.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: false)
-        guard parts.count >= 2, parts[0].lowercased() == "bearer", !parts[1].isEmpty else { return nil }
-        return String(parts[1])
+        let bytes = Array(header.utf8)
+        let blank: (UInt8) -> Bool = { $0 == 0x20 || $0 == 0x09 }
+        guard let first = bytes.firstIndex(where: { !blank($0) }), let last = bytes.lastIndex(where: { !blank($0) }) else { return nil }
+        let parts = bytes[first...last].split(separator: 0x20, maxSplits: 2, omittingEmptySubsequences: false)
+        guard parts.count >= 2, String(decoding: parts[0], as: UTF8.self).lowercased() == "bearer", !parts[1].isEmpty else { return nil }
+        return String(decoding: parts[1], as: UTF8.self)
     }
 }
 

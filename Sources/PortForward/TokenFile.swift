@@ -15,7 +15,8 @@ public struct TokenFile: Sendable {
     /// Entries at most: more than any static token file holds.
     public static let maximumEntries = 10_000
 
-    private var identities: [String: Identity] = [:]
+    /// Token -> whose it is. Never logged: the relay only looks tokens up.
+    public private(set) var identities: [String: Identity] = [:]
 
     public var count: Int { identities.count }
 
@@ -45,8 +46,10 @@ public struct TokenFile: Sendable {
             if let first = lines[token] { throw problem("the same token as line \(first)") }
             guard lines.count < Self.maximumEntries else { throw problem("more than \(Self.maximumEntries) tokens") }
             lines[token] = record.line
+            // Split and trimmed as bytes: a comma followed by a combining mark is one Character,
+            // and would not split as a Character (a fuzz finding).
             let groups = fields.count == 4
-                ? fields[3].split(separator: ",").map { String($0).trimmed }.filter { !$0.isEmpty }
+                ? fields[3].utf8.split(separator: UInt8(ascii: ",")).map(CSVRecords.trimmed).filter { !$0.isEmpty }
                 : []
             identities[token] = Identity(user: user, groups: groups)
         }
@@ -65,6 +68,13 @@ enum CSVRecords {
     struct Record {
         var line: Int
         var fields: [String]
+    }
+
+    /// The bytes without the spaces, tabs and line ends around them.
+    static func trimmed(_ bytes: Substring.UTF8View) -> String {
+        let blank: (UInt8) -> Bool = { $0 == 0x20 || $0 == 0x09 || $0 == 0x0A || $0 == 0x0D }
+        guard let first = bytes.firstIndex(where: { !blank($0) }), let last = bytes.lastIndex(where: { !blank($0) }) else { return "" }
+        return String(decoding: bytes[first...last], as: UTF8.self)
     }
 
     static func parse(_ text: String, source: String) throws -> [Record] {

@@ -33,6 +33,13 @@ struct TokenFileTests {
         #expect(error?.description == "t.csv:3: the token is empty")
     }
 
+    @Test("Groups split at every comma, one followed by a combining mark too (a fuzz finding)")
+    func combiningMark() throws {
+        let file = try TokenFile(csv: "t,u,1,\"a,\u{489}b, c\"\n")
+        #expect(file.identity(token: "t")?.groups == ["a", "\u{489}b", "c"])
+        #expect(AccessControl.bearerToken("Bearer \u{301}x") == "\u{301}x")
+    }
+
     @Test("A bad file: one line naming the line, never the token",
           arguments: [
             ("secret-1,alice\n", "tokens.csv:1: expected token,user,uid[,groups], found 2 fields"),
