@@ -45,10 +45,27 @@ public struct AccessRules: Sendable, Equatable {
     /// Rules at most: each request is checked against every rule of its subject, in order.
     public static let maximumRules = 1_000
 
-    public private(set) var rules: [Rule]
+    public private(set) var rules: [Rule] {
+        didSet { patterns = rules.map(Compiled.init) }
+    }
+    /// Each rule's patterns, ready for fnmatch (C strings, literals told apart).
+    private var patterns: [Compiled] = []
+
+    private struct Compiled: Sendable {
+        var namespaces: [Glob.Pattern]
+        var pods: [Glob.Pattern]?
+
+        init(_ rule: Rule) {
+            namespaces = rule.namespaces.map(Glob.Pattern.init)
+            pods = rule.pods?.map(Glob.Pattern.init)
+        }
+    }
+
+    public static func == (left: AccessRules, right: AccessRules) -> Bool { left.rules == right.rules }
 
     public init(_ rules: [Rule]) {
         self.rules = rules
+        patterns = rules.map(Compiled.init)
     }
 
     public init(contentsOf path: String) throws {
@@ -75,19 +92,26 @@ public struct AccessRules: Sendable, Equatable {
             throw ConfigFileError(description: "\(source): more than \(Self.maximumRules) rules (\(entries.count))")
         }
         rules = try entries.enumerated().map { index, entry in try RuleEntry(source: source, number: index + 1).rule(entry) }
+        patterns = rules.map(Compiled.init)
     }
 
     /// Whether a rule lets `identity` at `pod` of `namespace`. A nil pod asks for the whole
     /// namespace (a list), a nil namespace for every namespace.
     public func allows(_ identity: Identity, namespace: String?, pod: String?) -> Bool {
-        rules.contains { rule in
-            guard rule.applies(to: identity) else { return false }
-            guard let namespace else { return rule.pods == nil && rule.namespaces.contains("*") }
-            guard rule.namespaces.contains(where: { Glob.matches($0, namespace) }) else { return false }
-            guard let patterns = rule.pods else { return true }
-            guard let pod else { return false }
-            return patterns.contains { Glob.matches($0, pod) }
+        // The names as C strings once per question, not once per pattern.
+        let namespaceName = namespace.map(Glob.Name.init)
+        let podName = pod.map(Glob.Name.init)
+        for (index, rule) in rules.enumerated() where rule.applies(to: identity) {
+            let compiled = patterns[index]
+            guard let namespaceName else {
+                if rule.pods == nil && rule.namespaces.contains("*") { return true }
+                continue
+            }
+            guard compiled.namespaces.contains(where: { $0.matches(namespaceName) }) else { continue }
+            guard let pods = compiled.pods else { return true }
+            if let podName, pods.contains(where: { $0.matches(podName) }) { return true }
         }
+        return false
     }
 }
 
@@ -95,7 +119,38 @@ public struct AccessRules: Sendable, Equatable {
 /// `/` and no leading `.` that would need them).
 enum Glob {
     static func matches(_ pattern: String, _ name: String) -> Bool {
-        fnmatch(pattern, name, 0) == 0
+        Pattern(pattern).matches(Name(name))
+    }
+
+    /// A pattern as fnmatch takes it; one without `*`, `?`, `[` or `\\` is compared as it is.
+    struct Pattern: Sendable {
+        let text: String
+        let literal: Bool
+        let cString: ContiguousArray<CChar>
+
+        init(_ text: String) {
+            self.text = text
+            literal = !text.utf8.contains { $0 == UInt8(ascii: "*") || $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "[") || $0 == UInt8(ascii: "\\") }
+            cString = text.utf8CString
+        }
+
+        func matches(_ name: Name) -> Bool {
+            if literal { return text == name.text }
+            return cString.withUnsafeBufferPointer { pattern in
+                name.cString.withUnsafeBufferPointer { fnmatch(pattern.baseAddress, $0.baseAddress, 0) == 0 }
+            }
+        }
+    }
+
+    /// A name asked about, as text and as a C string.
+    struct Name {
+        let text: String
+        let cString: ContiguousArray<CChar>
+
+        init(_ text: String) {
+            self.text = text
+            cString = text.utf8CString
+        }
     }
 
     /// Whether fnmatch can use the pattern: an unclosed `[` is matched literally by glibc,
