@@ -11,7 +11,7 @@
 import PackageDescription
 
 let targets = ["FuzzRequestHead", "FuzzResponseHead", "FuzzPortSpec", "FuzzForwardPath", "FuzzPodRegistry",
-               "FuzzFrameTracker", "FuzzBase64URL",
+               "FuzzFrameTracker", "FuzzBase64URL", "FuzzTokenFile", "FuzzAccessRules",
                // The Kubernetes port-forward cores: SPDY/3.1 and WebSocket (RFC 6455, channel protocol).
                "FuzzSPDYSession", "FuzzSPDYHeaders", "FuzzWebSocketFrames", "FuzzChannelProtocol"]
 

@@ -442,8 +442,22 @@ private let onFrameReceive: nghttp2_on_frame_recv_callback = { _, frame, userDat
 
 /// nghttp2's own account of a protocol error it handled (a stream or the session ended).
 private let onError: nghttp2_error_callback2 = { _, _, message, length, userData in
-    session(userData).log?(text(UnsafeRawPointer(message)?.assumingMemoryBound(to: UInt8.self), length))
+    session(userData).log?(withoutHeaderValue(text(UnsafeRawPointer(message)?.assumingMemoryBound(to: UInt8.self), length)))
     return 0
+}
+
+/// nghttp2 quotes an invalid header field whole (`name: [authorization], value: [Bearer ...]`):
+/// the value may be a credential, so the log keeps the name and the value's length only.
+func withoutHeaderValue(_ message: String) -> String {
+    let bytes = Array(message.utf8)
+    let marker = Array(", value: [".utf8)
+    guard bytes.count >= marker.count,
+          let start = (0...(bytes.count - marker.count)).last(where: { bytes[$0..<($0 + marker.count)].elementsEqual(marker) }) else {
+        return message
+    }
+    let value = bytes[(start + marker.count)...]
+    let length = value.count - (value.last == UInt8(ascii: "]") ? 1 : 0)
+    return String(decoding: bytes[..<start], as: UTF8.self) + ", value: \(length) bytes, not shown"
 }
 
 private let onFrameSend: nghttp2_on_frame_send_callback = { _, frame, userData in

@@ -18,9 +18,9 @@ public enum HTTPText {
     public static let spdySwitchingProtocols = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n"
 
     /// A complete HTTP/1.1 answer with a one-line text body; the connection closes after it.
-    public static func response(status: Int, reason: String, body: String) -> String {
+    public static func response(status: Int, reason: String, contentType: String = "text/plain; charset=utf-8", body: String) -> String {
         let line = body.hasSuffix("\n") ? body : body + "\n"
-        return "HTTP/1.1 \(status) \(reason)\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        return "HTTP/1.1 \(status) \(reason)\r\nContent-Type: \(contentType)\r\n"
             + "Content-Length: \(line.utf8.count)\r\nConnection: close\r\n\r\n\(line)"
     }
 

@@ -22,6 +22,9 @@ public struct ForwardOptions: Sendable {
     public var keepalive: Keepalive? = Keepalive()
     /// For an `https://` server.
     public var tls = TLSClientOptions()
+    /// A bearer token (`--token`), sent as `authorization: Bearer TOKEN` on every stream's
+    /// HEADERS, and only to an `https://` server (`sendsToken`): as kubectl, never in plain text.
+    public var token: String?
 
     public init(server: String, target: ForwardPath, ports: [PortSpec], addresses: [String] = ["localhost"]) {
         self.server = server
@@ -46,6 +49,11 @@ public struct TLSClientOptions: Sendable {
     public var cipherList: String?
 
     public init() {}
+}
+
+extension ForwardOptions {
+    /// Whether the token goes out: there is one, and the server URL is https.
+    public var sendsToken: Bool { token != nil && server.hasPrefix("https://") }
 }
 
 public struct ForwardError: Error, CustomStringConvertible, Sendable {
@@ -286,12 +294,17 @@ public final class Forwarder: CompletionHandler {
             guard (try? readMore()) == true else { break }
         }
         Glibc.close(fd)
-        let body = String(decoding: bytes[head.length...].prefix(length), as: UTF8.self).trimmed
+        var body = String(decoding: bytes[head.length...].prefix(length), as: UTF8.self).trimmed
             .split(separator: "\n").first.map(String.init) ?? ""
-        // A relay's refusals are one line of text/plain; anything else is not a relay.
-        let plain = head.header("content-type")?.hasPrefix("text/plain") ?? false
+        // A relay's refusals are one line of text/plain, or a Kubernetes Status (401, 403);
+        // anything else is not a relay.
+        var plain = head.header("content-type")?.hasPrefix("text/plain") ?? false
         if body.hasPrefix("Client sent an HTTP request to an HTTPS server") {
             throw ForwardError("\(options.server) serves TLS, not plain HTTP (it answered \(head.status): \(body)): use https://")
+        }
+        if head.header("content-type")?.hasPrefix("application/json") ?? false, let message = Refusal.statusMessage(body) {
+            body = message
+            plain = true
         }
         if plain && !body.isEmpty && Refusal.textIsMessage(status: head.status) { throw ForwardError(body) }
         throw ForwardError("\(options.server) answered \(head.status) to the upgrade"
@@ -353,10 +366,12 @@ public final class Forwarder: CompletionHandler {
         let tunnel = Tunnel(transport: carrier, reactor: reactor, pipes: pipes)
         carrier.carry(tunnel)
         do {
-            carrier.id = try connection.session.submitRequest([
+            var headers = [
                 (":method", "POST"), (":scheme", server.secure ? "https" : "http"), (":authority", server.authority),
                 (":path", options.target.path), ("port", "\(spec.remote)"),
-            ], body: carrier)
+            ]
+            if options.sendsToken, let token = options.token { headers.append(("authorization", "Bearer \(token)")) }
+            carrier.id = try connection.session.submitRequest(headers, body: carrier)
         } catch {
             printError("error: forwarding port \(spec.remote) to pod \(podName): \(error)")
             // Never opened: the tunnel ends here (no stream to reset), which cuts its link to the

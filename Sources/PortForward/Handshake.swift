@@ -102,6 +102,9 @@ public struct Handshake {
     public let limits: Limits
     /// Where a request's target leads: nil when it names a pod here, else the refusal.
     private let resolve: (String) -> Refusal?
+    /// Whether the request may ask for its target (`Relay.authorizePortForward`): nil, or the
+    /// 401 or 403. API requests are checked where they are answered instead.
+    private let authorize: (RequestHead) -> Refusal?
     public private(set) var bytes: [UInt8] = []
     private var head: RequestHead?
     private var scanned = 0
@@ -110,9 +113,10 @@ public struct Handshake {
     /// API requests answered on this connection so far.
     public private(set) var served = 0
 
-    public init(limits: Limits, resolve: @escaping (String) -> Refusal?) {
+    public init(limits: Limits, resolve: @escaping (String) -> Refusal?, authorize: @escaping (RequestHead) -> Refusal? = { _ in nil }) {
         self.limits = limits
         self.resolve = resolve
+        self.authorize = authorize
     }
 
     /// The next bytes read from the connection.
@@ -177,6 +181,10 @@ public struct Handshake {
             return finish(.refuse(.bodyTooLarge(limit: limits.maxBody)))
         }
         let frontEnd = FrontEnd.detect(request)
+        // Who asks comes before where it leads, as in kube-apiserver: 401 and 403 before 404.
+        if frontEnd != .api, let refusal = authorize(request) {
+            return finish(.refuse(refusal))
+        }
         // An API path is the API's to answer, a missing pod included (as a `Status`).
         if frontEnd != .api, request.target != "*", let refusal = resolve(request.target) {
             return finish(.refuse(refusal))

@@ -366,10 +366,10 @@ extension Kubeconfig {
         for path in paths {
             let text: String
             do {
-                text = try TextFile.read(path, what: "kubeconfig", maximumSize: maximumFileSize)
+                text = try ConfigFile.read(path, kind: "kubeconfig", maximumSize: maximumFileSize)
             } catch let error as SystemError where error.errno == ENOENT && !mustExist {
                 continue
-            } catch let error as TextFile.Problem {
+            } catch let error as ConfigFileError {
                 throw LoadError(description: error.description)
             } catch {
                 throw LoadError(description: "\(error)")

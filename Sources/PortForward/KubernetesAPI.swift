@@ -96,6 +96,36 @@ public struct KubernetesAPI: Sendable {
         return failure(400, "BadRequest", "Upgrade request required")
     }
 
+    /// What a request asks to do, for authorization: kube-apiserver's request info
+    /// (`k8s.io/apiserver/pkg/endpoints/request/requestinfo.go`) for the paths we serve.
+    /// Port-forward is `create pods/portforward` whatever the method (see
+    /// `AccessControl.Attributes.portForward`); anything that is not a pod is discovery.
+    public static func attributes(method: String, target: String) -> AccessControl.Attributes {
+        let path = Self.path(of: target)
+        let parts = path.utf8.split(separator: UInt8(ascii: "/")).map { String(decoding: $0, as: UTF8.self) }
+        let verb: String
+        switch method {
+        case "GET", "HEAD": verb = "get"
+        case "POST": verb = "create"
+        case "PUT": verb = "update"
+        default: verb = method.lowercased()
+        }
+        let listVerb = verb == "get" ? "list" : verb
+        if parts.count == 7, parts[0] == "api", parts[1] == "v1", parts[2] == "namespaces", parts[4] == "pods", parts[6] == "portforward" {
+            return .portForward(namespace: parts[3], pod: parts[5])
+        }
+        if parts.count == 6, parts[0] == "api", parts[1] == "v1", parts[2] == "namespaces", parts[4] == "pods" {
+            return .resource(verb: verb, resource: "pods", namespace: parts[3], name: parts[5])
+        }
+        if parts.count == 5, parts[0] == "api", parts[1] == "v1", parts[2] == "namespaces", parts[4] == "pods" {
+            return .resource(verb: listVerb, resource: "pods", namespace: parts[3], name: nil)
+        }
+        if parts == ["api", "v1", "pods"] {
+            return .resource(verb: listVerb, resource: "pods", namespace: nil, name: nil)
+        }
+        return .nonResource(verb: verb, path: String(path))
+    }
+
     // MARK: discovery
 
     private var version: JSONValue {
@@ -205,20 +235,32 @@ public struct KubernetesAPI: Sendable {
     /// non-2xx answer as a Status, and kubectl prints its message (`Error from server
     /// (NotFound): pods "web" not found`).
     func failure(_ status: Int, _ reason: String, _ message: String, details: [(String, JSONValue)]? = nil) -> Response {
+        Response(status: status, reasonPhrase: Self.reasonPhrase(status), headers: [("Content-Type", "application/json")],
+                 body: Self.status(status, reason, message, details: details))
+    }
+
+    /// A refusal (401, 403) as an API answer.
+    static func failure(_ refusal: Refusal) -> Response {
+        Response(status: refusal.status, reasonPhrase: refusal.reasonPhrase, headers: [("Content-Type", refusal.contentType)],
+                 body: refusal.body)
+    }
+
+    /// The `Status` object's JSON.
+    static func status(_ status: Int, _ reason: String, _ message: String, details: [(String, JSONValue)]? = nil) -> String {
         var members: [(String, JSONValue)] = [
             ("kind", .string("Status")), ("apiVersion", .string("v1")), ("metadata", .object([])),
             ("status", .string("Failure")), ("message", .string(message)), ("reason", .string(reason)),
         ]
         if let details { members.append(("details", .object(details))) }
         members.append(("code", .number(status)))
-        return Response(status: status, reasonPhrase: Self.reasonPhrase(status), headers: [("Content-Type", "application/json")],
-                        body: JSONValue.object(members).serialized)
+        return JSONValue.object(members).serialized
     }
 
     static func reasonPhrase(_ status: Int) -> String {
         switch status {
         case 200: return "OK"
         case 400: return "Bad Request"
+        case 401: return "Unauthorized"
         case 403: return "Forbidden"
         case 404: return "Not Found"
         case 405: return "Method Not Allowed"

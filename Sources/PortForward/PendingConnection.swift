@@ -40,6 +40,8 @@ final class PendingConnection: CompletionHandler {
                               resolve: { [unowned relay] target in
             if case .refused(let refusal) = relay.resolve(target) { return refusal }
             return nil
+        }, authorize: { [unowned relay] request in
+            relay.authorizePortForward(target: request.target, authorization: request.header("authorization"), identity: identity)
         })
     }
 
@@ -202,6 +204,8 @@ final class PendingConnection: CompletionHandler {
             relay.adopt(session)
             var headers = HeaderList([(":method", request.method), (":path", request.target)])
             for port in request.fields.all("port") { headers.fields.append(("port", port)) }
+            // Stream 1 is checked as every stream is, with the upgrade request's credentials.
+            if let authorization = request.header("authorization") { headers.fields.append(("authorization", authorization)) }
             session.upgraded(headers: headers, body: upgrade.body)
         } else {
             finish()
@@ -291,7 +295,8 @@ final class PendingConnection: CompletionHandler {
     private func refuse(_ refusal: Refusal) {
         finish()
         relay.limitedLog("request from \(peer) refused with \(refusal.status): \(refusal.text)")
-        _ = writeAll(Array(HTTPText.response(status: refusal.status, reason: refusal.reasonPhrase, body: refusal.text).utf8))
+        _ = writeAll(Array(HTTPText.response(status: refusal.status, reason: refusal.reasonPhrase, contentType: refusal.contentType,
+                                             body: refusal.body).utf8))
         // Unread request bytes would turn the close into a reset that loses the answer.
         Sockets.shutdownWrite(fd)
         relay.reactor.close(fd)

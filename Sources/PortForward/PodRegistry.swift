@@ -90,34 +90,20 @@ public struct PodRegistry: Sendable {
     /// the relay would hold it all in memory while parsing.
     public static let maximumFileSize = 16 << 20
 
-    public struct LoadError: Error, CustomStringConvertible, Sendable {
-        public var description: String
-    }
+    public typealias LoadError = ConfigFileError
 
     public init(_ pods: [Pod] = []) {
         for pod in pods { self.pods[pod.qualifiedName] = pod }
     }
 
     /// Reads and parses the pods file at `path`: a regular file of at most `maximumFileSize`
-    /// bytes of UTF-8 (`TextFile`).
+    /// bytes of UTF-8 (`ConfigFile.read`).
     public init(contentsOf path: String) throws {
-        let text: String
-        do { text = try TextFile.read(path, what: "pods file", maximumSize: Self.maximumFileSize) } catch let error as TextFile.Problem {
-            throw LoadError(description: error.description)
-        }
-        try self.init(yaml: text, source: path)
+        try self.init(yaml: ConfigFile.read(path, kind: "pods file", maximumSize: Self.maximumFileSize), source: path)
     }
 
     public init(yaml text: String, source: String = "pods file") throws {
-        if let line = NestingDepth.firstBeyond(NestingDepth.limit, in: text) {
-            throw LoadError(description: "\(source):\(line): lists and mappings nested more than \(NestingDepth.limit) deep (a pods file needs 3)")
-        }
-        // compose, not load: aliases stay shared nodes, so a small file cannot expand into a huge
-        // tree ("billion laughs"), and each scalar keeps its resolved type for the messages.
-        let document: Node?
-        do { document = try Yams.compose(yaml: text) } catch {
-            throw LoadError(description: "\(source)\(Self.yamlProblem(error))")
-        }
+        let document = try ConfigFile.compose(text, source: source, needs: "a pods file needs 3")
         guard case .mapping(let root)? = document, let list = root["pods"] else {
             throw LoadError(description: "\(source): expected a top-level 'pods:' list")
         }
@@ -163,22 +149,6 @@ public struct PodRegistry: Sendable {
     /// The pods found not ready, by name.
     public var notReady: [Pod] {
         pods.values.filter { !$0.ready }.sorted { $0.qualifiedName < $1.qualifiedName }
-    }
-
-    /// ":LINE:COLUMN: not valid YAML: PROBLEM", on one line (Yams's own text spans three).
-    private static func yamlProblem(_ error: any Error) -> String {
-        guard let error = error as? YamlError else { return ": not valid YAML: \(oneLine("\(error)"))" }
-        switch error {
-        case .scanner(let context, let problem, let mark, _),
-             .parser(let context, let problem, let mark, _),
-             .composer(let context, let problem, let mark, _):
-            let during = context.map { " (\($0.text) at line \($0.mark.line))" } ?? ""
-            return ":\(mark.line):\(mark.column): not valid YAML: \(problem)\(during)"
-        case .reader(let problem, let offset, _, _):
-            return ": not valid YAML: \(problem)\(offset.map { " at byte \($0)" } ?? "")"
-        default:
-            return ": not valid YAML: \(oneLine("\(error)"))"
-        }
     }
 }
 
@@ -326,19 +296,7 @@ private struct Entry {
         PodRegistry.LoadError(description: "\(source)\(node.lineSuffix): pod #\(number): \(what)")
     }
 
-    private func describe(_ node: Node) -> String {
-        switch node {
-        case .scalar(let scalar):
-            let name = node.tagName
-            if name == .null { return "null" }
-            if name == .bool { return "the boolean \(scalar.string)" }
-            if name == .int || name == .float { return "the number \(scalar.string)" }
-            if name == .str { return "the string \(quoted(scalar.string))" }
-            return "\(node.tag) \(quoted(scalar.string))"
-        case .sequence: return "a list"
-        case .mapping: return "a mapping"
-        }
-    }
+    private func describe(_ node: Node) -> String { node.described }
 }
 
 /// Yams composes a document recursively, several stack frames per level of nesting, so a file
@@ -430,9 +388,5 @@ extension Node {
     var tagName: Tag.Name { Tag.Name(rawValue: tag.description) }
 
     /// ":LINE" after the file's name in a message (nothing for a node made in code).
-    fileprivate var lineSuffix: String { mark.map { ":\($0.line)" } ?? "" }
-}
-
-private func oneLine(_ text: String) -> String {
-    text.split(whereSeparator: \.isNewline).map { String($0).trimmed }.joined(separator: " ")
+    var lineSuffix: String { mark.map { ":\($0.line)" } ?? "" }
 }

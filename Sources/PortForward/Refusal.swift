@@ -5,6 +5,11 @@ import HTTP2
 /// `text` (the one-line body) come from the one mapping below, so an HTTP status is chosen in
 /// one place, not at each place that refuses.
 public enum Refusal: Error, Sendable {
+    // Who asks: 401 (no credentials, or a token the relay does not know), 403 (the rules say
+    // no). Their bodies are Kubernetes `Status` objects: kubectl prints a refused upgrade's message
+    // from one.
+    case unauthorized
+    case forbidden(Forbidden)
     // Where the path leads: 404.
     case unknownPath(String)
     case nodeNotFound(String)
@@ -36,6 +41,10 @@ public enum Refusal: Error, Sendable {
     /// The one mapping.
     private var answer: (status: Int, text: String) {
         switch self {
+        case .unauthorized:
+            return (401, "Unauthorized")
+        case .forbidden(let forbidden):
+            return (403, forbidden.message)
         // Names come from the peer: the text quotes at most a name's length (a path's 256 bytes).
         case .unknownPath(let path):
             return (404, "unknown path \"\(path.prefix(256))\": expected /portForward/<namespace>/<pod> or /proxy/nodes/<node>/portForward/<namespace>/<pod>")
@@ -75,10 +84,37 @@ public enum Refusal: Error, Sendable {
     /// The one-line body, without its line end.
     public var text: String { answer.text }
 
+    /// The body's media type: a `Status` for 401 and 403 (as kube-apiserver answers them), one
+    /// line of text for the rest.
+    public var contentType: String {
+        kubernetesStatus == nil ? "text/plain; charset=utf-8" : "application/json"
+    }
+
+    /// The whole body, with its line end.
+    public var body: String { (kubernetesStatus ?? text) + "\n" }
+
+    /// kube-apiserver's `Status` for the refusals it also makes:
+    /// `{"kind":"Status",...,"message":"Unauthorized","reason":"Unauthorized","code":401}`.
+    private var kubernetesStatus: String? {
+        switch self {
+        case .unauthorized:
+            return KubernetesAPI.status(401, "Unauthorized", text)
+        case .forbidden(let forbidden):
+            var details: [(String, JSONValue)] = []
+            if let name = forbidden.name { details.append(("name", .string(String(name.prefix(253))))) }
+            details.append(("kind", .string(forbidden.kind)))
+            return KubernetesAPI.status(403, "Forbidden", text, details: details)
+        default:
+            return nil
+        }
+    }
+
     /// The HTTP/1.1 status line's phrase (RFC 9110's).
     public var reasonPhrase: String {
         switch status {
         case 400: return "Bad Request"
+        case 401: return "Unauthorized"
+        case 403: return "Forbidden"
         case 404: return "Not Found"
         case 408: return "Request Timeout"
         case 411: return "Length Required"
@@ -97,6 +133,43 @@ public enum Refusal: Error, Sendable {
     /// sentence on its own; any other status is about the exchange with the server, so the
     /// client says which server answered which status before the text.
     public static func textIsMessage(status: Int) -> Bool { status == 404 }
+
+    /// Client side: what a refusal's body says. A Kubernetes `Status` (a 401 or 403) says it in
+    /// its `message`, which is shown alone as kubectl shows it; any other body is one line of text.
+    public static func message(body: String) -> String {
+        let text = body.trimmed
+        guard text.hasPrefix("{"), let message = statusMessage(text) else { return text }
+        return message
+    }
+
+    /// The `"message"` string of a `Status` object, its escapes undone; nil if there is none.
+    static func statusMessage(_ json: String) -> String? {
+        let bytes = Array(json.utf8)
+        let key = Array("\"message\":\"".utf8)
+        guard bytes.count > key.count,
+              let start = (0...(bytes.count - key.count)).first(where: { bytes[$0..<($0 + key.count)].elementsEqual(key) }) else { return nil }
+        var out: [UInt8] = []
+        var index = start + key.count
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte == UInt8(ascii: "\"") { return String(decoding: out, as: UTF8.self) }
+            if byte == UInt8(ascii: "\\"), index + 1 < bytes.count {
+                index += 1
+                switch bytes[index] {
+                case UInt8(ascii: "n"): out.append(UInt8(ascii: "\n"))
+                case UInt8(ascii: "t"): out.append(UInt8(ascii: "\t"))
+                case UInt8(ascii: "r"): out.append(UInt8(ascii: "\r"))
+                case UInt8(ascii: "u"): out.append(UInt8(ascii: "?"))  // not in our messages; shown as a mark
+                    index += 4
+                default: out.append(bytes[index])
+                }
+            } else {
+                out.append(byte)
+            }
+            index += 1
+        }
+        return nil
+    }
 }
 
 extension Refusal: CustomStringConvertible {

@@ -20,6 +20,9 @@ public final class Relay: CompletionHandler {
     public let address: SocketAddress
     public let limits: RelayLimits
     public let settings: SessionSettings
+    /// Who may ask for what (`--token-auth-file`, `--client-ca-file`, `--authorization-file`);
+    /// open by default. Asked in two places: `apiResponse` and `authorizePortForward`.
+    public var access = AccessControl()
     var sessions: [ObjectIdentifier: RelaySession] = [:]
     /// kubectl's port-forward connections (plain SPDY/3.1).
     var spdySessions: [ObjectIdentifier: SPDYRelaySession] = [:]
@@ -165,7 +168,28 @@ public final class Relay: CompletionHandler {
     /// stream over TLS with ALPN h2, as kubectl sends its reads over https): the one place where
     /// API requests are answered (and, with authorization, checked).
     func apiResponse(method: String, target: String, headers: HeadFields, identity: Identity?) -> KubernetesAPI.Response {
-        api.respond(method: method, target: target, headers: headers)
+        if let refusal = access.check(authorization: headers.first("authorization"), certificate: identity,
+                                      KubernetesAPI.attributes(method: method, target: target)) {
+            return KubernetesAPI.failure(refusal)
+        }
+        return api.respond(method: method, target: target, headers: headers)
+    }
+
+    /// The one authorization of a port-forward request, whichever front end carried it (an h2
+    /// stream's HEADERS, the h2c, SPDY or WebSocket upgrade request): its target, its
+    /// `Authorization` header, the connection's certificate identity. A target that names a pod
+    /// (on any of the three paths) is `create pods/portforward` on it; any other target (`*`, an
+    /// unknown path) only needs an authenticated caller, and then gets its own answer (404).
+    /// Checked before the pod is looked up: who may not ask does not learn which pods exist.
+    func authorizePortForward(target: String, authorization: String?, identity: Identity?) -> Refusal? {
+        if access.isOpen { return nil }
+        let attributes: AccessControl.Attributes
+        if let path = ForwardPath(parsing: target) {
+            attributes = .portForward(namespace: path.namespace, pod: path.pod)
+        } else {
+            attributes = .nonResource(verb: "create", path: String(KubernetesAPI.path(of: target)))
+        }
+        return access.check(authorization: authorization, certificate: identity, attributes)
     }
 
     func handshakeDone(_ handshake: PendingConnection) {

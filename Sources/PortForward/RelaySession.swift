@@ -12,7 +12,8 @@ final class RelaySession: OpenQueue {
     let connection: Connection
     unowned let relay: Relay
     let peer: String
-    /// The client certificate's identity (TLS), passed with each API request the session answers.
+    /// The connection's client-certificate identity (TLS), if it showed one; each stream's own
+    /// `authorization` header comes first (port-forward streams and API requests alike).
     let identity: Identity?
     let table = StreamTable()
     var attempts: [StreamID: ConnectAttempt] = [:]
@@ -78,7 +79,12 @@ final class RelaySession: OpenQueue {
     private func request(headers: HeaderList, stream: StreamID, endStream: Bool) -> Tunnel? {
         let method = headers[":method"] ?? ""
         if headers["port"] == nil, method == "GET" || method == "HEAD", let path = headers[":path"], KubernetesAPI.serves(path) {
+            // Authorized inside `apiResponse`, as every API request is.
             answerAPI(stream, method: method, target: path, headers: headers)
+            return nil
+        }
+        if let refusal = relay.authorizePortForward(target: headers[":path"] ?? "", authorization: headers["authorization"], identity: identity) {
+            answer(stream, refusal)
             return nil
         }
         let pod: Pod
@@ -186,10 +192,10 @@ final class RelaySession: OpenQueue {
     }
 
     private func answer(_ stream: StreamID, _ refusal: Refusal) {
-        let body = StaticBody(refusal.text + "\n")
+        let body = StaticBody(refusal.body)
         do {
             try connection.session.submitResponse(stream, headers: [
-                (":status", "\(refusal.status)"), ("content-type", "text/plain; charset=utf-8"),
+                (":status", "\(refusal.status)"), ("content-type", refusal.contentType),
             ], body: body)
         } catch {
             // The stream is already gone (reset by the peer meanwhile): nothing to answer.

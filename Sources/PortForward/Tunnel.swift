@@ -249,7 +249,7 @@ public final class Tunnel: CompletionHandler {
                 }
             }
         case .rejected(let status, let text):
-            let reason = String(decoding: text, as: UTF8.self).trimmed
+            let reason = Refusal.message(body: String(decoding: text, as: UTF8.self))
             let callback = onRejected
             onRejected = nil
             callback?(status, reason.isEmpty ? "status \(status)" : reason)

@@ -171,6 +171,9 @@ struct Forward: ParsableCommand {
 
     @OptionGroup(title: "TLS (an https:// server)") var tls: ClientTLSOptions
 
+    @Option(help: "A bearer token for the relay, sent only over https:// (as kubectl: never in plain text).")
+    var token: String?
+
     @OptionGroup var io: IOOptions
 
     @Argument(help: "The pod's name.")
@@ -202,6 +205,10 @@ struct Forward: ParsableCommand {
         options.upgradeTimeoutSeconds = upgradeTimeout
         options.keepalive = keepaliveInterval > 0 ? Keepalive(interval: keepaliveInterval, timeout: keepaliveTimeout) : nil
         options.tls = tls.options
+        options.token = token
+        if token != nil && !options.sendsToken {
+            standardError("warning: --token is not sent to \(options.server): it would travel in plain text (use an https:// server)")
+        }
         do {
             let reactor = try io.makeReactor()
             let forwarder = try Forwarder(options: options, reactor: reactor)
@@ -300,6 +307,15 @@ struct RelayCommand: ParsableCommand {
 
     @OptionGroup(title: "TLS") var tlsOptions: RelayTLSOptions
 
+    @Option(help: "Bearer tokens, kube-apiserver's --token-auth-file CSV: token,user,uid[,\"group1,group2\"]. Requests without a known token are answered 401.")
+    var tokenAuthFile: String?
+
+    @Option(help: "Who may port-forward to which pods, YAML (allow: [{user: alice, namespaces: [default], pods: [\"web-*\"]}]); everything else is answered 403.")
+    var authorizationFile: String?
+
+    @Flag(help: "Listen beyond loopback without TLS and authentication anyway (prints a warning).")
+    var insecure = false
+
     @OptionGroup(title: "Limits") var limitOptions: RelayLimitOptions
 
     @OptionGroup var io: IOOptions
@@ -312,12 +328,23 @@ struct RelayCommand: ParsableCommand {
             guard let address = parseListen(listen) else {
                 throw ValidationError("invalid --listen \"\(listen)\": expected HOST:PORT")
             }
+            var access = AccessControl()
+            access.tokens = try tokenAuthFile.map(TokenFile.init(contentsOf:))
+            access.rules = try authorizationFile.map(AccessRules.init(contentsOf:))
+            // TLS with --tls-cert-file; client certificates (--client-ca-file) authenticate too.
+            switch ListenRule.check(listen: address, tls: tlsOptions.tlsCertFile != nil,
+                                    authenticates: access.authenticates || tlsOptions.clientCaFile != nil, insecure: insecure) {
+            case .fine: break
+            case .warn(let line): standardError(line)
+            case .refuse(let line): fail(line)
+            }
             let reactor = try io.makeReactor()
             let connectorObject: Connector = connector == .native
                 ? try NativeConnector(reactor: reactor, timeoutSeconds: connectTimeout)
                 : NsenterConnector(reactor: reactor, timeoutSeconds: connectTimeout)
             let relay = try Relay(listen: address, node: node ?? hostName(), registry: registry,
                                   connector: connectorObject, reactor: reactor, limits: limitOptions.limits)
+            relay.access = access
             if io.verbose { relay.log = standardError }
             relay.tls = try tlsOptions.makeContext()
             relay.pipes = io.makePipes()

@@ -5,6 +5,9 @@ the two port announcements, echoes SIZE random bytes through the port's data cha
 
     channelpeer.py URL SUBPROTOCOL PORT SIZE
     channelpeer.py URL SUBPROTOCOL PORT silent|pingflood   (an attacker: never reads)
+
+With PEER_TOKEN in the environment, the upgrade request carries `Authorization: Bearer TOKEN`. A
+refused upgrade prints "refused STATUS BODY" and exits 2.
 """
 import base64
 import os
@@ -62,7 +65,14 @@ def main():
         return
     size = int(size)
     base64_encoding = subprotocol.startswith("v4.base64")
-    ws = websocket.create_connection(f"{url}?ports={port}", subprotocols=[subprotocol], timeout=20)
+    token = os.environ.get("PEER_TOKEN")
+    header = [f"Authorization: Bearer {token}"] if token is not None else []
+    try:
+        ws = websocket.create_connection(f"{url}?ports={port}", subprotocols=[subprotocol], timeout=20, header=header)
+    except websocket.WebSocketBadStatusException as error:
+        body = error.resp_body.decode(errors="replace") if isinstance(error.resp_body, bytes) else error.resp_body
+        print("refused", error.status_code, body, flush=True)
+        sys.exit(2)
 
     def decode(message):
         """(channel, bytes) of one message, as the encoding writes it."""

@@ -225,6 +225,25 @@ def cmd_port(args):
     report({"results": [summary(outcome.stream(s)) for s in sids]})
 
 
+def cmd_headers(args):
+    """One stream per --headers item ("name=value|name=value", "-" for none) to --path and
+    --target-port, each sending b"hello" and END_STREAM: its status and body (the pod's echo, or
+    the refusal). Names are sent as given, uppercase included (an invalid HTTP/2 header)."""
+    sock, conn = connect(args.host, args.port)
+    outcome = Outcome()
+    sids = []
+    for item in args.headers:
+        extra = [tuple(pair.split("=", 1)) for pair in item.split("|")] if item != "-" else []
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, request_headers(args.path, args.target_port, extra))
+        conn.send_data(sid, b"hello", end_stream=True)
+        sids.append(sid)
+    sock.sendall(conn.data_to_send())
+    pump(sock, conn, outcome, lambda: all(outcome.stream(s)["ended"] or outcome.stream(s)["reset"] is not None
+                                          for s in sids), time.monotonic() + args.timeout)
+    report({"results": [summary(outcome.stream(s)) for s in sids]})
+
+
 def cmd_open(args):
     """Opens --count streams at once and never reads their data; reports how many were answered
     200, refused (REFUSED_STREAM) or otherwise, and holds them for --hold seconds."""
@@ -428,6 +447,7 @@ def main():
     add("bomb", cmd_bomb).add_argument("--continuations", type=int, default=8)
     add("trailers", cmd_trailers)
     add("port", cmd_port).add_argument("--ports", nargs="+", required=True)
+    add("headers", cmd_headers).add_argument("--headers", nargs="+", required=True)
     opener = add("open", cmd_open)
     opener.add_argument("--count", type=int, default=100)
     opener.add_argument("--hold", type=float, default=0)

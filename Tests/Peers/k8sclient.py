@@ -3,12 +3,17 @@ protocol) through a relay: echoes SIZE random bytes through each listed pod port
 "ok PORT BYTES" per port, or the error the client raised. Usage:
 
     k8sclient.py URL NAMESPACE POD PORT[,PORT...] SIZE
+
+With K8S_TOKEN in the environment, the client sends it as a bearer token
+(`configuration.api_key`), on the API requests and on the port-forward's WebSocket upgrade. An
+API error prints "api error STATUS REASON BODY" and exits 2.
 """
 import os
 import sys
 import threading
 
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 from kubernetes.stream import portforward
 
 
@@ -16,10 +21,17 @@ def main():
     url, namespace, pod, ports, size = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
     configuration = client.Configuration()
     configuration.host = url
+    if "K8S_TOKEN" in os.environ:
+        configuration.api_key = {"authorization": os.environ["K8S_TOKEN"]}
+        configuration.api_key_prefix = {"authorization": "Bearer"}
     api = client.CoreV1Api(client.ApiClient(configuration))
-    phase = api.read_namespaced_pod(pod, namespace).status.phase
-    print("phase", phase, flush=True)
-    forward = portforward(api.connect_get_namespaced_pod_portforward, pod, namespace, ports=ports)
+    try:
+        phase = api.read_namespaced_pod(pod, namespace).status.phase
+        print("phase", phase, flush=True)
+        forward = portforward(api.connect_get_namespaced_pod_portforward, pod, namespace, ports=ports)
+    except ApiException as error:
+        print("api error", error.status, error.reason, error.body, flush=True)
+        sys.exit(2)
     failures = 0
     for port in [int(p) for p in ports.split(",")]:
         sock = forward.socket(port)

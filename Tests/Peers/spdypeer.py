@@ -2,7 +2,10 @@
 port-forward protocol (portforward.k8s.io), plain or inside a WebSocket, used well or as an attacker
 would. Prints one JSON line with what it saw.
 
-usage: spdypeer.py MODE HOST PORT [--pod NS/NAME] [--ws] [options]
+usage: spdypeer.py MODE HOST PORT [--pod NS/NAME] [--ws] [--token TOKEN] [options]
+
+--token sends `Authorization: Bearer TOKEN` with the upgrade request. A refused upgrade prints
+{"error": "not upgraded", "status": STATUS, "answer": ...}.
 
 modes:
   forward     a well-behaved port-forward: one error/data pair to --target-port, --bytes echoed
@@ -51,8 +54,16 @@ assert len(DICTIONARY) == 1423 and zlib.adler32(DICTIONARY) == 0xE3C6A7C2
 SYN_STREAM, SYN_REPLY, RST_STREAM, SETTINGS, PING, GOAWAY = 1, 2, 3, 4, 6, 7
 
 
+def _content_length(head):
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value.strip())
+    return 0
+
+
 class Peer:
-    def __init__(self, host, port, pod, ws, node_path=False):
+    def __init__(self, host, port, pod, ws, node_path=False, token=None):
         self.sock = socket.create_connection((host, port), timeout=20)
         self.ws = ws
         self.deflate = zlib.compressobj(zdict=DICTIONARY)
@@ -62,15 +73,16 @@ class Peer:
         ns, name = pod.split("/")
         # The API server's pod subresource, or the kubelet's own path (--node-path).
         path = f"/portForward/{ns}/{name}" if node_path else f"/api/v1/namespaces/{ns}/pods/{name}/portforward"
+        credentials = f"Authorization: Bearer {token}\r\n" if token is not None else ""
         if ws:
             key = base64.b64encode(os.urandom(16)).decode()
             head = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
                     f"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n"
-                    f"Sec-WebSocket-Protocol: SPDY/3.1+portforward.k8s.io\r\n\r\n")
+                    f"Sec-WebSocket-Protocol: SPDY/3.1+portforward.k8s.io\r\n{credentials}\r\n")
         else:
             head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: Upgrade\r\n"
                     f"Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: portforward.k8s.io\r\n"
-                    f"Content-Length: 0\r\n\r\n")
+                    f"Content-Length: 0\r\n{credentials}\r\n")
         self.sock.sendall(head.encode())
         answer = b""
         while b"\r\n\r\n" not in answer:
@@ -81,7 +93,13 @@ class Peer:
         head, _, rest = answer.partition(b"\r\n\r\n")
         self.status = int(head.split(b" ")[1])
         if self.status != 101:
-            raise SystemExit(json.dumps({"error": "not upgraded", "answer": answer.decode("latin-1")}))
+            while len(answer) < len(head) + 4 + _content_length(head):
+                chunk = self.sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+            print(json.dumps({"error": "not upgraded", "status": self.status, "answer": answer.decode("latin-1")}), flush=True)
+            raise SystemExit(1)
         self.feed(rest)
 
     # -- framing
@@ -340,7 +358,8 @@ if __name__ == "__main__":
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--timeout", type=float, default=20)
+    parser.add_argument("--token")
     args = parser.parse_args()
-    peer = Peer(args.host, args.port, args.pod, args.ws, args.node_path)
+    peer = Peer(args.host, args.port, args.pod, args.ws, args.node_path, args.token)
     result = globals()[args.mode](peer, args)
     print(json.dumps(result), flush=True)

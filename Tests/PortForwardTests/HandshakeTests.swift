@@ -189,6 +189,34 @@ struct HandshakeTests {
         #expect(handshake.decided == example.decisions.last.map { $0 != "more" && $0 != "continue" })
     }
 
+    @Test("Authorization comes before the target is resolved, on upgrades only: API requests are checked where they are answered")
+    func authorizeFirst() {
+        let access = AccessControl(tokens: try! TokenFile(csv: "good,alice,1\n"),
+                                   rules: try! AccessRules(yaml: "allow:\n  - {user: alice, namespaces: [default]}\n"))
+        func handshake() -> Handshake {
+            Handshake(limits: Handshake.Limits(maxHead: 512, maxBody: 1000), resolve: { target in
+                target == "/portForward/default/web" ? nil : .podNotFound(namespace: "x", name: "nope")
+            }, authorize: { request in
+                guard let path = ForwardPath(parsing: request.target) else {
+                    return access.check(authorization: request.header("authorization"), certificate: nil, .nonResource(verb: "create", path: request.target))
+                }
+                return access.check(authorization: request.header("authorization"), certificate: nil,
+                                    .portForward(namespace: path.namespace, pod: path.pod))
+            })
+        }
+        var anonymous = handshake()
+        #expect(Self.receive(&anonymous, upgrade("/portForward/prod/nope")) == "401 Unauthorized")
+        var forbidden = handshake()
+        #expect(Self.receive(&forbidden, upgrade("/portForward/prod/nope", extra: "Authorization: Bearer good\r\n"))
+                == #"403 pods "nope" is forbidden: User "alice" cannot create resource "pods/portforward" in API group "" in the namespace "prod""#)
+        var missing = handshake()
+        #expect(Self.receive(&missing, upgrade("/portForward/default/nope", extra: "Authorization: Bearer good\r\n")) == "404 pod \"x/nope\" not found")
+        var allowed = handshake()
+        #expect(Self.receive(&allowed, upgrade(extra: "authorization: bearer good\r\n")) == "h2c POST /portForward/default/web body= rest=")
+        var api = handshake()
+        #expect(Self.receive(&api, "GET /api/v1/namespaces/prod/pods/web HTTP/1.1\r\nHost: relay\r\n\r\n") == "api GET /api/v1/namespaces/prod/pods/web keep")
+    }
+
     @Test("No complete request within the timeout: 408")
     func timeout() {
         var handshake = Self.handshake()

@@ -6,6 +6,9 @@ import Testing
 /// Every refusal, with the status, phrase and body text the relay answered with before they were
 /// one type: these bytes are what clients (kubectl-like tools, scripts matching texts) see.
 private let table: [(Refusal, Int, String, String)] = [
+    (.unauthorized, 401, "Unauthorized", "Unauthorized"),
+    (.forbidden(Forbidden(user: "alice", verb: "create", resource: "pods/portforward", namespace: "prod", name: "web")), 403, "Forbidden",
+     "pods \"web\" is forbidden: User \"alice\" cannot create resource \"pods/portforward\" in API group \"\" in the namespace \"prod\""),
     (.unknownPath("/nope"), 404, "Not Found",
      "unknown path \"/nope\": expected /portForward/<namespace>/<pod> or /proxy/nodes/<node>/portForward/<namespace>/<pod>"),
     (.nodeNotFound("othernode"), 404, "Not Found", "node \"othernode\" not found"),
@@ -42,6 +45,8 @@ struct RefusalTests {
         // A new case makes this switch fail to compile until it is added here and to the table.
         func name(_ refusal: Refusal) -> String {
             switch refusal {
+            case .unauthorized: "unauthorized"
+            case .forbidden: "forbidden"
             case .unknownPath: "unknownPath"
             case .nodeNotFound: "nodeNotFound"
             case .podNotFound: "podNotFound"
@@ -59,7 +64,7 @@ struct RefusalTests {
             case .headerFieldsTooLarge: "headerFieldsTooLarge"
             }
         }
-        #expect(Set(table.map { name($0.0) }).count == 15)
+        #expect(Set(table.map { name($0.0) }).count == 17)
     }
 
     @Test("Names from the peer are quoted at most a name's length")
