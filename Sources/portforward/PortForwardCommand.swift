@@ -331,9 +331,11 @@ struct RelayCommand: ParsableCommand {
             var access = AccessControl()
             access.tokens = try tokenAuthFile.map(TokenFile.init(contentsOf:))
             access.rules = try authorizationFile.map(AccessRules.init(contentsOf:))
-            // TLS with --tls-cert-file; client certificates (--client-ca-file) authenticate too.
+            // A verified client certificate's CN and O are the caller (--client-ca-file).
+            access.clientCertificates = tlsOptions.clientCaFile != nil
+            // TLS with --tls-cert-file; client certificates authenticate too.
             switch ListenRule.check(listen: address, tls: tlsOptions.tlsCertFile != nil,
-                                    authenticates: access.authenticates || tlsOptions.clientCaFile != nil, insecure: insecure) {
+                                    authenticates: access.authenticates, insecure: insecure) {
             case .fine: break
             case .warn(let line): standardError(line)
             case .refuse(let line): fail(line)

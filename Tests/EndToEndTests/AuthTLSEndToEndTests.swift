@@ -1,0 +1,182 @@
+import Foundation
+import Testing
+#if canImport(Glibc)
+@preconcurrency import Glibc
+#endif
+
+// Authentication and authorization over TLS, where kubectl sends its credentials: tokens and
+// client certificates, kubectl in both port-forward modes, curl over HTTP/2, our client's --token.
+
+/// A TLS relay with default/web and prod/web (one echo server), a token file (alice, erin in the
+/// group dev) and rules (alice: default; dev: web-* in dev); `clientCA` adds --client-ca-file.
+private struct SecuredTLSRelay {
+    let relay: RelayProcess
+    let files: TLSFiles
+    let alice: String
+    let wrong: String
+
+    static func start(_ scene: Scene, clientCA: Bool = false) throws -> SecuredTLSRelay {
+        let files = try TLSFiles(in: scene.directory)
+        let namespace = try scene.makeNamespace()
+        try scene.serve(in: namespace, port: echoPort)
+        let alice = "alice-\(E2E.randomSuffix())-secret", wrong = "wrong-\(E2E.randomSuffix())-secret"
+        let tokens = "\(scene.directory)/tokens.csv", rules = "\(scene.directory)/rules.yaml"
+        try "\(alice),alice,1001\nerin-\(E2E.randomSuffix()),erin,1002,dev\n".write(toFile: tokens, atomically: true, encoding: .utf8)
+        try "allow:\n  - {user: alice, namespaces: [default]}\n  - {group: dev, namespaces: [dev], pods: [\"web-*\"]}\n"
+            .write(toFile: rules, atomically: true, encoding: .utf8)
+        var extra = ["-v", "--tls-cert-file", files.serverCertificate, "--tls-private-key-file", files.serverKey,
+                     "--token-auth-file", tokens, "--authorization-file", rules]
+        if clientCA { extra += ["--client-ca-file", files.ca] }
+        var relay = try scene.startRelay(podsFile: """
+            pods:
+              - {namespace: default, name: web, netns: \(namespace.path)}
+              - {namespace: prod, name: web, netns: \(namespace.path)}
+            """, connector: .native, extra: extra)
+        relay.scheme = "https"
+        return SecuredTLSRelay(relay: relay, files: files, alice: alice, wrong: wrong)
+    }
+
+    /// A kubeconfig with the CA, and a token or a client certificate.
+    func kubeconfig(_ scene: Scene, token: String? = nil, certificate: Bool = false, name: String) throws -> String {
+        let path = "\(scene.directory)/kubeconfig-\(name)"
+        let user = certificate
+            ? "{client-certificate: \"\(files.clientCertificate)\", client-key: \"\(files.clientKey)\"}"
+            : "{token: \"\(token ?? "")\"}"
+        try """
+            apiVersion: v1
+            kind: Config
+            clusters:
+            - name: relay
+              cluster: {server: "\(relay.url)", certificate-authority: "\(files.ca)"}
+            contexts:
+            - name: relay
+              context: {cluster: relay, namespace: default, user: someone}
+            current-context: relay
+            users:
+            - name: someone
+              user: \(user)
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// kubectl port-forward with `config`, run to its end (a refusal) or until its Forwarding line.
+    func kubectl(_ scene: Scene, config: String, namespace: String = "default", websockets: Bool, name: String) throws -> Child {
+        try scene.start(["env", "HOME=\(scene.directory)", "KUBECONFIG=\(config)", "KUBECTL_PORT_FORWARD_WEBSOCKETS=\(websockets)",
+                         Kubectl.versioned, "--cache-dir", "\(scene.directory)/kube-cache-\(name)", "-n", namespace,
+                         "port-forward", "pod/web", "0:\(echoPort)"], name: "kubectl-\(name)")
+    }
+}
+
+private func forwardingPort(_ child: Child) throws -> Int {
+    try child.waitFor("kubectl's Forwarding line") { text -> Int? in
+        guard let range = text.range(of: "Forwarding from 127.0.0.1:") else { return nil }
+        let digits = text[range.upperBound...].prefix { $0.isNumber }
+        return text[range.upperBound...].dropFirst(digits.count).hasPrefix(" ->") ? Int(digits) : nil
+    }
+}
+
+@Suite("End to end: authentication and authorization over TLS (kubectl, curl, our client)", .serialized)
+struct AuthTLSEndToEndTests {
+    @Test("kubectl over https with a token, both modes: forwards; a wrong token: 'You must be logged in', exit 1; a forbidden namespace: the Forbidden message, exit 1")
+    func kubectlToken() throws {
+        try Kubectl.require(Kubectl.versioned)
+        try withScene { scene in
+            let secured = try SecuredTLSRelay.start(scene)
+            let good = try secured.kubeconfig(scene, token: secured.alice, name: "good")
+            let bad = try secured.kubeconfig(scene, token: secured.wrong, name: "bad")
+            for websockets in [true, false] {
+                let child = try secured.kubectl(scene, config: good, websockets: websockets, name: "good-\(websockets)")
+                let port = try forwardingPort(child)
+                let payload = Net.randomBytes(2 << 20)
+                let echoed = try Net.echo("127.0.0.1", port, payload, timeout: 60)
+                #expect(Net.same(echoed, payload), "websockets \(websockets): \(Net.firstDifference(echoed, payload))")
+                child.kill()
+
+                let wrong = try secured.kubectl(scene, config: bad, websockets: websockets, name: "bad-\(websockets)")
+                let wrongStatus = wrong.wait(timeout: 30)
+                #expect(wrongStatus != nil && wrongStatus != 0, "\(wrong.output)")
+                // What kubectl prints for kube-apiserver's 401 too: its discovery client does not decode the Status body.
+                #expect(wrong.stderr.contains("error: You must be logged in to the server (the server has asked for the client to provide credentials)"),
+                        "\(wrong.output)")
+
+                let denied = try secured.kubectl(scene, config: good, namespace: "prod", websockets: websockets, name: "denied-\(websockets)")
+                let deniedStatus = denied.wait(timeout: 30)
+                #expect(deniedStatus != nil && deniedStatus != 0, "\(denied.output)")
+                #expect(denied.stderr.contains(#"Error from server (Forbidden): pods "web" is forbidden: User "alice" cannot get resource "pods" in API group "" in the namespace "prod""#),
+                        "\(denied.output)")
+            }
+            let log = secured.relay.child.stderr
+            #expect(log.contains("(HTTP/2): 401") && log.contains("(HTTP/2): 403"), "\(log)")
+            #expect(!log.contains(secured.alice) && !log.contains(secured.wrong), "a token in the relay's output:\n\(log)")
+        }
+    }
+
+    @Test("kubectl with a client certificate (CN alice, O dev) and no token: allowed by the rules in default, Forbidden in prod")
+    func kubectlCertificate() throws {
+        try Kubectl.require(Kubectl.versioned)
+        try withScene { scene in
+            let secured = try SecuredTLSRelay.start(scene, clientCA: true)
+            let config = try secured.kubeconfig(scene, certificate: true, name: "certificate")
+            for websockets in [true, false] {
+                let child = try secured.kubectl(scene, config: config, websockets: websockets, name: "cert-\(websockets)")
+                let port = try forwardingPort(child)
+                let payload = Net.randomBytes(1 << 20)
+                #expect(Net.same(try Net.echo("127.0.0.1", port, payload, timeout: 60), payload), "websockets \(websockets)")
+                child.kill()
+                let denied = try secured.kubectl(scene, config: config, namespace: "prod", websockets: websockets, name: "cert-denied-\(websockets)")
+                let status = denied.wait(timeout: 30)
+                #expect(status != nil && status != 0, "\(denied.output)")
+                #expect(denied.stderr.contains(#"pods "web" is forbidden: User "alice" cannot get resource "pods" in API group "" in the namespace "prod""#),
+                        "\(denied.output)")
+            }
+        }
+    }
+
+    @Test("curl --http2 over TLS: the pod API with a good token, a wrong one and a forbidden namespace, as HTTP/2 streams")
+    func curlHTTP2() throws {
+        try withScene { scene in
+            let secured = try SecuredTLSRelay.start(scene)
+            func get(_ path: String, _ token: String?) throws -> (status: Int32, stdout: String, stderr: String) {
+                try E2E.run(["curl", "-sS", "--http2", "--cacert", secured.files.ca, "-w", "\n%{http_version} %{http_code}"]
+                            + (token.map { ["-H", "Authorization: Bearer \($0)"] } ?? []) + ["\(secured.relay.url)\(path)"], timeout: 20)
+            }
+            let good = try get("/api/v1/namespaces/default/pods/web", secured.alice)
+            #expect(good.stdout.hasSuffix("\n2 200") && good.stdout.contains(#""kind":"Pod""#), "\(good)")
+            let wrong = try get("/api/v1/namespaces/default/pods/web", secured.wrong)
+            #expect(wrong.stdout.hasSuffix("\n2 401") && wrong.stdout.contains(#""reason":"Unauthorized""#), "\(wrong)")
+            let denied = try get("/api/v1/namespaces/prod/pods/web", secured.alice)
+            #expect(denied.stdout.hasSuffix("\n2 403"), "\(denied)")
+            #expect(denied.stdout.contains(#"pods \"web\" is forbidden: User \"alice\" cannot get resource \"pods\" in API group \"\" in the namespace \"prod\""#), "\(denied)")
+        }
+    }
+
+    @Test("Our client over https with --token: forwards; a wrong token and a forbidden namespace: one line each")
+    func clientToken() throws {
+        try withScene { scene in
+            let secured = try SecuredTLSRelay.start(scene)
+            let ca = ["--certificate-authority", secured.files.ca]
+            let forwarder = try scene.startForwarder(relay: secured.relay, pod: "web", remotePorts: [echoPort], extra: ca + ["--token", secured.alice])
+            let payload = Net.randomBytes(2 << 20)
+            #expect(Net.same(try Net.echo("127.0.0.1", try forwarder.local(echoPort), payload, timeout: 60), payload))
+            #expect(!forwarder.child.stderr.contains("warning: --token"), "\(forwarder.child.stderr)")
+            for (token, namespace, expected) in [(secured.wrong, "default", "Unauthorized"),
+                                                 (secured.alice, "prod", #"pods "web" is forbidden: User "alice" cannot create resource "pods/portforward" in API group "" in the namespace "prod""#)] {
+                let child = try scene.start([E2E.binary, "forward", "--server", secured.relay.url, "--io", E2E.io, "-n", namespace,
+                                             "--token", token] + ca + ["web", ":\(echoPort)"], name: "forward-refused")
+                let port = try child.waitFor("the Forwarding line") { text -> Int? in
+                    guard let range = text.range(of: "Forwarding from 127.0.0.1:") else { return nil }
+                    return Int(text[range.upperBound...].prefix { $0.isNumber })
+                }
+                // The refusal comes on the stream: the local connection is closed, and the client says why.
+                let fd = try Net.connect("127.0.0.1", port)
+                _ = Net.readUntilClosed(fd, timeout: 10)
+                close(fd)
+                let line = try child.waitFor("the refusal line") { text in text.split(separator: "\n").first { $0.contains("error: forwarding port") } }
+                #expect(line.hasSuffix(expected), "\(child.output)")
+                #expect(!child.stderr.contains(token))
+                child.kill()
+            }
+            #expect(!secured.relay.child.stderr.contains(secured.alice))
+        }
+    }
+}
