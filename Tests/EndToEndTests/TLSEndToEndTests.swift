@@ -21,6 +21,9 @@ struct TLSFiles {
     var otherCA: String { "\(directory)/other-ca.crt" }
     var otherClientCertificate: String { "\(directory)/mallory.crt" }
     var otherClientKey: String { "\(directory)/mallory.key" }
+    /// alice's certificate from the right CA, expired.
+    var expiredClientCertificate: String { "\(directory)/alice-expired.crt" }
+    var expiredClientKey: String { "\(directory)/alice-expired.key" }
 
     init(in parent: String) throws {
         directory = "\(parent)/tls"
@@ -47,6 +50,7 @@ struct TLSFiles {
         try issue("expired", subject: "/CN=relay", ca: "ca", days: -1, extensions: "san.cnf")
         try issue("alice", subject: "/CN=alice/O=dev", ca: "ca", days: 2, extensions: "client.cnf")
         try issue("mallory", subject: "/CN=mallory/O=dev", ca: "other-ca", days: 2, extensions: "client.cnf")
+        try issue("alice-expired", subject: "/CN=alice/O=dev", ca: "ca", days: -1, extensions: "client.cnf")
     }
 }
 
@@ -203,7 +207,8 @@ struct TLSEndToEndTests {
             #expect(Net.same(try Net.echo("127.0.0.1", try forwarder.local(echoPort), payload), payload))
             #expect(relay.child.stderr.contains("TLS from 127.0.0.1: ALPN h2, client certificate of alice"), "\(relay.child.stderr)")
 
-            for credentials in [["--client-certificate", files.otherClientCertificate, "--client-key", files.otherClientKey], []] {
+            for credentials in [["--client-certificate", files.otherClientCertificate, "--client-key", files.otherClientKey],
+                                ["--client-certificate", files.expiredClientCertificate, "--client-key", files.expiredClientKey], []] {
                 // TLS 1.3: the client's handshake is done before the relay checks its certificate;
                 // the relay's alert ends the session at its first read.
                 let result = try failingForward(["--server", relay.url, "--certificate-authority", files.ca] + credentials, scene: scene)
@@ -215,6 +220,7 @@ struct TLSEndToEndTests {
             #expect(log.contains("TLS handshake from 127.0.0.1 failed: certificate verify failed (client certificate: unable to get local issuer certificate)")
                     || log.contains("TLS handshake from 127.0.0.1 failed: certificate verify failed"), "\(log)")
             #expect(log.contains("TLS handshake from 127.0.0.1 failed: peer did not return a certificate"), "\(log)")
+            #expect(log.contains("certificate has expired"), "\(log)")
             let curl = try E2E.run(["curl", "-sS", "--cacert", files.ca, "\(relay.url)/version"], timeout: 20, directory: scene.directory)
             #expect(curl.status != 0, "\(curl)")
         }
