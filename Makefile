@@ -6,7 +6,7 @@ PORTFORWARD ?= .build/release/portforward
 
 # Debian packages the build, the tests, the demo and the bench use.
 DEB_PACKAGES := libnghttp2-dev liburing-dev libssl-dev zlib1g-dev pkg-config socat iproute2 curl nghttp2-client \
-                iperf3 python3 python3-venv util-linux procps
+                iperf3 python3 python3-venv util-linux procps openssl
 
 # Python packages the tests' independent peers use (Tests/Peers), in a virtual environment of the
 # project's own: never the system Python's site-packages.

@@ -75,8 +75,10 @@ source scripts/lib.sh
 in_ns=(ip netns exec "$ns")
 
 # The load generator and the echo target: small C programs, so that neither is the bottleneck.
-cc -O2 -o "$work/connrate" Benchmarks/c/connrate.c || fail "cc could not build Benchmarks/c/connrate.c"
-cc -O2 -o "$work/echo-server" Benchmarks/c/echo-server.c || fail "cc could not build Benchmarks/c/echo-server.c"
+# A C compiler: $CC, else cc, else the clang that comes with the Swift toolchain.
+CC=${CC:-$(command -v cc || command -v clang || echo "$(dirname "$(command -v swift)")/clang")}
+"$CC" -O2 -o "$work/connrate" Benchmarks/c/connrate.c || fail "$CC could not build Benchmarks/c/connrate.c"
+"$CC" -O2 -o "$work/echo-server" Benchmarks/c/echo-server.c || fail "$CC could not build Benchmarks/c/echo-server.c"
 
 # --- The pod: a network namespace with iperf3 and an echo server --------------------------------
 ip netns delete "$ns" 2>/dev/null || true
