@@ -57,7 +57,7 @@ public struct ReconnectSettings: Sendable {
     public var sessionWaitSeconds: Double = 10
     /// The first re-dial comes after about this long; each failure doubles it up to `maximumBackoff`.
     public var initialBackoffSeconds: Double = 0.1
-    public var maximumBackoffSeconds: Double = 3
+    public var maximumBackoffSeconds: Double = 1.5
     /// Each wait is drawn from [wait x (1 - jitter), wait], so that clients of one relay do not
     /// re-dial in step.
     public var jitter: Double = 0.5
