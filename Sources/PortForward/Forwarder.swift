@@ -23,7 +23,7 @@ public struct ForwardOptions: Sendable {
     /// For an `https://` server.
     public var tls = TLSClientOptions()
     /// A bearer token (`--token`), sent as `authorization: Bearer TOKEN` on every stream's
-    /// HEADERS, and only to an `https://` server (`sendsToken`): as kubectl, never in plain text.
+    /// HEADERS, and only to an `https://` server (`sendsCredentials`): as kubectl, never in plain text.
     public var token: String?
     /// A kubeconfig user's `tokenFile`, read again at each dial (as client-go rereads it), sent
     /// as `token` is; `token` wins.
@@ -94,8 +94,6 @@ public struct TLSClientOptions: Sendable {
 }
 
 extension ForwardOptions {
-    /// Whether the token goes out: there is one, and the server URL is https.
-    public var sendsToken: Bool { token != nil && server.hasPrefix("https://") }
     /// Whether credentials are sent at all: only to an https:// server.
     public var sendsCredentials: Bool { server.hasPrefix("https://") }
 }
@@ -618,7 +616,7 @@ public final class Forwarder: CompletionHandler {
             return
         }
         let spec = listeners[Int(completion.tag)].spec
-        guard phase == .ready, let connection, !connection.isClosed else {
+        guard phase == .ready, let connection = self.connection, !connection.isClosed else {
             guard options.reconnect.enabled else {
                 reactor.close(client)
                 return
@@ -629,7 +627,6 @@ public final class Forwarder: CompletionHandler {
             return
         }
         openStream(client, spec: spec)
-        _ = connection
     }
 
     private func openStream(_ client: FileDescriptor, spec: PortSpec) {
