@@ -326,6 +326,7 @@ extension EndToEndTests {
             #expect(status == 1, "\(forwarder.child.output)")
             #expect(forwarder.child.stderr.contains("no answer to PING within 1 s"), "\(forwarder.child.stderr)")
             // Without --no-reconnect the session is lost, said in one line, and the client waits for the next.
+            _ = try reconnecting.child.waitFor("the line saying the session is lost") { $0.contains("Lost connection to relay") ? true : nil }
             let lost = reconnecting.child.stderr.split(separator: "\n").filter { $0.hasPrefix("Lost connection to relay") }
             #expect(lost.count == 1 && lost[0].contains("no answer to PING within 1 s"), "\(reconnecting.child.stderr)")
             #expect(reconnecting.child.isRunning)
