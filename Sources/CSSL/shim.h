@@ -85,4 +85,9 @@ static inline int pf_x509_subject_text(X509 *cert, int nid, int index, char *out
     OPENSSL_free(text);
     return length;
 }
+/* A certificate after the leaf in a client certificate held in memory (the context takes it). */
+static inline long pf_ssl_ctx_add_extra_chain_cert(SSL_CTX *ctx, X509 *certificate) {
+    return SSL_CTX_add_extra_chain_cert(ctx, certificate);
+}
+
 #endif

@@ -9,9 +9,9 @@ import Reactor
 /// `KUBERNETES_EXEC_INFO`, standard input closed (never interactive), standard error passed
 /// through to the user; its `ExecCredential` is kept until its `expirationTimestamp`.
 ///
-/// The run blocks the calling thread, bounded by `timeout`: the client runs it only while it has
-/// no session (at a dial), when the reactor has nothing to move; new local connections wait in
-/// the listen backlog meanwhile.
+/// The run blocks the calling thread, bounded by `timeout`: the client asks for the credential
+/// at a dial and for each new stream; the plugin runs only when the cached credential has expired
+/// (or after a 401), and then the loop waits for it (docs/PROTOCOL.md, "Limits").
 public final class ExecPlugin {
     public let exec: Kubeconfig.Exec
     public let cluster: Kubeconfig.Cluster?

@@ -23,14 +23,51 @@ public struct ForwardOptions: Sendable {
     /// For an `https://` server.
     public var tls = TLSClientOptions()
     /// A bearer token (`--token`), sent as `authorization: Bearer TOKEN` on every stream's
-    /// HEADERS, and only to an `https://` server (`sendsToken`): as kubectl, never in plain text.
+    /// HEADERS, and only to an `https://` server (`sendsCredentials`): as kubectl, never in plain text.
     public var token: String?
+    /// A kubeconfig user's `tokenFile`, read again at each dial (as client-go rereads it), sent
+    /// as `token` is; `token` wins.
+    public var tokenFile: String?
+    /// Named ports (`http`, `8080:http`), resolved from the pod's spec at the first read; empty:
+    /// `ports` as given.
+    public var requests: [PortRequest] = []
+    /// `--pod-running-timeout`: how long to wait for the pod to be Running, at start and after a
+    /// lost session (then a pod that is gone ends the client).
+    public var podRunningTimeoutSeconds: Double = 60
+    /// What the client does when its session to the relay is lost.
+    public var reconnect = ReconnectSettings()
+    /// Names the user the credentials come from in lines (`user "alice"`), never the secret.
+    public var credentialSource: String?
 
     public init(server: String, target: ForwardPath, ports: [PortSpec], addresses: [String] = ["localhost"]) {
         self.server = server
         self.target = target
         self.ports = ports
         self.addresses = addresses
+    }
+}
+
+/// What the client does when its session drops (the relay restarts, GOAWAY, a keepalive timeout).
+/// docs/PROTOCOL.md, "The client's limits".
+public struct ReconnectSettings: Sendable {
+    /// false (`--no-reconnect`): a lost session ends the client, as before.
+    public var enabled = true
+    /// How long a local connection accepted without a session waits for the next one
+    /// (`--session-wait-timeout`) before it is closed.
+    public var sessionWaitSeconds: Double = 10
+    /// The first re-dial comes after about this long; each failure doubles it up to `maximumBackoff`.
+    public var initialBackoffSeconds: Double = 0.1
+    public var maximumBackoffSeconds: Double = 1.5
+    /// Each wait is drawn from [wait x (1 - jitter), wait], so that clients of one relay do not
+    /// re-dial in step.
+    public var jitter: Double = 0.5
+
+    public init() {}
+
+    /// The wait after `failures` failed dials, given `random` in [0, 1).
+    public func backoff(failures: Int, random: Double) -> Double {
+        let base = min(initialBackoffSeconds * Double(1 << min(failures, 20)), maximumBackoffSeconds)
+        return base * (1 - jitter * random)
     }
 }
 
@@ -41,6 +78,11 @@ public struct TLSClientOptions: Sendable {
     /// `--client-certificate`, `--client-key`: shown when the relay asks (`--client-ca-file`).
     public var clientCertificateFile: String?
     public var clientKeyFile: String?
+    /// PEM in memory (a kubeconfig's `certificate-authority-data`, `client-certificate-data`,
+    /// `client-key-data`): each takes the place of its file.
+    public var certificateAuthorityData: [UInt8]?
+    public var clientCertificateData: [UInt8]?
+    public var clientKeyData: [UInt8]?
     /// `--insecure-skip-tls-verify`: no check of the relay's certificate at all.
     public var insecureSkipVerify = false
     /// `--tls-server-name`: the name the certificate must carry, instead of the URL's host.
@@ -52,13 +94,18 @@ public struct TLSClientOptions: Sendable {
 }
 
 extension ForwardOptions {
-    /// Whether the token goes out: there is one, and the server URL is https.
-    public var sendsToken: Bool { token != nil && server.hasPrefix("https://") }
+    /// Whether credentials are sent at all: only to an https:// server.
+    public var sendsCredentials: Bool { server.hasPrefix("https://") }
 }
 
 public struct ForwardError: Error, CustomStringConvertible, Sendable {
     public var description: String
-    public init(_ description: String) { self.description = description }
+    /// The relay's HTTP status when it refused the upgrade (404: no such pod).
+    public var status: Int?
+    public init(_ description: String, status: Int? = nil) {
+        self.description = description
+        self.status = status
+    }
 }
 
 /// `http://host:port` or `https://host:port` split up.
@@ -97,24 +144,51 @@ public struct ServerURL: Sendable {
 }
 
 /// The client: listens on local ports and tunnels each accepted connection as one stream of a
-/// single HTTP/2 connection to the relay.
+/// single HTTP/2 connection to the relay. The session's life (docs/ARCHITECTURE.md, "The
+/// client's session"): dial (blocking, bounded), read the pod (an HTTP/2 GET on the session),
+/// ready; when it drops, the listeners stay, new local connections wait for the next session,
+/// and the client re-dials with backoff and reads the pod again.
 public final class Forwarder: CompletionHandler {
     public let options: ForwardOptions
     public let reactor: ReactorBackend
     private let server: ServerURL
-    private var connection: Connection!
+    private var connection: Connection?
     private var listeners: [(fd: FileDescriptor, spec: PortSpec)] = []
     private let table = StreamTable()
     private var signals: SignalWatcher?
     /// The TLS pump under the relay connection (`https://`), and why it failed, if it did.
     private var tls: TLSConnection?
     private var tlsFailure: String?
-    private var stopping = false
+
+    private enum Phase { case connecting, checking, ready, lost, stopping }
+    private var phase = Phase.connecting
+    /// Whether a session was ever ready (the listeners are open).
+    private var everReady = false
+    /// When the last ready session was lost, and when the pod was first seen missing or not Running.
+    private var lostSince: UInt64 = 0
+    private var podWaitSince: UInt64?
+    private var failedDials = 0
+    /// The pod read in flight on the session: its stream, answer status and body.
+    private var podStream: StreamID?
+    private var podStatus = 0
+    private var podBody: [UInt8] = []
+    private var retriedAuthentication = false
+    /// Local connections accepted without a session, waiting for the next one.
+    private var waiting: [(fd: FileDescriptor, spec: PortSpec, since: UInt64)] = []
+    private var sweepArmed = false
+    /// Local connections with a stream, by tunnel: the pod port, for the line when they are reset.
+    private var open: [ObjectIdentifier: Int] = [:]
+    /// The kubeconfig's `tokenFile`, as read at the last dial.
+    private var tokenFromFile: String?
+
+    /// A kubeconfig user's exec credential plugin: asked for the token of each stream (it runs
+    /// again only when its credential expired, or after a 401).
+    public var execPlugin: ExecPlugin?
     /// Splice mode: local bytes go socket -> pipe -> relay connection (nil: pooled buffers).
     public var pipes: PipePool?
     /// Protocol errors nghttp2 handled on the relay connection, one line each (`-v`).
     public var log: ((String) -> Void)?
-    /// 0 after a clean stop, 1 when the relay went away.
+    /// 0 after a clean stop, 1 when the relay went away (or the pod did).
     public private(set) var exitCode: Int32 = 0
     public var print: (String) -> Void = { line in
         Swift.print(line)
@@ -125,20 +199,63 @@ public final class Forwarder: CompletionHandler {
     }
 
     private lazy var acceptErrors = LogLimiter(perSecond: 1) { [unowned self] line in self.printError(line) }
+    private lazy var credentialErrors = LogLimiter(perSecond: 1) { [unowned self] line in self.printError(line) }
 
     public init(options: ForwardOptions, reactor: ReactorBackend) throws {
         self.options = options
         self.reactor = reactor
         server = try ServerURL(parsing: options.server)
+        table.onHeaders = { [unowned self] headers, stream, endStream in
+            if stream == self.podStream {
+                if let status = headers[":status"] { self.podStatus = Int(status) ?? 0 }
+                return
+            }
+            guard let tunnel = self.table[stream] else { return }
+            // Only a head with :status answers the stream; trailers (a second block) do not.
+            if let status = headers[":status"] { tunnel.responded(status: Int(status) ?? 0) }
+            if endStream { tunnel.peerEnded() }
+        }
+        table.onOtherData = { [unowned self] stream, data in
+            if stream == self.podStream, self.podBody.count < Self.maximumPodAnswer { self.podBody.append(contentsOf: data) }
+        }
+        table.onOtherClosed = { [unowned self] stream, code in
+            if stream == self.podStream { self.podAnswered(reset: code != 0) }
+        }
     }
 
-    /// Connects and upgrades (blocking: nothing else is going on yet), then opens the listeners.
-    /// Throws with the one line to show when the relay cannot be reached or refuses the pod.
+    /// The most of a pod read's answer kept (a Pod object is a few KiB).
+    public static let maximumPodAnswer = 1 << 20
+
+    /// Connects and upgrades (blocking: nothing else is going on yet), then reads the pod; the
+    /// listeners open once it is Running. Throws with the one line to show when the relay cannot
+    /// be reached or refuses the session.
     public func start() throws {
+        try connect()
+        phase = .checking
+        readPod()
+        do {
+            signals = try SignalWatcher([SIGINT, SIGTERM, SIGHUP], reactor: reactor) { [unowned self] _ in self.shutdown() }
+        } catch {
+            // The default action still ends the process on Ctrl-C, only without a GOAWAY.
+            printError("warning: cannot watch for Ctrl-C and SIGTERM (\(error)): they will end the client abruptly")
+        }
+    }
+
+    /// One session: dial, TLS or the h2c upgrade, the HTTP/2 connection started.
+    private func connect() throws {
+        if let path = options.tokenFile, options.sendsCredentials {
+            do {
+                tokenFromFile = try ConfigFile.read(path, kind: "token file", maximumSize: 1 << 20).trimmed
+            } catch {
+                throw ForwardError("cannot read the kubeconfig's tokenFile: \(error)")
+            }
+        }
         let settings = SessionSettings()
         let fd: FileDescriptor
         let leftover: [UInt8]
         let session = try Session(role: .client, settings: settings)
+        tls = nil
+        tlsFailure = nil
         if server.secure {
             // TLS with ALPN h2: HTTP/2 with prior knowledge, each stream naming the pod.
             fd = try secureDial()
@@ -148,36 +265,174 @@ public final class Forwarder: CompletionHandler {
             (leftover, _) = try upgrade(fd, settings: settings)
             try session.upgrade(settingsPayload: HTTPText.settingsPayload(settings))
         }
-        connection = Connection(fd: fd, session: session, reactor: reactor)
+        let connection = Connection(fd: fd, session: session, reactor: reactor)
+        self.connection = connection
         table.serve(connection, pipes: pipes) { [unowned self] reason in self.connectionClosed(reason) }
-        table.onHeaders = { [unowned self] headers, stream, endStream in
-            guard let tunnel = self.table[stream] else { return }
-            // Only a head with :status answers the stream; trailers (a second block) do not.
-            if let status = headers[":status"] { tunnel.responded(status: Int(status) ?? 0) }
-            if endStream { tunnel.peerEnded() }
+        // The local connections open at the drop, named before the table ends them.
+        let ending = connection.onClose
+        connection.onClose = { [unowned self] reason in
+            self.noteResets()
+            ending?(reason)
         }
         session.log = log.map { log in { line in log("relay connection: \(line)") } }
         connection.keepalive = options.keepalive
-        try openListeners()
         leftover.withUnsafeBytes { connection.start(initial: $0) }
-        do {
-            signals = try SignalWatcher([SIGINT, SIGTERM, SIGHUP], reactor: reactor) { [unowned self] _ in self.shutdown() }
-        } catch {
-            // The default action still ends the process on Ctrl-C, only without a GOAWAY.
-            printError("warning: cannot watch for Ctrl-C and SIGTERM (\(error)): they will end the client abruptly")
+    }
+
+    /// The bearer token for the next request: `--token`, else the kubeconfig user's token or
+    /// tokenFile, else its exec plugin's (run only when its credential expired); none for http://.
+    private func bearer() -> String? {
+        guard options.sendsCredentials else { return nil }
+        if let token = options.token { return token }
+        if let tokenFromFile, !tokenFromFile.isEmpty { return tokenFromFile }
+        if let plugin = execPlugin {
+            do {
+                return try plugin.credential().token
+            } catch {
+                credentialErrors("error: \(error)")
+            }
         }
+        return nil
+    }
+
+    // MARK: the pod
+
+    private var podPath: String { "/api/v1/namespaces/\(options.target.namespace)/pods/\(options.target.pod)" }
+    private var podName: String { "\(options.target.namespace)/\(options.target.pod)" }
+
+    /// GET the pod on the session (the relay answers API reads on its streams, over h2c and TLS).
+    private func readPod() {
+        guard let connection, !connection.isClosed else { return }
+        var headers = [
+            (":method", "GET"), (":scheme", server.secure ? "https" : "http"), (":authority", server.authority),
+            (":path", podPath), ("accept", "application/json"),
+        ]
+        if let token = bearer() { headers.append(("authorization", "Bearer \(token)")) }
+        podStatus = 0
+        podBody = []
+        do {
+            podStream = try connection.session.submitRequest(headers, body: nil)
+        } catch {
+            connection.close(reason: "cannot ask for pod \(podName): \(error)")
+            return
+        }
+        connection.flushSoon()
+    }
+
+    private func podAnswered(reset: Bool) {
+        podStream = nil
+        let status = podStatus
+        let body = String(decoding: podBody, as: UTF8.self)
+        podBody = []
+        guard phase == .checking else { return }
+        if reset || status == 0 {
+            return podUnavailable("the relay reset the read of pod \(podName)", gone: false)
+        }
+        if status == 401, let plugin = execPlugin, !retriedAuthentication {
+            // The plugin's token was refused: run it again, once.
+            retriedAuthentication = true
+            plugin.forget()
+            return readPod()
+        }
+        if status == 200 {
+            do {
+                let pod = try PodDescription(json: body)
+                if let problem = pod.notRunning { return podUnavailable(problem, gone: false) }
+                return podReady(pod)
+            } catch {
+                return fatal("error: reading pod \(podName): \(error)")
+            }
+        }
+        let message = Refusal.statusMessage(body) ?? "the relay answered \(status) to the read of pod \(podName)"
+        switch status {
+        case 404: podUnavailable(message, gone: true)
+        case 401, 403:
+            fatal("error: \(message)" + (options.credentialSource.map { " (credentials of \($0))" } ?? ""))
+        default: podUnavailable(message, gone: false)
+        }
+    }
+
+    /// The pod is missing or not Running: at start a missing pod ends the client (as kubectl);
+    /// otherwise read it again until `--pod-running-timeout` has passed since the wait began.
+    private func podUnavailable(_ reason: String, gone: Bool) {
+        let now = Clock.nanoseconds()
+        if gone && !everReady { return fatal("error: \(reason)") }
+        let since = podWaitSince ?? (everReady ? lostSince : now)
+        if podWaitSince == nil {
+            podWaitSince = since
+            printError("Waiting up to \(options.podRunningTimeoutSeconds.formatted1) s for pod \(podName): \(reason)")
+        }
+        if Double(now - since) / 1e9 >= options.podRunningTimeoutSeconds {
+            return fatal(everReady
+                ? "error: pod \(podName) is gone: \(reason) (waited \(options.podRunningTimeoutSeconds.formatted1) s, --pod-running-timeout)"
+                : "error: \(reason) (waited \(options.podRunningTimeoutSeconds.formatted1) s, --pod-running-timeout)")
+        }
+        guard phase == .checking else {
+            // Refused at the upgrade (plain HTTP names the pod there): dial again later.
+            phase = .lost
+            failedDials += 1
+            return scheduleRedial()
+        }
+        let session = connection
+        after(options.reconnect.backoff(failures: 3, random: .random(in: 0..<1))) { [weak self] in
+            guard let self, self.phase == .checking, self.connection === session else { return }
+            self.readPod()
+        }
+    }
+
+    private func podReady(_ pod: PodDescription) {
+        podWaitSince = nil
+        retriedAuthentication = false
+        failedDials = 0
+        if !everReady {
+            do {
+                let specs = options.requests.isEmpty ? options.ports : try options.requests.map { try $0.resolve(in: pod) }
+                try openListeners(specs)
+            } catch {
+                return fatal(ForwardError.line(error))
+            }
+            everReady = true
+        } else {
+            printError("Reconnected to relay at \(options.server): forwarding to pod \(podName) again")
+        }
+        phase = .ready
+        let queued = waiting
+        waiting.removeAll()
+        for entry in queued { openStream(entry.fd, spec: entry.spec) }
+    }
+
+    /// Ends the client with one line.
+    private func fatal(_ line: String) {
+        guard phase != .stopping else { return }
+        printError(line)
+        exitCode = 1
+        phase = .stopping
+        reactor.stop()
     }
 
     /// Dials, then the TLS handshake (blocking, like the dial and the upgrade); returns the inner
     /// end of the TLS pump, which the relay connection reads and writes as plaintext.
     private func secureDial() throws -> FileDescriptor {
+        // A client certificate in memory: the kubeconfig's, else the exec plugin's.
+        var certificate: (certificate: [UInt8], key: [UInt8])?
+        if let data = options.tls.clientCertificateData, let key = options.tls.clientKeyData {
+            certificate = (data, key)
+        } else if options.tls.clientCertificateFile == nil, let plugin = execPlugin {
+            let credential = try plugin.credential()
+            if let data = credential.clientCertificateData, let key = credential.clientKeyData {
+                certificate = (Array(data.utf8), Array(key.utf8))
+            }
+        }
         let tcp = try dial()
         do {
             let context = try TLSContext.client(certificateAuthorityFile: options.tls.certificateAuthorityFile,
                                                 clientCertificateFile: options.tls.clientCertificateFile,
                                                 clientKeyFile: options.tls.clientKeyFile,
                                                 insecureSkipVerify: options.tls.insecureSkipVerify,
-                                                cipherList: options.tls.cipherList)
+                                                cipherList: options.tls.cipherList,
+                                                certificateAuthorityData: options.tls.certificateAuthorityData,
+                                                clientCertificateData: certificate?.certificate,
+                                                clientKeyData: certificate?.key)
             let established = try TLSClientHandshake.perform(fd: tcp, context: context,
                                                              serverName: options.tls.serverName ?? server.host,
                                                              timeoutSeconds: options.upgradeTimeoutSeconds)
@@ -306,13 +561,13 @@ public final class Forwarder: CompletionHandler {
             body = message
             plain = true
         }
-        if plain && !body.isEmpty && Refusal.textIsMessage(status: head.status) { throw ForwardError(body) }
+        if plain && !body.isEmpty && Refusal.textIsMessage(status: head.status) { throw ForwardError(body, status: head.status) }
         throw ForwardError("\(options.server) answered \(head.status) to the upgrade"
-                           + (plain && !body.isEmpty ? ": \(body)" : " (is it a portforward relay?)"))
+                           + (plain && !body.isEmpty ? ": \(body)" : " (is it a portforward relay?)"), status: head.status)
     }
 
-    private func openListeners() throws {
-        for spec in options.ports {
+    private func openListeners(_ specs: [PortSpec]) throws {
+        for spec in specs {
             var chosen = spec.local
             var bound = 0
             var failures: [String] = []
@@ -356,11 +611,26 @@ public final class Forwarder: CompletionHandler {
             return
         }
         let client = completion.result
-        if stopping || connection.isClosed {
+        guard phase != .stopping else {
             reactor.close(client)
             return
         }
         let spec = listeners[Int(completion.tag)].spec
+        guard phase == .ready, let connection = self.connection, !connection.isClosed else {
+            guard options.reconnect.enabled else {
+                reactor.close(client)
+                return
+            }
+            // No session now: wait (bounded) for the next one.
+            waiting.append((client, spec, Clock.nanoseconds()))
+            armSweep()
+            return
+        }
+        openStream(client, spec: spec)
+    }
+
+    private func openStream(_ client: FileDescriptor, spec: PortSpec) {
+        guard let connection else { return reactor.close(client) }
         self.print("Handling connection for \(spec.remote)")
         let carrier = HTTP2Stream(connection: connection)
         let tunnel = Tunnel(transport: carrier, reactor: reactor, pipes: pipes)
@@ -370,7 +640,7 @@ public final class Forwarder: CompletionHandler {
                 (":method", "POST"), (":scheme", server.secure ? "https" : "http"), (":authority", server.authority),
                 (":path", options.target.path), ("port", "\(spec.remote)"),
             ]
-            if options.sendsToken, let token = options.token { headers.append(("authorization", "Bearer \(token)")) }
+            if let token = bearer() { headers.append(("authorization", "Bearer \(token)")) }
             carrier.id = try connection.session.submitRequest(headers, body: carrier)
         } catch {
             printError("error: forwarding port \(spec.remote) to pod \(podName): \(error)")
@@ -380,47 +650,140 @@ public final class Forwarder: CompletionHandler {
             reactor.close(client)
             return
         }
-        table.add(carrier, tunnel)
-        tunnel.onRejected = { [unowned self] _, reason in
+        let key = ObjectIdentifier(tunnel)
+        open[key] = spec.remote
+        table.add(carrier, tunnel) { [unowned self] _ in self.open[key] = nil }
+        tunnel.onRejected = { [unowned self] status, reason in
+            // An expired or revoked token: the plugin runs again for the next stream.
+            if status == 401 { self.execPlugin?.forget() }
             self.printError("error: forwarding port \(spec.remote) to pod \(self.podName): \(reason)")
         }
         tunnel.attach(client)
         connection.flushSoon()
     }
 
-    private var podName: String { "\(options.target.namespace)/\(options.target.pod)" }
+    /// Closes local connections that waited longer than `sessionWaitSeconds` for a session.
+    private func armSweep() {
+        guard !sweepArmed else { return }
+        sweepArmed = true
+        after(0.1) { [weak self] in
+            guard let self else { return }
+            self.sweepArmed = false
+            let limit = UInt64(self.options.reconnect.sessionWaitSeconds * 1e9)
+            let now = Clock.nanoseconds()
+            self.waiting.removeAll { entry in
+                guard now - entry.since >= limit, self.phase != .stopping else { return false }
+                self.printError("error: connection for port \(entry.spec.remote) closed: no session to the relay within "
+                                + "\(self.options.reconnect.sessionWaitSeconds.formatted1) s (--session-wait-timeout)")
+                self.reactor.close(entry.fd)
+                return true
+            }
+            if !self.waiting.isEmpty { self.armSweep() }
+        }
+    }
+
+    /// Runs `action` on the loop after `seconds`.
+    private func after(_ seconds: Double, _ action: @escaping () -> Void) {
+        _ = reactor.timer(nanoseconds: UInt64(max(seconds, 0.001) * 1e9), handler: Deferred(action), tag: 0)
+    }
 
     // MARK: ending
 
     /// Ctrl-C or SIGTERM: close the listeners and every stream, say GOAWAY, close the connection.
     public func shutdown() {
-        if stopping { return }
-        stopping = true
+        if phase == .stopping { return }
+        phase = .stopping
         for listener in listeners { reactor.close(listener.fd) }
         listeners.removeAll()
+        for entry in waiting { reactor.close(entry.fd) }
+        waiting.removeAll()
         for tunnel in table.tunnels { tunnel.abort() }
+        guard let connection, !connection.isClosed else { return reactor.stop() }
         connection.session.terminate()
         connection.flushSoon()
         // Should the relay not read the GOAWAY, stop anyway.
         _ = reactor.timer(nanoseconds: 2_000_000_000, handler: StopTimer(reactor), tag: 0)
     }
 
-    private func connectionClosed(_ reason: String?) {
-        if !stopping {
-            if let tlsFailure, tlsFailure.contains("alert") {
-                // TLS 1.3: the relay checks a client certificate after the client's handshake is
-                // done, and its refusal arrives as an alert at the first read.
-                let alert = tlsFailure.components(separatedBy: "TLS: ").last ?? tlsFailure
-                printError("error: the relay at \(options.server) refused the TLS connection: \(alert)"
-                           + (alert.contains("certificate") || alert.contains("unknown ca")
-                              ? " (it asks for a client certificate signed by its --client-ca-file: see --client-certificate)" : ""))
-            } else {
-                printError("error: lost connection to relay at \(options.server): \(tlsFailure ?? reason ?? "closed")")
-            }
-            exitCode = 1
+    /// The session dropped with local connections on it: their bytes cannot be replayed on the
+    /// next session, so each is reset, and named in one line.
+    private func noteResets() {
+        guard phase != .stopping, options.reconnect.enabled, everReady else { return }
+        for port in open.values.sorted() {
+            printError("Connection for port \(port) reset: the session to the relay was lost")
         }
-        reactor.stop()
+        open.removeAll()
     }
+
+    private func connectionClosed(_ reason: String?) {
+        podStream = nil
+        if phase == .stopping {
+            reactor.stop()
+            return
+        }
+        let line: String
+        if let tlsFailure, tlsFailure.contains("alert") {
+            // TLS 1.3: the relay checks a client certificate after the client's handshake is
+            // done, and its refusal arrives as an alert at the first read.
+            let alert = tlsFailure.components(separatedBy: "TLS: ").last ?? tlsFailure
+            line = "the relay at \(options.server) refused the TLS connection: \(alert)"
+                + (alert.contains("certificate") || alert.contains("unknown ca")
+                   ? " (it asks for a client certificate signed by its --client-ca-file: see --client-certificate)" : "")
+        } else {
+            line = "lost connection to relay at \(options.server): \(tlsFailure ?? reason ?? "closed")"
+        }
+        guard options.reconnect.enabled, everReady else {
+            printError("error: " + line)
+            exitCode = 1
+            phase = .stopping
+            reactor.stop()
+            return
+        }
+        if phase == .ready {
+            lostSince = Clock.nanoseconds()
+            printError("Lost connection to relay at \(options.server) (\(tlsFailure ?? reason ?? "closed")): reconnecting; "
+                       + "new connections wait up to \(options.reconnect.sessionWaitSeconds.formatted1) s")
+        }
+        phase = .lost
+        failedDials = 0
+        scheduleRedial()
+    }
+
+    private func scheduleRedial() {
+        let wait = options.reconnect.backoff(failures: failedDials, random: .random(in: 0..<1))
+        after(wait) { [weak self] in self?.redial() }
+    }
+
+    private func redial() {
+        guard phase == .lost else { return }
+        do {
+            try connect()
+        } catch let error as ForwardError where error.status == 404 {
+            // The relay is back, without the pod.
+            return podUnavailable(error.description, gone: true)
+        } catch {
+            failedDials += 1
+            log?("re-dial \(failedDials) failed: \(error)")
+            return scheduleRedial()
+        }
+        phase = .checking
+        readPod()
+    }
+}
+
+extension ForwardError {
+    /// An error as one line (a ForwardError's text as is).
+    static func line(_ error: Error) -> String {
+        let text = "\(error)"
+        return text.hasPrefix("error:") ? text : "error: " + text
+    }
+}
+
+/// Runs a closure when its timer fires.
+private final class Deferred: CompletionHandler {
+    let action: () -> Void
+    init(_ action: @escaping () -> Void) { self.action = action }
+    func complete(_ completion: Completion) { action() }
 }
 
 private final class StopTimer: CompletionHandler {

@@ -52,7 +52,10 @@ public struct PortRequest: Equatable, Sendable {
             return
         }
         // IANA service names (what a container port's name may be): letters, digits, '-', at most 15.
-        guard last.count <= 15, last.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-") }) else {
+        // Kubernetes' IsValidPortName: at most 15, lowercase letters, digits and '-', at least one
+        // letter, no '-' at either end nor two together.
+        guard last.count <= 15, last.allSatisfy({ $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "-") }),
+              last.contains(where: \.isLetter), !last.hasPrefix("-"), !last.hasSuffix("-"), !last.contains("--") else {
             throw PortSpec.ParseError(description: "invalid port specification \"\(text)\": remote port \"\(last)\" is neither a number nor a port name")
         }
         remote = .name(String(last))

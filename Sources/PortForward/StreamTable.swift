@@ -8,6 +8,10 @@ public final class StreamTable: SessionDelegate, SpliceReceiver {
     private var streams: [StreamID: HTTP2Stream] = [:]
     /// A request (relay) or an answer's head (client); the owner decides what it means.
     public var onHeaders: ((HeaderList, StreamID, Bool) -> Void)?
+    /// A stream without a tunnel (the client's own API reads): its payload, and its end (0: ended
+    /// cleanly, else the reset code).
+    public var onOtherData: ((StreamID, UnsafeRawBufferPointer) -> Void)?
+    public var onOtherClosed: ((StreamID, UInt32) -> Void)?
 
     public init() {}
 
@@ -57,6 +61,7 @@ public final class StreamTable: SessionDelegate, SpliceReceiver {
         if let carrier = streams[stream] {
             carrier.received(data)
         } else {
+            onOtherData?(stream, data)
             session.consume(stream, data.count)
         }
     }
@@ -66,6 +71,10 @@ public final class StreamTable: SessionDelegate, SpliceReceiver {
     }
 
     public func session(_ session: Session, closed stream: StreamID, errorCode: UInt32) {
-        streams[stream]?.tunnel.streamClosed(errorCode: errorCode)
+        if let carrier = streams[stream] {
+            carrier.tunnel.streamClosed(errorCode: errorCode)
+        } else {
+            onOtherClosed?(stream, errorCode)
+        }
     }
 }

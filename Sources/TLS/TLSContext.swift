@@ -88,11 +88,17 @@ public final class TLSContext {
 
     /// The client's context: the relay's certificate verified against `certificateAuthorityFile`
     /// (else the system store) unless `insecureSkipVerify`; a client certificate when given.
+    /// The `...Data` arguments are PEM in memory (a kubeconfig's `-data` fields, an exec plugin's
+    /// answer): read through a memory BIO, never written to a file; each takes the place of its file.
     public static func client(certificateAuthorityFile: String?, clientCertificateFile: String?, clientKeyFile: String?,
-                              insecureSkipVerify: Bool, cipherList: String? = nil) throws -> TLSContext {
+                              insecureSkipVerify: Bool, cipherList: String? = nil,
+                              certificateAuthorityData: [UInt8]? = nil, clientCertificateData: [UInt8]? = nil,
+                              clientKeyData: [UInt8]? = nil) throws -> TLSContext {
         let context = try TLSContext(server: false, skipsVerification: insecureSkipVerify)
         let raw = context.raw
-        if let file = certificateAuthorityFile {
+        if let data = certificateAuthorityData {
+            try PEMMemory.addAuthorities(data, to: raw)
+        } else if let file = certificateAuthorityFile {
             guard SSL_CTX_load_verify_locations(raw, file, nil) == 1 else {
                 throw TLSError.openSSL("cannot load --certificate-authority \(file)")
             }
@@ -100,6 +106,12 @@ public final class TLSContext {
             throw TLSError.openSSL("cannot load the system's trusted certificates")
         }
         SSL_CTX_set_verify(raw, insecureSkipVerify ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, nil)
+        if clientCertificateData != nil || clientKeyData != nil {
+            guard let certificate = clientCertificateData, let key = clientKeyData else {
+                throw TLSError("client-certificate-data and client-key-data go together")
+            }
+            try PEMMemory.useCertificateChain(certificate, key: key, in: raw)
+        } else {
         switch (clientCertificateFile, clientKeyFile) {
         case (let certificate?, let key?):
             guard SSL_CTX_use_certificate_chain_file(raw, certificate) == 1 else {
@@ -115,6 +127,7 @@ public final class TLSContext {
             break
         default:
             throw TLSError("--client-certificate and --client-key go together")
+        }
         }
         try context.restrict(cipherList)
         guard pf_ssl_ctx_client_alpn_h2(raw) == 0 else { throw TLSError.openSSL("ALPN") }

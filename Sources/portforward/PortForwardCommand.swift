@@ -141,12 +141,28 @@ struct Forward: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Listen on local ports and forward each connection to a port of a pod.",
         discussion: """
-        Port specifications: 5000 (local 5000 to pod 5000), 6000:5000 (local 6000 to pod 5000), \
-        :5000 or 0:5000 (a free local port to pod 5000).
+        As kubectl port-forward: POD is NAME or pod/NAME; each port is [LOCAL:]REMOTE, REMOTE a number \
+        or a container port's name (5000, 6000:5000, :5000 for a free local port, http, 8080:http). \
+        The server and credentials come from the kubeconfig (--kubeconfig, else $KUBECONFIG, else \
+        ~/.kube/config) unless --server or $PORTFORWARD_SERVER names the server (the kubeconfig's \
+        credentials and CA still apply, as with kubectl --server). When the session to the relay \
+        drops, the listeners stay open and the client reconnects (--no-reconnect: it exits).
         """)
 
-    @Option(help: "The relay's URL (default: $PORTFORWARD_SERVER, then http://127.0.0.1:10250).")
+    @Option(help: "The relay's or API server's URL (overrides the kubeconfig's; default: $PORTFORWARD_SERVER, then the kubeconfig's cluster, then http://127.0.0.1:10250).")
     var server: String?
+
+    @Option(help: "The kubeconfig file (default: $KUBECONFIG, merged, then ~/.kube/config).")
+    var kubeconfig: String?
+
+    @Option(help: "The kubeconfig context (default: its current-context).")
+    var context: String?
+
+    @Option(help: "The kubeconfig cluster to use instead of the context's.")
+    var cluster: String?
+
+    @Option(help: "The kubeconfig user to use instead of the context's.")
+    var user: String?
 
     @Option(help: "Go through the API server's path for this node (/proxy/nodes/NODE/portForward/...).")
     var node: String?
@@ -154,11 +170,23 @@ struct Forward: ParsableCommand {
     @Flag(help: "Ask on the pod's Kubernetes API URL (/api/v1/namespaces/NAMESPACE/pods/POD/portforward), as kubectl does.")
     var apiPath = false
 
-    @Option(name: [.customShort("n"), .long], help: "The pod's namespace.")
-    var namespace = "default"
+    @Option(name: [.customShort("n"), .long], help: "The pod's namespace (default: the context's, then default).")
+    var namespace: String?
 
     @Option(help: "Addresses to listen on, comma-separated: localhost (127.0.0.1 and ::1) or IP addresses.")
     var address = "localhost"
+
+    @Option(help: "How long to wait for the pod to be Running, at start and after a lost session (a Go duration as kubectl's: 1m0s, 30s, or seconds).")
+    var podRunningTimeout = "1m0s"
+
+    @Flag(help: "Exit when the session to the relay is lost, instead of reconnecting.")
+    var noReconnect = false
+
+    @Option(help: "Seconds a local connection accepted while there is no session waits for the next one.")
+    var sessionWaitTimeout: Double = 10
+
+    @Option(help: "auto or h2 (our HTTP/2 protocol); websocket and spdy are not spoken by this client yet.")
+    var `protocol` = "auto"
 
     @Option(help: "Seconds the whole upgrade exchange with the relay may take.")
     var upgradeTimeout: Double = 10
@@ -171,47 +199,128 @@ struct Forward: ParsableCommand {
 
     @OptionGroup(title: "TLS (an https:// server)") var tls: ClientTLSOptions
 
-    @Option(help: "A bearer token for the relay, sent only over https:// (as kubectl: never in plain text).")
+    @Option(help: "A bearer token, sent only over https:// (as kubectl: never in plain text); overrides the kubeconfig's.")
     var token: String?
 
     @OptionGroup var io: IOOptions
 
-    @Argument(help: "The pod's name.")
+    @Argument(help: "The pod: NAME or pod/NAME.")
     var pod: String
 
-    @Argument(help: "[LOCAL:]REMOTE port specifications.")
+    @Argument(help: "[LOCAL:]REMOTE port specifications; REMOTE may be a container port's name.")
     var ports: [String] = []
 
     func validate() throws {
-        do { _ = try PortSpec.parseAll(ports) } catch { throw ValidationError("\(error)") }
-        if pod.isEmpty || pod.contains("/") { throw ValidationError("invalid pod name \"\(pod)\"") }
+        do {
+            if ports.isEmpty { _ = try PortSpec.parseAll([]) }
+            let requests = try ports.map(PortRequest.init(parsing:))
+            // A local port named twice (named ports without a local one are checked once resolved).
+            var seen = Set<Int>()
+            for request in requests {
+                let local: Int? = switch request.remote {
+                case .number(let number): request.local ?? number
+                case .name: request.local
+                }
+                if let local, local != 0, !seen.insert(local).inserted {
+                    throw ValidationError("local port \(local) is given more than once")
+                }
+            }
+        } catch {
+            throw ValidationError("\(error)")
+        }
         if address.split(separator: ",").isEmpty { throw ValidationError("--address needs at least one address") }
         if apiPath && node != nil { throw ValidationError("--api-path and --node name different URLs: give one") }
         if !(upgradeTimeout > 0) || !(keepaliveTimeout > 0) || !(keepaliveInterval >= 0) {
             throw ValidationError("--upgrade-timeout and --keepalive-timeout must be greater than 0, --keepalive-interval 0 or more")
+        }
+        if !(sessionWaitTimeout >= 0) { throw ValidationError("--session-wait-timeout must be 0 or more") }
+        if GoDuration.seconds(podRunningTimeout) == nil {
+            throw ValidationError("invalid --pod-running-timeout \"\(podRunningTimeout)\": expected a duration such as 1m0s, 30s or 45")
         }
     }
 
     func run() throws {
         Process.ignoreBrokenPipes()
         Process.raiseOpenFileLimit()
-        let specs = try PortSpec.parseAll(ports)
-        let environment = getenv("PORTFORWARD_SERVER").map { String(cString: $0) }
+        // One line, not the usage: what the user typed is well formed, only not supported.
+        if `protocol` != "auto" && `protocol` != "h2" {
+            fail("--protocol \(`protocol`): this client speaks our HTTP/2 protocol only (auto or h2); websocket and spdy are not implemented yet")
+        }
+        let podName: String
+        do { podName = try PodArgument.name(pod) } catch { fail("\(error)") }
+        let requests = try ports.map(PortRequest.init(parsing:))
+        var environment: [String: String] = [:]
+        for name in ["KUBECONFIG", "HOME"] {
+            if let value = getenv(name) { environment[name] = String(cString: value) }
+        }
+        let serverFromEnvironment = getenv("PORTFORWARD_SERVER").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
+        // The kubeconfig, as kubectl reads it; none at all is fine when --server or
+        // $PORTFORWARD_SERVER says where to go.
+        var selection: Kubeconfig.Selection?
+        do {
+            let config = try Kubeconfig.load(explicit: kubeconfig, environment: environment)
+            let asked = context != nil || cluster != nil || user != nil || kubeconfig != nil
+            if asked || config.currentContext != nil {
+                selection = try config.select(.init(context: context, cluster: cluster, user: user, namespace: namespace))
+            }
+        } catch {
+            fail("\(error)")
+        }
+        let serverURL = server ?? serverFromEnvironment ?? selection?.cluster.server ?? "http://127.0.0.1:10250"
+        let resolvedNamespace = namespace ?? selection?.namespace ?? "default"
         var options = ForwardOptions(
-            server: server ?? environment ?? "http://127.0.0.1:10250",
-            target: ForwardPath(node: node, namespace: namespace, pod: pod, subresource: apiPath),
-            ports: specs,
+            server: serverURL,
+            // A kubeconfig's server is an API server: ask on the pod's API URL, as kubectl does.
+            target: ForwardPath(node: node, namespace: resolvedNamespace, pod: podName, subresource: apiPath || (selection != nil && node == nil)),
+            ports: [],
             addresses: address.split(separator: ",").map { String($0).trimmed })
+        options.requests = requests
+        options.podRunningTimeoutSeconds = GoDuration.seconds(podRunningTimeout) ?? 60
+        options.reconnect.enabled = !noReconnect
+        options.reconnect.sessionWaitSeconds = sessionWaitTimeout
         options.upgradeTimeoutSeconds = upgradeTimeout
         options.keepalive = keepaliveInterval > 0 ? Keepalive(interval: keepaliveInterval, timeout: keepaliveTimeout) : nil
         options.tls = tls.options
         options.token = token
-        if token != nil && !options.sendsToken {
-            standardError("warning: --token is not sent to \(options.server): it would travel in plain text (use an https:// server)")
+        var plugin: ExecPlugin?
+        if let selection {
+            // The flags win over the kubeconfig, field by field, as kubectl's overrides do.
+            let cluster = selection.cluster, user = selection.user
+            if tls.certificateAuthority == nil {
+                options.tls.certificateAuthorityFile = cluster.certificateAuthority
+                options.tls.certificateAuthorityData = cluster.certificateAuthorityData
+            }
+            if !tls.insecureSkipTlsVerify { options.tls.insecureSkipVerify = cluster.insecureSkipTLSVerify }
+            if tls.tlsServerName == nil { options.tls.serverName = cluster.tlsServerName }
+            if tls.clientCertificate == nil {
+                options.tls.clientCertificateFile = user.clientCertificate
+                options.tls.clientKeyFile = user.clientKey
+                options.tls.clientCertificateData = user.clientCertificateData
+                options.tls.clientKeyData = user.clientKeyData
+            }
+            if token == nil {
+                options.token = user.token
+                if user.token == nil { options.tokenFile = user.tokenFile }
+                if user.token == nil && user.tokenFile == nil, let exec = user.exec {
+                    plugin = ExecPlugin(exec: exec, cluster: cluster)
+                }
+            }
+            if let unsupported = user.unsupported {
+                standardError("warning: user \"\(selection.userName ?? "")\" uses \(unsupported), which this client does not support: it is not used")
+            }
+            options.credentialSource = selection.userName.map { "user \"\($0)\"" }
+        }
+        let hasCredentials = options.token != nil || options.tokenFile != nil || plugin != nil
+            || options.tls.clientCertificateFile != nil || options.tls.clientCertificateData != nil
+        if hasCredentials && !options.sendsCredentials {
+            let whose = token != nil ? "--token is" : options.credentialSource.map { "the credentials of \($0) are" } ?? "the credentials are"
+            standardError("warning: \(whose) not sent to \(options.server): \(token != nil ? "it" : "they") would travel in plain text (use an https:// server)")
+            plugin = nil
         }
         do {
             let reactor = try io.makeReactor()
             let forwarder = try Forwarder(options: options, reactor: reactor)
+            forwarder.execPlugin = plugin
             forwarder.pipes = io.makePipes()
             if io.verbose { forwarder.log = standardError }
             try forwarder.start()
@@ -222,6 +331,31 @@ struct Forward: ParsableCommand {
         } catch {
             fail("\(error)")
         }
+    }
+}
+
+/// kubectl's durations (Go's `time.ParseDuration`: `1m0s`, `30s`, `1h`, `500ms`), or plain seconds.
+enum GoDuration {
+    static func seconds(_ text: String) -> Double? {
+        if let plain = Double(text), plain >= 0 { return plain }
+        var total = 0.0
+        var rest = Substring(text)
+        guard !rest.isEmpty else { return nil }
+        while !rest.isEmpty {
+            let number = rest.prefix { $0.isNumber || $0 == "." }
+            guard let value = Double(number) else { return nil }
+            rest = rest.dropFirst(number.count)
+            let unit = rest.prefix { $0.isLetter }
+            rest = rest.dropFirst(unit.count)
+            switch unit {
+            case "h": total += value * 3600
+            case "m": total += value * 60
+            case "s": total += value
+            case "ms": total += value / 1000
+            default: return nil
+            }
+        }
+        return total
     }
 }
 

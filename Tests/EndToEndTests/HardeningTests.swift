@@ -312,17 +312,24 @@ extension EndToEndTests {
         }
     }
 
-    @Test("A relay that stops (SIGSTOP) ends the client's session with one line")
+    @Test("A relay that stops (SIGSTOP) ends the client's session with one line (--no-reconnect: and the client)")
     func clientNoticesStoppedRelay() throws {
         try withScene { scene in
             let (_, relay) = try hardenedRelay(scene)
+            let reconnecting = try scene.startForwarder(relay: relay, pod: "web", remotePorts: [echoPort],
+                                                        extra: ["--keepalive-interval", "1", "--keepalive-timeout", "1"])
             let forwarder = try scene.startForwarder(relay: relay, pod: "web", remotePorts: [echoPort],
-                                                     extra: ["--keepalive-interval", "1", "--keepalive-timeout", "1"])
+                                                     extra: ["--keepalive-interval", "1", "--keepalive-timeout", "1", "--no-reconnect"])
             kill(relay.child.pid, SIGSTOP)
             defer { kill(relay.child.pid, SIGCONT) }
             let status = forwarder.child.wait(timeout: 10)
             #expect(status == 1, "\(forwarder.child.output)")
             #expect(forwarder.child.stderr.contains("no answer to PING within 1 s"), "\(forwarder.child.stderr)")
+            // Without --no-reconnect the session is lost, said in one line, and the client waits for the next.
+            _ = try reconnecting.child.waitFor("the line saying the session is lost") { $0.contains("Lost connection to relay") ? true : nil }
+            let lost = reconnecting.child.stderr.split(separator: "\n").filter { $0.hasPrefix("Lost connection to relay") }
+            #expect(lost.count == 1 && lost[0].contains("no answer to PING within 1 s"), "\(reconnecting.child.stderr)")
+            #expect(reconnecting.child.isRunning)
         }
     }
 }

@@ -224,11 +224,11 @@ extension EndToEndTests {
         }
     }
 
-    @Test("When the relay goes away, the client says so, closes its connections and exits non-zero")
+    @Test("With --no-reconnect, when the relay goes away, the client says so, closes its connections and exits non-zero")
     func relayGone() throws {
         try withScene { scene in
             let (_, relay) = try scene.echoPod(connector: .native)
-            let forwarder = try scene.startForwarder(relay: relay, pod: "web", remotePorts: [echoPort])
+            let forwarder = try scene.startForwarder(relay: relay, pod: "web", remotePorts: [echoPort], extra: ["--no-reconnect"])
             let fd = try Net.connect("127.0.0.1", try forwarder.local(echoPort))
             defer { close(fd) }
             var flows = [Flow(fd: fd, payload: Array("ping".utf8))]
@@ -272,7 +272,8 @@ extension EndToEndTests {
 
     @Test("Malformed port specifications are usage errors", arguments: [
         (["web", "70000"], "70000"),
-        (["web", "a"], "\"a\""),
+        (["web", "a_b"], "\"a_b\""),
+        (["web", "6000:http", "6000:7000"], "6000"),
         (["web", "1:2:3"], "1:2:3"),
         (["web", "5000", "5000:6000"], "5000"),
         (["web", "0"], "\"0\""),

@@ -57,7 +57,7 @@ struct PodLookupTests {
         #expect(throws: PodDescription.Problem(description: "Pod 'web' does not have a named port 'grpc'")) {
             try PortRequest(parsing: "grpc").resolve(in: pod)
         }
-        for text in ["a:b:c", "http:", "70000:http", "x y", "averyveryverylongname", "-1:http", "8080:0"] {
+        for text in ["a:b:c", "http:", "70000:http", "x y", "averyveryverylongname", "-1:http", "8080:0", "-1", "web-", "a--b", "HTTP", "a_b"] {
             #expect(throws: PortSpec.ParseError.self, "\(text)") { try PortRequest(parsing: text) }
         }
     }
