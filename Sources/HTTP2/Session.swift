@@ -42,7 +42,7 @@ public struct SessionSettings: Sendable {
     /// the bound on what one stream can make this side buffer.
     public var streamWindow: Int32 = 2 << 20
     public var connectionWindow: Int32 = 64 << 20
-    public var maxFrameSize: Int32 = 1 << 18
+    public var maxFrameSize: Int32 = 1 << 20
     /// How many streams the peer may have open at once (the relay's `--max-streams-per-connection`).
     public var maxConcurrentStreams: UInt32 = 16_384
     /// The largest header list accepted (`--max-header-list-size`): advertised as

@@ -11,8 +11,9 @@ import Reactor
 /// back, in order, in one place (`perform`).
 ///
 /// The bytes move the same way on both sides:
-/// - socket -> stream: a read lands in a pooled buffer, or (splice mode) is spliced into a pipe
-///   once the socket is readable; the transport's frames point into it (NO_COPY) or splice from
+/// - socket -> stream: a read lands in a pooled buffer, or (splice mode, once one read of the
+///   socket has moved `TunnelState.smallRead` bytes or more) is spliced into a pipe once the
+///   socket is readable; the transport's frames point into it (NO_COPY) or splice from
 ///   the pipe; when they have left, the buffer or pipe goes back and the next read is issued.
 ///   End of file ends the stream's body.
 /// - stream -> socket: payload that arrived spliced is spliced on from its pipe; payload in the
@@ -49,7 +50,7 @@ public final class Tunnel: CompletionHandler {
         self.reactor = reactor
         self.pipes = pipes
         held = transport.held
-        state = TunnelState(splice: pipes != nil)
+        state = TunnelState(splice: pipes != nil, bufferedReadsBelow: TunnelState.smallRead)
         actions.reserveCapacity(8)
     }
 

@@ -181,7 +181,21 @@ public struct TunnelState {
     /// How much of a refusal's body is kept as its reason.
     public static let maxRejectionText = 4096
 
-    public init(splice: Bool) { self.splice = splice }
+    /// Splice mode: until one read of the socket moves at least this many bytes, its reads go into
+    /// pooled buffers, not pipes: a small chunk then leaves in its frame header's writev, where a
+    /// pipe costs a splice in, a splice out and a refill that finds nothing. From the first large
+    /// read on (a bulk stream) it splices. 0: always splice.
+    public let bufferedReadsBelow: Int
+    /// What the relay and the client use (`Tunnel`): the size under which the receiving side
+    /// reads a payload rather than splicing it (`Connection.spliceThreshold`).
+    public static let smallRead = 16 * 1024
+    /// The largest read of the socket so far (up to `bufferedReadsBelow`).
+    private var largestRead = 0
+
+    public init(splice: Bool, bufferedReadsBelow: Int = 0) {
+        self.splice = splice
+        self.bufferedReadsBelow = bufferedReadsBelow
+    }
 
     public var isFinished: Bool { if case .finished = phase { return true }; return false }
     private var attached: Bool {
@@ -222,7 +236,7 @@ public struct TunnelState {
 
     private mutating func readNext(_ out: inout [TunnelAction]) {
         guard case .open = phase, case .idle = up else { return }
-        if splice {
+        if splice && largestRead >= bufferedReadsBelow {
             up = .polling
             out.append(.pollReadable)
         } else {
@@ -272,6 +286,7 @@ public struct TunnelState {
             if buffer != BufferPool.none { out.append(.releaseBuffer(buffer)) }
             return
         }
+        largestRead = max(largestRead, count)
         if count > 0 {
             up = .sending(Outgoing(holding: pipe.map { .pipe($0) } ?? .buffer(buffer), count: count))
             out.append(.hold(count))

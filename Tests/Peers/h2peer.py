@@ -397,7 +397,7 @@ def cmd_flood_data(args):
     sock.sendall(conn.data_to_send())
     pump(sock, conn, outcome, lambda: all(outcome.stream(s)["status"] is not None for s in sids), time.monotonic() + 10)
     sent = {sid: 0 for sid in sids}
-    # Frames as large as the relay allows (256 KiB): payloads the relay splices into pipes.
+    # Frames as large as the relay allows (1 MiB): payloads the relay splices into pipes.
     chunk = b"x" * conn.max_outbound_frame_size
     deadline = time.monotonic() + args.seconds
     while time.monotonic() < deadline:

@@ -14,6 +14,8 @@ enum TunnelEvent: Sendable {
 struct TunnelScenario: Sendable, CustomTestStringConvertible {
     var name: String
     var splice = false
+    /// `TunnelState.bufferedReadsBelow` (0: always splice in splice mode).
+    var smallReads = 0
     var steps: [(TunnelEvent, [String])]
     var testDescription: String { name }
 }
@@ -115,6 +117,22 @@ struct TunnelStateTests {
             (.read(10, buffer: 7), ["hold(10)", "resume"]),
             (.take(10), ["buffer(b7+0)"]),
             (.sent(10), ["unhold(10)", "release(b7)", "pollReadable"]),
+        ]),
+        TunnelScenario(name: "splice: small reads go through pooled buffers until one is large, then pipes for good",
+                       splice: true, smallReads: 1000, steps: [
+            (.attach, ["receive"]),
+            (.read(4, buffer: 7), ["hold(4)", "resume"]),
+            (.take(4), ["buffer(b7+0)"]),
+            (.sent(4), ["unhold(4)", "release(b7)", "receive"]),
+            (.noRoom, ["waitForRoom"]),
+            (.room, ["receive"]),
+            (.read(2000, buffer: 8), ["hold(2000)", "resume"]),
+            (.take(2000), ["buffer(b8+0)"]),
+            (.sent(2000), ["unhold(2000)", "release(b8)", "pollReadable"]),
+            (.readable, ["takePipe"]), (.pipe(3), ["spliceIn(p3)"]),
+            (.read(10, buffer: BufferPool.none), ["hold(10)", "resume"]), (.take(10), ["pipe(p3)"]),
+            (.sent(10), ["unhold(10)", "refill(p3)"]),
+            (.refill(.nothing), ["give(p3)", "pollReadable"]),
         ]),
         TunnelScenario(name: "splice: nothing there after all (EAGAIN): the pipe goes back", splice: true, steps: [
             (.attach, ["pollReadable"]), (.readable, ["takePipe"]), (.pipe(3), ["spliceIn(p3)"]),
@@ -251,7 +269,7 @@ struct TunnelStateTests {
 
     @Test("Scenario", arguments: scenarios)
     func scenario(_ scenario: TunnelScenario) {
-        var state = TunnelState(splice: scenario.splice)
+        var state = TunnelState(splice: scenario.splice, bufferedReadsBelow: scenario.smallReads)
         for (index, (event, expected)) in scenario.steps.enumerated() {
             let actions = apply(event, &state)
             #expect(actions == expected, "step \(index + 1): \(event)")
@@ -262,7 +280,7 @@ struct TunnelStateTests {
     func heldBalances() {
         // Each scenario that ends finished (or drained) leaves the held count where it began.
         for scenario in Self.scenarios {
-            var state = TunnelState(splice: scenario.splice)
+            var state = TunnelState(splice: scenario.splice, bufferedReadsBelow: scenario.smallReads)
             var held = 0
             for (event, _) in scenario.steps {
                 for action in apply(event, &state) {
