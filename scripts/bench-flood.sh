@@ -21,7 +21,7 @@ clients=${FLOOD_CLIENTS:-2}
 io=${FLOOD_IO:-epoll}
 python=${PYTHON:-.venv/bin/python}
 peer=Tests/Peers/h2peer.py
-ns=pf-bench-flood
+ns=pf-bench-flood-$$
 [ -x "$bin" ] || { echo "bench-flood: $bin not found: run 'make build'" >&2; exit 1; }
 [ -x "$python" ] || { echo "bench-flood: $python not found: run 'make venv'" >&2; exit 1; }
 

@@ -50,7 +50,8 @@ rows=(${BENCH_ROWS:-$default_rows})
 copy_args=()
 [ -n "${BENCH_COPY:-}" ] && copy_args=(--copy "$BENCH_COPY")
 out_dir=bench-results
-ns=pf-bench-side
+# Per run: two bench runs at once (another checkout, another user) must not delete each other's namespace.
+ns=pf-bench-side-$$
 iperf_port=5201
 echo_port=7300
 
