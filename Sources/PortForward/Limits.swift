@@ -6,6 +6,11 @@ import Reactor
 public struct RelayLimits: Sendable {
     /// Connections at once (handshaking or in session); past it a new connection is closed at once.
     public var maxConnections = 4096
+    /// Connections one peer address may have that are not past their handshake yet (the TLS
+    /// handshake, then the first request; an HTTP/1.1 API connection between requests counts
+    /// too): past it a new connection from that address is closed at once, so that one address
+    /// holding half-open handshakes cannot take `maxConnections` from everyone else.
+    public var maxHandshakesPerPeer = 128
     /// Streams being connected or forwarded across the whole relay; past it a stream gets `503`.
     public var maxStreams = 32_768
     /// SETTINGS_MAX_CONCURRENT_STREAMS: streams one connection may have open (fan-out is a

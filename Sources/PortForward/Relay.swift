@@ -36,6 +36,8 @@ public final class Relay: CompletionHandler {
     /// connections; a done one's inner end is counted as its session).
     private var tlsConnections: [ObjectIdentifier: (connection: TLSConnection, established: Bool)] = [:]
     private var tlsHandshakes = 0
+    /// Connections of each peer address not past their handshake (`maxHandshakesPerPeer`).
+    private var handshakesByPeer: [String: Int] = [:]
     /// The port is TLS only (`--tls-cert-file`).
     public var tlsEnabled: Bool { tls != nil }
     /// Clients must show a certificate signed by `--client-ca-file` at the handshake.
@@ -107,6 +109,14 @@ public final class Relay: CompletionHandler {
         }
         let address = Sockets.peerAddress(fd)
         let peer = address.length > 0 ? address.ip : "?"
+        let pending = handshakesByPeer[peer, default: 0]
+        if pending >= limits.maxHandshakesPerPeer {
+            limitedLog("connection from \(peer) refused: \(pending) of its connections are not past their handshake (--max-handshakes-per-peer)")
+            Sockets.resetOnClose(fd)
+            reactor.close(fd)
+            return
+        }
+        handshakesByPeer[peer] = pending + 1
         if let tls { return startTLS(fd, peer: peer, context: tls) }
         accepted(fd, peer: peer, identity: nil)
     }
@@ -120,6 +130,7 @@ public final class Relay: CompletionHandler {
                                            deadlineSeconds: limits.handshakeTimeout)
         } catch {
             limitedLog("TLS from \(peer): \(error)")
+            handshakeEnded(peer)
             reactor.close(fd)
             return
         }
@@ -133,7 +144,10 @@ public final class Relay: CompletionHandler {
             self.accepted(inner, peer: peer, identity: identity)
         }
         connection.onClosed = { [unowned self] _ in
-            if let entry = self.tlsConnections.removeValue(forKey: key), !entry.established { self.tlsHandshakes -= 1 }
+            if let entry = self.tlsConnections.removeValue(forKey: key), !entry.established {
+                self.tlsHandshakes -= 1
+                self.handshakeEnded(peer)
+            }
         }
         tlsConnections[key] = (connection, false)
         tlsHandshakes += 1
@@ -193,7 +207,12 @@ public final class Relay: CompletionHandler {
     }
 
     func handshakeDone(_ handshake: PendingConnection) {
-        handshakes[ObjectIdentifier(handshake)] = nil
+        if handshakes.removeValue(forKey: ObjectIdentifier(handshake)) != nil { handshakeEnded(handshake.peer) }
+    }
+
+    /// A connection of `peer` is past its handshake (in a session) or gone before it.
+    private func handshakeEnded(_ peer: String) {
+        if let count = handshakesByPeer[peer] { handshakesByPeer[peer] = count > 1 ? count - 1 : nil }
     }
 
     func adopt(_ session: RelaySession) {

@@ -50,6 +50,8 @@ struct RelayLimitOptions: ParsableArguments {
 
     @Option(help: "Connections at once; more are closed at once.")
     var maxConnections = defaults.maxConnections
+    @Option(help: "Connections one peer address may have that are not past their handshake (TLS, then the first request); more from it are closed at once.")
+    var maxHandshakesPerPeer = defaults.maxHandshakesPerPeer
     @Option(help: "Streams at once across the relay; more are answered 503.")
     var maxStreams = defaults.maxStreams
     @Option(help: "SETTINGS_MAX_CONCURRENT_STREAMS: streams one connection may have open.")
@@ -88,6 +90,7 @@ struct RelayLimitOptions: ParsableArguments {
     func validate() throws {
         let positive: [(String, Double)] = [
             ("--max-connections", Double(maxConnections)), ("--max-streams", Double(maxStreams)),
+            ("--max-handshakes-per-peer", Double(maxHandshakesPerPeer)),
             ("--max-streams-per-connection", Double(maxStreamsPerConnection)),
             ("--max-header-list-size", Double(maxHeaderListSize)), ("--max-request-head", Double(maxRequestHead)),
             ("--max-held-bytes", Double(maxHeldBytes)), ("--max-queued-frames", Double(maxQueuedFrames)),
@@ -110,6 +113,7 @@ struct RelayLimitOptions: ParsableArguments {
     var limits: RelayLimits {
         var limits = RelayLimits()
         limits.maxConnections = maxConnections
+        limits.maxHandshakesPerPeer = maxHandshakesPerPeer
         limits.maxStreams = maxStreams
         limits.maxStreamsPerConnection = UInt32(maxStreamsPerConnection)
         limits.maxHeaderListSize = UInt32(maxHeaderListSize)

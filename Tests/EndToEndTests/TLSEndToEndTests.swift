@@ -300,7 +300,9 @@ struct TLSEndToEndTests {
         try withScene { scene in
             let files = try TLSFiles(in: scene.directory)
             let deadline = 2.0
-            let (_, relay) = try scene.tlsRelay(files, extra: ["--handshake-timeout", "\(deadline)"])
+            // The 200 idle connections come from one address and are not past their handshake
+            // (no request yet): above the default --max-handshakes-per-peer (its own test below).
+            let (_, relay) = try scene.tlsRelay(files, extra: ["--handshake-timeout", "\(deadline)", "--max-handshakes-per-peer", "1000"])
             let forwarder = try scene.startForwarder(relay: relay, pod: "web", remotePorts: [echoPort],
                                                      extra: ["--certificate-authority", files.ca])
             let background = BackgroundEcho(port: try forwarder.local(echoPort))
@@ -350,6 +352,51 @@ struct TLSEndToEndTests {
             #expect(relay.child.isRunning)
             let log = relay.child.stderr
             #expect(log.contains("TLS handshake from 127.0.0.1 failed: not finished within \(deadline) s"), "\(log)")
+        }
+    }
+
+    @Test("One address holding half-open TLS handshakes cannot take --max-connections from the others (--max-handshakes-per-peer)")
+    func handshakesPerPeer() throws {
+        try withScene { scene in
+            let files = try TLSFiles(in: scene.directory)
+            let (_, relay) = try scene.tlsRelay(files, extra: ["--max-connections", "40", "--max-handshakes-per-peer", "10",
+                                                              "--handshake-timeout", "30"])
+            // 60 connections from 127.0.0.2, each with the first 11 bytes of a ClientHello, held;
+            // the script prints how many are still open after a moment.
+            let script = """
+                import socket, sys, time
+                held = []
+                for _ in range(60):
+                    s = socket.socket(); s.bind(("127.0.0.2", 0)); s.connect(("127.0.0.1", int(sys.argv[1])))
+                    s.sendall(bytes([0x16, 3, 1, 2, 0, 1, 0, 1, 0xfc, 3, 3])); held.append(s)
+                time.sleep(1)
+                alive = 0
+                for s in held:
+                    s.setblocking(False)
+                    try:
+                        alive += 1 if s.recv(1) is None else 0
+                    except BlockingIOError:
+                        alive += 1
+                    except OSError:
+                        pass
+                print("alive", alive, flush=True)
+                time.sleep(60)
+                """
+            let attacker = try scene.start(["python3", "-c", script, "\(relay.port)"], name: "half-open")
+            let alive = try attacker.waitFor("the attacker's count") { text -> Int? in
+                guard let range = text.range(of: "alive ") else { return nil }
+                return Int(text[range.upperBound...].prefix { $0.isNumber })
+            }
+            #expect(alive == 10, "\(attacker.output)")
+            // Everyone else still gets in.
+            for _ in 0..<5 {
+                let curl = try E2E.run(["curl", "-sS", "--http2", "--cacert", files.ca, "\(relay.url)/version"], timeout: 20,
+                                       directory: scene.directory)
+                #expect(curl.status == 0 && curl.stdout.contains("gitVersion"), "\(curl)")
+            }
+            attacker.kill()
+            #expect(relay.child.stderr.contains("connection from 127.0.0.2 refused: 10 of its connections are not past their handshake"),
+                    "\(relay.child.stderr)")
         }
     }
 
