@@ -28,7 +28,8 @@
 # BENCH_BASELINE (another portforward binary, e.g. an older commit's: adds the rows base-epoll and
 # base-uring, its relay and client under the same loads in the same rounds; the load generators
 # stay this binary's).
-# BENCH_ROWS may name base-epoll and base-uring only with BENCH_BASELINE. Rows not run by default:
+# BENCH_ROWS may name base-epoll, base-uring, base-tls-epoll and base-tls-uring (the baseline over TLS,
+# as pf-tls-*) only with BENCH_BASELINE. Rows not run by default:
 # kubectl-ws, kubectl-spdy (kubectl 1.32, BENCH_KUBECTL, port-forwarding through a relay in each
 # mode) and kubectl-ws-nsenter, kubectl-spdy-nsenter (the same with the relay's nsenter+socat
 # connector, the reference design's node side).
@@ -246,6 +247,9 @@ for row in "${rows[@]}"; do
         base-epoll|base-uring)
             [ -n "$baseline" ] || fail "row $row needs BENCH_BASELINE"
             start_portforward "$row" "${row#base-}" "$baseline" && active+=("$row") ;;
+        base-tls-epoll|base-tls-uring)
+            [ -n "$baseline" ] || fail "row $row needs BENCH_BASELINE"
+            if start_portforward "$row" "${row#base-tls-}" "$baseline" tls; then active+=("$row"); else note "skipping $row: ${skip_reason[$row]}"; fi ;;
         kubectl-ws) start_kubectl "$row" ws native && active+=("$row") ;;
         kubectl-spdy) start_kubectl "$row" spdy native && active+=("$row") ;;
         kubectl-ws-nsenter) start_kubectl "$row" ws nsenter && active+=("$row") ;;
@@ -342,7 +346,7 @@ for round in $(seq "$rounds"); do
         for row in "${active[@]}"; do note "round $round/$rounds: connection rate x$parallel: $row"; run_rate "$row" "$parallel" "$round"; done
     done
     for row in "${active[@]}"; do
-        case $row in pf-tls-*) ;; pf-*|base-*) note "round $round/$rounds: fan-out: $row"; run_fanout "$row" "$round" ;; esac
+        case $row in pf-tls-*|base-tls-*) ;; pf-*|base-*) note "round $round/$rounds: fan-out: $row"; run_fanout "$row" "$round" ;; esac
     done
 done
 elapsed=$((SECONDS - started))
@@ -370,12 +374,14 @@ import json, math, os, platform, subprocess, sys, statistics
 (results, base, rounds, seconds, rate_seconds, fanout_streams, elapsed,
  env_json, skipped, copy, active) = sys.argv[1:12]
 rows_order = ["direct", "socat", "reference", "ssh", "pf-epoll", "pf-uring", "pf-tls-epoll", "pf-tls-uring", "base-epoll", "base-uring",
+              "base-tls-epoll", "base-tls-uring",
               "kubectl-ws", "kubectl-spdy", "kubectl-ws-nsenter", "kubectl-spdy-nsenter"]
 labels = {"direct": "direct loopback (no relay)", "socat": "socat relay",
           "reference": "reference design (socat -> nsenter + socat)", "ssh": "ssh -L (aes128-gcm)",
           "pf-epoll": "portforward, epoll", "pf-uring": "portforward, io_uring",
           "pf-tls-epoll": "portforward TLS (aes128-gcm), epoll", "pf-tls-uring": "portforward TLS (aes128-gcm), io_uring",
           "base-epoll": "baseline binary, epoll", "base-uring": "baseline binary, io_uring",
+          "base-tls-epoll": "baseline binary TLS, epoll", "base-tls-uring": "baseline binary TLS, io_uring",
           "kubectl-ws": "kubectl 1.32 (WebSocket) -> our relay", "kubectl-spdy": "kubectl 1.32 (SPDY) -> our relay",
           "kubectl-ws-nsenter": "kubectl 1.32 (WebSocket) -> relay, nsenter+socat",
           "kubectl-spdy-nsenter": "kubectl 1.32 (SPDY) -> relay, nsenter+socat"}
@@ -426,7 +432,7 @@ out = []
 out.append("  ".join(h.ljust(colw[i]) if i == 0 else h.rjust(colw[i]) for i, h in enumerate(headers)))
 for c in cells:
     out.append("  ".join(x.ljust(colw[i]) if i == 0 else x.rjust(colw[i]) for i, x in enumerate(c)))
-for io in ("epoll", "uring"):
+for io in ("epoll", "uring", "tls-epoll", "tls-uring"):
     new, old = f"pf-{io}", f"base-{io}"
     if new in rows and old in rows:
         parts = [f"{t} {median(new, f) / median(old, f):.2f}" if median(new, f) and median(old, f) else f"{t} -"
@@ -454,7 +460,7 @@ for r in rows:
 if "direct" in rows:
     out.append(f"direct: serial conn/s {spread('direct', 'rate1')} over rounds, p50 {fmt(median('direct', 'p50_1'))} us")
 held = [f"{r}: {fmt(median(r, 'fanout_held'))}/{int(fanout_streams):,} held, churn {fmt(median(r, 'churn_rate'))} streams/s, "
-        f"open TTFB p99 {fmt((median(r, 'fanout_ttfb_p99') or 0) / 1000)} ms" for r in rows if r.startswith(("pf-", "base-")) and not r.startswith("pf-tls-")]
+        f"open TTFB p99 {fmt((median(r, 'fanout_ttfb_p99') or 0) / 1000)} ms" for r in rows if r.startswith(("pf-", "base-")) and not r.startswith(("pf-tls-", "base-tls-"))]
 env = json.loads(env_json or "{}")
 def version(cmd):
     try:
