@@ -24,11 +24,14 @@
 # Knobs: PORTFORWARD (binary), BENCH_ROUNDS (3), BENCH_SECONDS (3, per iperf3 run),
 # BENCH_RATE_SECONDS (2, per connection-rate run), BENCH_FANOUT (10000 streams),
 # BENCH_ROWS (space-separated subset of: direct socat reference ssh pf-epoll pf-uring pf-tls-epoll pf-tls-uring),
+# BENCH_FIGURES (space-separated subset of: tput1 tput8 rate1 rate4 fanout; all by default: the
+# others are left out, for quicker A/B runs of one figure),
 # BENCH_COPY (the relay's and client's --copy; default: their own default),
 # BENCH_BASELINE (another portforward binary, e.g. an older commit's: adds the rows base-epoll and
 # base-uring, its relay and client under the same loads in the same rounds; the load generators
 # stay this binary's).
-# BENCH_ROWS may name base-epoll and base-uring only with BENCH_BASELINE. Rows not run by default:
+# BENCH_ROWS may name base-epoll, base-uring, base-tls-epoll and base-tls-uring (the baseline over TLS,
+# as pf-tls-*) only with BENCH_BASELINE. Rows not run by default:
 # kubectl-ws, kubectl-spdy (kubectl 1.32, BENCH_KUBECTL, port-forwarding through a relay in each
 # mode) and kubectl-ws-nsenter, kubectl-spdy-nsenter (the same with the relay's nsenter+socat
 # connector, the reference design's node side).
@@ -43,6 +46,7 @@ rounds=${BENCH_ROUNDS:-3}
 seconds=${BENCH_SECONDS:-3}
 rate_seconds=${BENCH_RATE_SECONDS:-2}
 fanout_streams=${BENCH_FANOUT:-10000}
+figures_wanted=${BENCH_FIGURES:-tput1 tput8 rate1 rate4 fanout}
 baseline=${BENCH_BASELINE:-}
 default_rows="direct socat reference ssh pf-epoll pf-uring pf-tls-epoll pf-tls-uring"
 [ -n "$baseline" ] && default_rows+=" base-epoll base-uring"
@@ -249,6 +253,9 @@ for row in "${rows[@]}"; do
         base-epoll|base-uring)
             [ -n "$baseline" ] || fail "row $row needs BENCH_BASELINE"
             start_portforward "$row" "${row#base-}" "$baseline" && active+=("$row") ;;
+        base-tls-epoll|base-tls-uring)
+            [ -n "$baseline" ] || fail "row $row needs BENCH_BASELINE"
+            if start_portforward "$row" "${row#base-tls-}" "$baseline" tls; then active+=("$row"); else note "skipping $row: ${skip_reason[$row]}"; fi ;;
         kubectl-ws) start_kubectl "$row" ws native && active+=("$row") ;;
         kubectl-spdy) start_kubectl "$row" spdy native && active+=("$row") ;;
         kubectl-ws-nsenter) start_kubectl "$row" ws nsenter && active+=("$row") ;;
@@ -271,14 +278,18 @@ client() {  # client ROW COMMAND...: runs where the row's client runs
 cpu_seconds() {  # PID: utime+stime in seconds (0 when the process is gone)
     awk -v tck="$(getconf CLK_TCK)" '{ print ($14 + $15) / tck }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
+switches() {  # PID: voluntary + involuntary context switches so far (0 when the process is gone)
+    awk '/ctxt_switches/ { n += $2 } END { print n + 0 }' "/proc/$1/status" 2>/dev/null || echo 0
+}
 
 run_iperf() {  # ROW PARALLEL ROUND
     local row=$1 parallel=$2 round=$3 json=$work/iperf-$1-$2-$3.json
     # For rows with a relay and a client process (ours, or kubectl): their CPU over one-connection runs.
     local relay_pid=${pid_of[relay-$row]:-} client_pid=${pid_of[client-$row]:-}
-    local relay_before=0 client_before=0
+    local relay_before=0 client_before=0 relay_switches=0 client_switches=0
     if [ "$parallel" = 1 ] && [ -n "$relay_pid" ]; then
         relay_before=$(cpu_seconds "$relay_pid"); client_before=$(cpu_seconds "$client_pid")
+        relay_switches=$(switches "$relay_pid"); client_switches=$(switches "$client_pid")
     fi
     if client "$row" timeout $((seconds + 30)) iperf3 -c 127.0.0.1 -p "${iperf_at[$row]}" -P "$parallel" \
             -t "$seconds" -O 1 -J >"$json" 2>"$json.err"; then
@@ -290,14 +301,17 @@ print(d["end"]["sum_received"]["bits_per_second"] / 1e9)' "$json")"
             # Bytes of every interval, the omitted first second included, as the CPU counts it.
             python3 -c '
 import json, sys
-path, row, rnd, rb, ra, cb, ca = sys.argv[1:8]
+path, row, rnd, rb, ra, cb, ca, rsb, rsa, csb, csa = sys.argv[1:12]
 intervals = json.load(open(path))["intervals"]
 gigabytes = sum(i["sum"]["bytes"] for i in intervals) / 1e9
 if gigabytes > 0:
     print(f"{row}\trelay_cpu\t{rnd}\t{(float(ra) - float(rb)) / gigabytes}")
-    print(f"{row}\tclient_cpu\t{rnd}\t{(float(ca) - float(cb)) / gigabytes}")' \
+    print(f"{row}\tclient_cpu\t{rnd}\t{(float(ca) - float(cb)) / gigabytes}")
+    print(f"{row}\trelay_switches\t{rnd}\t{(float(rsa) - float(rsb)) / gigabytes}")
+    print(f"{row}\tclient_switches\t{rnd}\t{(float(csa) - float(csb)) / gigabytes}")' \
                 "$json" "$row" "$round" "$relay_before" "$(cpu_seconds "$relay_pid")" \
-                "$client_before" "$(cpu_seconds "$client_pid")" >>"$results"
+                "$client_before" "$(cpu_seconds "$client_pid")" \
+                "$relay_switches" "$(switches "$relay_pid")" "$client_switches" "$(switches "$client_pid")" >>"$results"
         fi
     else
         note "iperf3 -P $parallel through $row failed: $(tail -n 3 "$json.err" "$json" 2>/dev/null | tr '\n' ' ' | cut -c1-200)"
@@ -337,15 +351,19 @@ EOF
 
 note "rows: ${active[*]}; $rounds rounds; iperf3 ${seconds}s (+1s omitted), connection rate ${rate_seconds}s"
 started=$SECONDS
+wanted() { [[ " $figures_wanted " == *" $1 "* ]]; }
 for round in $(seq "$rounds"); do
     for parallel in 1 8; do
+        wanted "tput$parallel" || continue
         for row in "${active[@]}"; do note "round $round/$rounds: throughput -P $parallel: $row"; run_iperf "$row" "$parallel" "$round"; done
     done
     for parallel in 1 4; do
+        wanted "rate$parallel" || continue
         for row in "${active[@]}"; do note "round $round/$rounds: connection rate x$parallel: $row"; run_rate "$row" "$parallel" "$round"; done
     done
+    wanted fanout || continue
     for row in "${active[@]}"; do
-        case $row in pf-tls-*) ;; pf-*|base-*) note "round $round/$rounds: fan-out: $row"; run_fanout "$row" "$round" ;; esac
+        case $row in pf-tls-*|base-tls-*) ;; pf-*|base-*) note "round $round/$rounds: fan-out: $row"; run_fanout "$row" "$round" ;; esac
     done
 done
 elapsed=$((SECONDS - started))
@@ -373,12 +391,14 @@ import json, math, os, platform, subprocess, sys, statistics
 (results, base, rounds, seconds, rate_seconds, fanout_streams, elapsed,
  env_json, skipped, copy, active) = sys.argv[1:12]
 rows_order = ["direct", "socat", "reference", "ssh", "pf-epoll", "pf-uring", "pf-tls-epoll", "pf-tls-uring", "base-epoll", "base-uring",
+              "base-tls-epoll", "base-tls-uring",
               "kubectl-ws", "kubectl-spdy", "kubectl-ws-nsenter", "kubectl-spdy-nsenter"]
 labels = {"direct": "direct loopback (no relay)", "socat": "socat relay",
           "reference": "reference design (socat -> nsenter + socat)", "ssh": "ssh -L (aes128-gcm)",
           "pf-epoll": "portforward, epoll", "pf-uring": "portforward, io_uring",
           "pf-tls-epoll": "portforward TLS (aes128-gcm), epoll", "pf-tls-uring": "portforward TLS (aes128-gcm), io_uring",
           "base-epoll": "baseline binary, epoll", "base-uring": "baseline binary, io_uring",
+          "base-tls-epoll": "baseline binary TLS, epoll", "base-tls-uring": "baseline binary TLS, io_uring",
           "kubectl-ws": "kubectl 1.32 (WebSocket) -> our relay", "kubectl-spdy": "kubectl 1.32 (SPDY) -> our relay",
           "kubectl-ws-nsenter": "kubectl 1.32 (WebSocket) -> relay, nsenter+socat",
           "kubectl-spdy-nsenter": "kubectl 1.32 (SPDY) -> relay, nsenter+socat"}
@@ -429,7 +449,7 @@ out = []
 out.append("  ".join(h.ljust(colw[i]) if i == 0 else h.rjust(colw[i]) for i, h in enumerate(headers)))
 for c in cells:
     out.append("  ".join(x.ljust(colw[i]) if i == 0 else x.rjust(colw[i]) for i, x in enumerate(c)))
-for io in ("epoll", "uring"):
+for io in ("epoll", "uring", "tls-epoll", "tls-uring"):
     new, old = f"pf-{io}", f"base-{io}"
     if new in rows and old in rows:
         parts = [f"{t} {median(new, f) / median(old, f):.2f}" if median(new, f) and median(old, f) else f"{t} -"
@@ -438,7 +458,8 @@ for io in ("epoll", "uring"):
 for r in rows:
     relay_cpu, client_cpu = median(r, "relay_cpu"), median(r, "client_cpu")
     if relay_cpu is not None:
-        out.append(f"{r}: CPU-s per GB, one connection: relay {relay_cpu:.3f}, client {client_cpu or 0:.3f}")
+        out.append(f"{r}: CPU-s per GB, one connection: relay {relay_cpu:.3f}, client {client_cpu or 0:.3f}; "
+                   f"context switches per GB: relay {median(r, 'relay_switches') or 0:,.0f}, client {median(r, 'client_switches') or 0:,.0f}")
 # Issue 13's anchors: the same figures as fractions of direct loopback (and of ssh -L), with the
 # spread of the rounds, and the serial connection's median latency.
 def spread(row, figure):
@@ -457,7 +478,7 @@ for r in rows:
 if "direct" in rows:
     out.append(f"direct: serial conn/s {spread('direct', 'rate1')} over rounds, p50 {fmt(median('direct', 'p50_1'))} us")
 held = [f"{r}: {fmt(median(r, 'fanout_held'))}/{int(fanout_streams):,} held, churn {fmt(median(r, 'churn_rate'))} streams/s, "
-        f"open TTFB p99 {fmt((median(r, 'fanout_ttfb_p99') or 0) / 1000)} ms" for r in rows if r.startswith(("pf-", "base-")) and not r.startswith("pf-tls-")]
+        f"open TTFB p99 {fmt((median(r, 'fanout_ttfb_p99') or 0) / 1000)} ms" for r in rows if r.startswith(("pf-", "base-")) and not r.startswith(("pf-tls-", "base-tls-"))]
 env = json.loads(env_json or "{}")
 def version(cmd):
     try:

@@ -90,4 +90,91 @@ static inline long pf_ssl_ctx_add_extra_chain_cert(SSL_CTX *ctx, X509 *certifica
     return SSL_CTX_add_extra_chain_cert(ctx, certificate);
 }
 
+
+/* The span BIO: OpenSSL's ciphertext I/O straight from and to the reactor's pooled buffers, where
+   memory BIOs would copy it into and out of memory of their own. `input` is the unread rest of
+   a buffer the reactor received from the socket; `output` the free room of the buffer the pump
+   will write to the socket. Each side says "retry" when it is empty (input) or full (output): the
+   pump then gives it the next buffer, and OpenSSL's call is made again. The state belongs to the
+   pump (TLSConnection), which outlives the BIO. */
+typedef struct {
+    const unsigned char *input;
+    size_t inputCount;
+    unsigned char *output;
+    size_t outputCount;
+    size_t outputCapacity;
+} pf_span_state;
+
+static int pf_span_read(BIO *bio, char *out, size_t wanted, size_t *done) {
+    pf_span_state *state = (pf_span_state *)BIO_get_data(bio);
+    BIO_clear_retry_flags(bio);
+    if (state->inputCount == 0) {
+        BIO_set_retry_read(bio);
+        *done = 0;
+        return 0;
+    }
+    size_t count = wanted < state->inputCount ? wanted : state->inputCount;
+    memcpy(out, state->input, count);
+    state->input += count;
+    state->inputCount -= count;
+    *done = count;
+    return 1;
+}
+
+static int pf_span_write(BIO *bio, const char *in, size_t length, size_t *done) {
+    pf_span_state *state = (pf_span_state *)BIO_get_data(bio);
+    BIO_clear_retry_flags(bio);
+    size_t room = state->output == NULL ? 0 : state->outputCapacity - state->outputCount;
+    if (room == 0) {
+        BIO_set_retry_write(bio);
+        *done = 0;
+        return 0;
+    }
+    size_t count = length < room ? length : room;
+    memcpy(state->output + state->outputCount, in, count);
+    state->outputCount += count;
+    *done = count;
+    return 1;
+}
+
+static long pf_span_ctrl(BIO *bio, int command, long number, void *pointer) {
+    (void)number; (void)pointer;
+    pf_span_state *state = (pf_span_state *)BIO_get_data(bio);
+    switch (command) {
+    case BIO_CTRL_FLUSH: return 1;              /* the pump sends what is in `output` */
+    case BIO_CTRL_PENDING: return (long)state->inputCount;
+    case BIO_CTRL_WPENDING: return (long)state->outputCount;
+    default: return 0;
+    }
+}
+
+static int pf_span_create(BIO *bio) {
+    BIO_set_init(bio, 1);
+    return 1;
+}
+
+/* One method for every span BIO of the process (made once by the TLS target). */
+static inline BIO_METHOD *pf_span_method_new(void) {
+    BIO_METHOD *method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "portforward span");
+    if (method == NULL) return NULL;
+    BIO_meth_set_read_ex(method, pf_span_read);
+    BIO_meth_set_write_ex(method, pf_span_write);
+    BIO_meth_set_ctrl(method, pf_span_ctrl);
+    BIO_meth_set_create(method, pf_span_create);
+    return method;
+}
+
+static inline BIO *pf_span_bio(BIO_METHOD *method, pf_span_state *state) {
+    BIO *bio = BIO_new(method);
+    if (bio != NULL) BIO_set_data(bio, state);
+    return bio;
+}
+
+/* The pump's modes: records read ahead (fewer, larger reads from the span BIO); with
+   `releaseBuffers`, OpenSSL frees its record buffers whenever they are empty (an idle
+   connection then holds none). */
+static inline void pf_ssl_pump_modes(SSL *ssl, int releaseBuffers) {
+    SSL_set_read_ahead(ssl, 1);
+    if (releaseBuffers) SSL_set_mode(ssl, SSL_MODE_RELEASE_BUFFERS);
+}
 #endif
