@@ -259,3 +259,32 @@ struct CertificateNameTests {
         }
     }
 }
+
+@Suite("End to end: TLS files that are not regular files", .serialized)
+struct TLSFileTests {
+    @Test("A FIFO as --tls-cert-file, --client-ca-file or the client's --certificate-authority ends the start with one line (it held the relay or the client at start forever, with no line)")
+    func fifo() throws {
+        try withScene { scene in
+            let files = try TLSFiles(in: scene.directory)
+            let fifo = "\(scene.directory)/fifo.pem"
+            #expect(mkfifo(fifo, 0o600) == 0)
+            let pods = "\(scene.directory)/pods.yaml"
+            try "pods:\n  - {namespace: default, name: web}\n".write(toFile: pods, atomically: true, encoding: .utf8)
+            let relay = [E2E.binary, "relay", "--listen", "127.0.0.1:0", "--pods", pods]
+            // The client reads its files once connected: a relay to connect to.
+            let (_, running) = try scene.tlsRelay(files)
+            for (arguments, expected) in [
+                (relay + ["--tls-cert-file", fifo, "--tls-private-key-file", files.serverKey], "error: cannot load --tls-cert-file \(fifo): not a regular file"),
+                (relay + ["--tls-cert-file", files.serverCertificate, "--tls-private-key-file", files.serverKey, "--client-ca-file", fifo],
+                 "error: cannot load --client-ca-file \(fifo): not a regular file"),
+                ([E2E.binary, "forward", "--server", running.url, "--certificate-authority", fifo, "web", ":\(echoPort)"],
+                 "cannot load --certificate-authority \(fifo): not a regular file"),
+            ] {
+                let started = Date()
+                let result = try E2E.run(arguments, timeout: 10)
+                #expect(Date().timeIntervalSince(started) < 5 && result.status == 1, "\(arguments): \(result)")
+                #expect(result.stderr.contains(expected) && result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
+            }
+        }
+    }
+}
