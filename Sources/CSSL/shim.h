@@ -66,7 +66,9 @@ static inline int pf_ssl_alpn(const SSL *ssl, char *out, int capacity) {
     return (int)length;
 }
 
-/* How many entries of `nid` the subject of `cert` has, and the UTF-8 text of the index-th. */
+/* The UTF-8 text of the index-th entry of `nid` in the subject of `cert`, and its length in bytes
+   (which counts any NUL inside it: the caller takes that many bytes, not a C string); -1 when there
+   is no such entry or it cannot be converted, -2 when it does not fit in `capacity`. */
 static inline int pf_x509_subject_text(X509 *cert, int nid, int index, char *out, int capacity) {
     X509_NAME *name = X509_get_subject_name(cert);
     int position = -1;
@@ -79,7 +81,7 @@ static inline int pf_x509_subject_text(X509 *cert, int nid, int index, char *out
     unsigned char *text = NULL;
     int length = ASN1_STRING_to_UTF8(&text, X509_NAME_ENTRY_get_data(entry));
     if (length < 0) return -1;
-    if (length >= capacity) length = capacity - 1;
+    if (length >= capacity) { OPENSSL_free(text); return -2; }
     memcpy(out, text, (size_t)length);
     out[length] = 0;
     OPENSSL_free(text);

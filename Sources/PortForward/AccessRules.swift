@@ -44,6 +44,10 @@ public struct AccessRules: Sendable, Equatable {
     public static let maximumFileSize = 1 << 20
     /// Rules at most: each request is checked against every rule of its subject, in order.
     public static let maximumRules = 1_000
+    /// Names and patterns (`namespaces` and `pods`) of all rules together: what one request may
+    /// be compared with. The file's size does not bound them: a YAML alias repeats a list at the
+    /// cost of a few bytes (`namespaces: *all` in each of 1,000 rules).
+    public static let maximumPatterns = 10_000
 
     public private(set) var rules: [Rule] {
         didSet { patterns = rules.map(Compiled.init) }
@@ -91,7 +95,15 @@ public struct AccessRules: Sendable, Equatable {
         if entries.count > Self.maximumRules {
             throw ConfigFileError(description: "\(source): more than \(Self.maximumRules) rules (\(entries.count))")
         }
-        rules = try entries.enumerated().map { index, entry in try RuleEntry(source: source, number: index + 1).rule(entry) }
+        var patternCount = 0
+        rules = try entries.enumerated().map { index, entry in
+            let rule = try RuleEntry(source: source, number: index + 1).rule(entry)
+            patternCount += rule.namespaces.count + (rule.pods?.count ?? 0)
+            if patternCount > Self.maximumPatterns {
+                throw ConfigFileError(description: "\(source)\(entry.lineSuffix): rule #\(index + 1): more than \(Self.maximumPatterns) namespace and pod names in all rules")
+            }
+            return rule
+        }
         patterns = rules.map(Compiled.init)
     }
 

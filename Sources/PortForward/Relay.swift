@@ -140,7 +140,7 @@ public final class Relay: CompletionHandler {
             self.tlsConnections[key]?.established = true
             self.tlsHandshakes -= 1
             let identity = tlsPeer.subject.flatMap { $0.commonName.isEmpty ? nil : Identity(user: $0.commonName, groups: $0.organizations) }
-            self.limitedLog("TLS from \(peer): ALPN \(tlsPeer.alpn ?? "none")\(identity.map { ", client certificate of \($0.user)" } ?? "")")
+            self.limitedLog("TLS from \(peer): ALPN \(tlsPeer.alpn ?? "none")\(identity.map { ", client certificate of \(goQuoted($0.user, 256))" } ?? "")")
             self.accepted(inner, peer: peer, identity: identity)
         }
         connection.onClosed = { [unowned self] _ in

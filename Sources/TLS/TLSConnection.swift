@@ -505,16 +505,25 @@ public final class TLSConnection: CompletionHandler {
         if let certificate = SSL_get1_peer_certificate(ssl) {
             defer { X509_free(certificate) }
             if SSL_get_verify_result(ssl) == X509_V_OK {
+                // Each name whole, as Go reads it for kube-apiserver: a NUL inside does not end it
+                // ("alice\0mallory" is not alice, "admins\0x" not the group admins), and a name
+                // longer than the buffer is no identity at all rather than a shorter one.
                 var field = [CChar](repeating: 0, count: 1024)
-                let commonName = pf_x509_subject_text(certificate, NID_commonName, 0, &field, Int32(field.count)) >= 0
-                    ? Self.text(field) : ""
+                var whole = true
+                func entry(_ nid: Int32, _ index: Int32) -> String? {
+                    let length = pf_x509_subject_text(certificate, nid, index, &field, Int32(field.count))
+                    if length == -2 { whole = false }
+                    guard length >= 0 else { return nil }
+                    return String(decoding: field.prefix(Int(length)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                }
+                let commonName = entry(NID_commonName, 0) ?? ""
                 var organizations: [String] = []
                 var index: Int32 = 0
-                while pf_x509_subject_text(certificate, NID_organizationName, index, &field, Int32(field.count)) >= 0 {
-                    organizations.append(Self.text(field))
+                while let organization = entry(NID_organizationName, index) {
+                    organizations.append(organization)
                     index += 1
                 }
-                subject = (commonName, organizations)
+                if whole { subject = (commonName, organizations) }
             }
         }
         onEstablished?(theirs, TLSPeer(alpn: alpn, subject: subject))

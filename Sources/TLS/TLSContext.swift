@@ -58,10 +58,22 @@ public final class TLSContext {
 
     deinit { SSL_CTX_free(raw) }
 
+    /// OpenSSL opens a path as it is: a FIFO would hold the start forever (open blocks until a
+    /// writer comes), as the pods, token and rules files are not allowed to. A missing file is
+    /// left to OpenSSL's own message.
+    static func requireRegular(_ path: String, _ flag: String) throws {
+        var status = stat()
+        guard stat(path, &status) == 0 else { return }
+        guard status.st_mode & S_IFMT == S_IFREG else { throw TLSError("cannot load \(flag) \(path): not a regular file") }
+    }
+
     /// The relay's context: `--tls-cert-file` (a chain, leaf first), `--tls-private-key-file`,
     /// and with `--client-ca-file` a client certificate that CA signed is required at the handshake.
     public static func server(certificateFile: String, privateKeyFile: String, clientCAFile: String?,
                               cipherList: String? = nil) throws -> TLSContext {
+        for (file, flag) in [(certificateFile, "--tls-cert-file"), (privateKeyFile, "--tls-private-key-file"), (clientCAFile, "--client-ca-file")] {
+            if let file { try requireRegular(file, flag) }
+        }
         let context = try TLSContext(server: true, verifiesClients: clientCAFile != nil)
         let raw = context.raw
         guard SSL_CTX_use_certificate_chain_file(raw, certificateFile) == 1 else {
@@ -94,6 +106,9 @@ public final class TLSContext {
                               insecureSkipVerify: Bool, cipherList: String? = nil,
                               certificateAuthorityData: [UInt8]? = nil, clientCertificateData: [UInt8]? = nil,
                               clientKeyData: [UInt8]? = nil) throws -> TLSContext {
+        for (file, flag) in [(certificateAuthorityFile, "--certificate-authority"), (clientCertificateFile, "--client-certificate"), (clientKeyFile, "--client-key")] {
+            if let file { try requireRegular(file, flag) }
+        }
         let context = try TLSContext(server: false, skipsVerification: insecureSkipVerify)
         let raw = context.raw
         if let data = certificateAuthorityData {

@@ -1,3 +1,4 @@
+import CSSL
 import Foundation
 import Testing
 #if canImport(Glibc)
@@ -173,6 +174,113 @@ struct AuthTLSEndToEndTests {
                 #expect(!child.stderr.contains(token))
             }
             #expect(!secured.relay.child.stderr.contains(secured.alice))
+        }
+    }
+}
+
+/// A client certificate for `alice.key`'s key whose subject is exactly `names` (NID, UTF8String bytes as given, no length bound: a NUL or
+/// a line end inside included, which the openssl command cannot write), signed by the test CA.
+private func certificate(_ files: TLSFiles, _ file: String, _ names: [(nid: Int32, value: [UInt8])]) throws -> String {
+    func pem<T>(_ path: String, _ read: (OpaquePointer) -> T?) throws -> T {
+        guard let bio = BIO_new_file(path, "r") else { throw HarnessError("cannot open \(path)") }
+        defer { BIO_free(bio) }
+        guard let value = read(bio) else { throw HarnessError("cannot read \(path)") }
+        return value
+    }
+    let caCertificate = try pem(files.ca) { PEM_read_bio_X509($0, nil, nil, nil) }
+    let caKey = try pem("\(files.directory)/ca.key") { PEM_read_bio_PrivateKey($0, nil, nil, nil) }
+    let key = try pem(files.clientKey) { PEM_read_bio_PrivateKey($0, nil, nil, nil) }
+    defer { X509_free(caCertificate); EVP_PKEY_free(caKey); EVP_PKEY_free(key) }
+    guard let certificate = X509_new() else { throw HarnessError("X509_new") }
+    defer { X509_free(certificate) }
+    X509_set_version(certificate, 2)
+    ASN1_INTEGER_set(X509_get_serialNumber(certificate), Int(E2E.randomSuffix().hashValue & 0x7fff_ffff))
+    X509_gmtime_adj(X509_getm_notBefore(certificate), -3600)
+    X509_gmtime_adj(X509_getm_notAfter(certificate), 86400)
+    X509_set_issuer_name(certificate, X509_get_subject_name(caCertificate))
+    let subject = X509_get_subject_name(certificate)
+    for (nid, value) in names {
+        guard X509_NAME_add_entry_by_NID(subject, nid, V_ASN1_UTF8STRING, value, Int32(value.count), -1, 0) == 1 else {
+            throw HarnessError("X509_NAME_add_entry_by_NID")
+        }
+    }
+    X509_set_pubkey(certificate, key)
+    guard X509_sign(certificate, caKey, EVP_sha256()) > 0 else { throw HarnessError("X509_sign") }
+    let path = "\(files.directory)/\(file).crt"
+    guard let out = BIO_new_file(path, "w") else { throw HarnessError("cannot write \(path)") }
+    defer { BIO_free(out) }
+    guard PEM_write_bio_X509(out, certificate) == 1 else { throw HarnessError("PEM_write_bio_X509") }
+    return path
+}
+
+@Suite("End to end: a client certificate's names, taken whole", .serialized)
+struct CertificateNameTests {
+    @Test("A CN or O with a NUL inside is that whole name, not the text before the NUL (as kube-apiserver reads it); a CN with a line end cannot forge a log line; an overlong CN is no identity")
+    func namesWhole() throws {
+        try withScene { scene in
+            let files = try TLSFiles(in: scene.directory)
+            let rules = "\(scene.directory)/rules.yaml"
+            try "allow:\n  - {user: alice, namespaces: [default]}\n  - {group: dev, namespaces: [prod]}\n".write(toFile: rules, atomically: true, encoding: .utf8)
+            let (_, relay) = try scene.tlsRelay(files, clientCA: files.ca, extra: ["--authorization-file", rules])
+            func forward(_ certificate: String, _ namespace: String) throws -> String {
+                let result = try E2E.run(["curl", "-sS", "--http2", "--cacert", files.ca, "--cert", certificate, "--key", files.clientKey,
+                                          "-H", "port: \(echoPort)", "--data-binary", "x", "-w", "\n%{http_code}",
+                                          "\(relay.url)/portForward/\(namespace)/web"], timeout: 20)
+                return result.stdout
+            }
+            // The certificates work at all: alice's own (CN alice, O dev) reaches default/web.
+            #expect(try forward(files.clientCertificate, "default").hasSuffix("x\n200"))
+
+            // Before: the name ended at the NUL, "alice" and the group "dev", and both got in (200).
+            let alice = try certificate(files, "nul-cn", [(NID_commonName, Array("alice\u{0}mallory".utf8))])
+            let notAlice = try forward(alice, "default")
+            #expect(notAlice.hasSuffix("\n403") && notAlice.contains(#"User \"alice\\x00mallory\" cannot create"#), "\(notAlice)")
+            let group = try certificate(files, "nul-o", [(NID_commonName, Array("mallory".utf8)), (NID_organizationName, Array("dev\u{0}.example".utf8))])
+            let notDev = try forward(group, "prod")
+            #expect(notDev.hasSuffix("\n403") && notDev.contains(#"User \"mallory\""#), "\(notDev)")
+
+            // Before: cut to 1,023 bytes, a different user (403); now no identity (401).
+            let long = try certificate(files, "long-cn", [(NID_commonName, Array(("alice" + String(repeating: "x", count: 2000)).utf8))])
+            let overlong = try forward(long, "default")
+            #expect(overlong.hasSuffix("\n401"), "\(overlong)")
+
+            // Before: the relay's -v line printed the name raw, and this one as two lines.
+            let forged = "mallory\nTLS from 10.0.0.1: ALPN h2, client certificate of admin"
+            _ = try forward(try certificate(files, "newline-cn", [(NID_commonName, Array(forged.utf8))]), "default")
+            let log = try relay.child.waitFor("the relay's line for the forged name") { text in
+                text.contains(#"client certificate of "mallory\nTLS from 10.0.0.1"#) ? text : nil
+            }
+            #expect(!log.contains("\nTLS from 10.0.0.1"), "\(log)")
+            #expect(log.contains(#"client certificate of "alice\x00mallory""#), "\(log)")
+        }
+    }
+}
+
+@Suite("End to end: TLS files that are not regular files", .serialized)
+struct TLSFileTests {
+    @Test("A FIFO as --tls-cert-file, --client-ca-file or the client's --certificate-authority ends the start with one line (it held the relay or the client at start forever, with no line)")
+    func fifo() throws {
+        try withScene { scene in
+            let files = try TLSFiles(in: scene.directory)
+            let fifo = "\(scene.directory)/fifo.pem"
+            #expect(mkfifo(fifo, 0o600) == 0)
+            let pods = "\(scene.directory)/pods.yaml"
+            try "pods:\n  - {namespace: default, name: web}\n".write(toFile: pods, atomically: true, encoding: .utf8)
+            let relay = [E2E.binary, "relay", "--listen", "127.0.0.1:0", "--pods", pods]
+            // The client reads its files once connected: a relay to connect to.
+            let (_, running) = try scene.tlsRelay(files)
+            for (arguments, expected) in [
+                (relay + ["--tls-cert-file", fifo, "--tls-private-key-file", files.serverKey], "error: cannot load --tls-cert-file \(fifo): not a regular file"),
+                (relay + ["--tls-cert-file", files.serverCertificate, "--tls-private-key-file", files.serverKey, "--client-ca-file", fifo],
+                 "error: cannot load --client-ca-file \(fifo): not a regular file"),
+                ([E2E.binary, "forward", "--server", running.url, "--certificate-authority", fifo, "web", ":\(echoPort)"],
+                 "cannot load --certificate-authority \(fifo): not a regular file"),
+            ] {
+                let started = Date()
+                let result = try E2E.run(arguments, timeout: 10)
+                #expect(Date().timeIntervalSince(started) < 5 && result.status == 1, "\(arguments): \(result)")
+                #expect(result.stderr.contains(expected) && result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
+            }
         }
     }
 }

@@ -147,6 +147,17 @@ struct AccessRulesTests {
         let error = #expect(throws: ConfigFileError.self) { try AccessRules(yaml: text, source: "r") }
         #expect(error?.description == "r: more than \(AccessRules.maximumRules) rules (\(AccessRules.maximumRules + 1))")
     }
+
+    @Test("More than maximumPatterns names in all rules is refused, also when YAML aliases repeat one list (a small file that once took a minute and 1.3 GB to load)")
+    func tooManyPatterns() {
+        let names = (0..<20_000).map { "n\($0)" }.joined(separator: ",")
+        let text = "allow:\n  - {user: u0, namespaces: &all [\(names)]}\n" + String(repeating: "  - {user: u, namespaces: *all}\n", count: 999)
+        #expect(text.utf8.count < AccessRules.maximumFileSize)
+        let error = #expect(throws: ConfigFileError.self) { try AccessRules(yaml: text, source: "r") }
+        #expect(error?.description == "r:2: rule #1: more than \(AccessRules.maximumPatterns) namespace and pod names in all rules")
+        let aliased = "allow:\n  - {user: u0, namespaces: &all [a, b]}\n" + String(repeating: "  - {user: u, namespaces: *all}\n", count: 999)
+        #expect((try? AccessRules(yaml: aliased, source: "r"))?.rules.count == 1_000)
+    }
 }
 
 @Suite("Access control: who asks, and whether they may")
