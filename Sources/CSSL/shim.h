@@ -105,12 +105,17 @@ typedef struct {
     unsigned char *output;
     size_t outputCount;
     size_t outputCapacity;
+    /* KeyUpdate messages the peer sent (TLS 1.3), counted by pf_count_key_updates; past
+       keyUpdateLimit the BIO gives OpenSSL no more input, so a flood of them (each costs a key
+       derivation) stops within the limit, not at the end of the buffer. */
+    unsigned long keyUpdates;
+    unsigned long keyUpdateLimit;
 } pf_span_state;
 
 static int pf_span_read(BIO *bio, char *out, size_t wanted, size_t *done) {
     pf_span_state *state = (pf_span_state *)BIO_get_data(bio);
     BIO_clear_retry_flags(bio);
-    if (state->inputCount == 0) {
+    if (state->inputCount == 0 || state->keyUpdates > state->keyUpdateLimit) {
         BIO_set_retry_read(bio);
         *done = 0;
         return 0;
@@ -175,6 +180,21 @@ static inline BIO *pf_span_bio(BIO_METHOD *method, pf_span_state *state) {
 /* The pump's modes: records read ahead (fewer, larger reads from the span BIO); with
    `releaseBuffers`, OpenSSL frees its record buffers whenever they are empty (an idle
    connection then holds none). */
+/* The message callback that counts the peer's KeyUpdate messages into the span state. */
+static void pf_count_key_updates(int write_p, int version, int content_type, const void *buf, size_t len,
+                                 SSL *ssl, void *arg) {
+    (void)version; (void)ssl;
+    if (write_p == 0 && content_type == SSL3_RT_HANDSHAKE && len > 0
+        && ((const unsigned char *)buf)[0] == SSL3_MT_KEY_UPDATE) {
+        ((pf_span_state *)arg)->keyUpdates += 1;
+    }
+}
+
+static inline void pf_ssl_count_key_updates(SSL *ssl, pf_span_state *state) {
+    SSL_set_msg_callback(ssl, pf_count_key_updates);
+    SSL_set_msg_callback_arg(ssl, state);
+}
+
 static inline void pf_ssl_pump_modes(SSL *ssl, int releaseBuffers) {
     SSL_set_read_ahead(ssl, 1);
     if (releaseBuffers) SSL_set_mode(ssl, SSL_MODE_RELEASE_BUFFERS);

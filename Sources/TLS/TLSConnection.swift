@@ -34,6 +34,12 @@ public final class TLSConnection: CompletionHandler {
     /// Buffers per direction that may wait to be written while the pump reads and decrypts or
     /// encrypts the next: 1 serialises read -> decrypt -> write; more overlaps them.
     public static let defaultBuffersInFlight = 2
+    /// TLS 1.3 KeyUpdate messages a peer may send on one connection; past it the connection is
+    /// reset with one line. Each costs a key derivation (20-50 us), and a client can pack
+    /// thousands in one read: without a bound, one connection with no credentials stalls the
+    /// relay for everyone. Clients update keys rarely (OpenSSL and Go only when asked, or
+    /// after 2^24+ records), so a legitimate connection never comes near.
+    public static let maxKeyUpdates: UInt = 64
 
     /// Whether OpenSSL frees its record buffers (about 34 KiB) whenever they are empty
     /// (`SSL_MODE_RELEASE_BUFFERS`): an idle connection then costs 15 KiB instead of 24, but
@@ -165,7 +171,9 @@ public final class TLSConnection: CompletionHandler {
     /// A span BIO for both directions of `ssl` (the memory BIOs it replaces are freed).
     private static func attachSpan(_ ssl: OpaquePointer) -> UnsafeMutablePointer<pf_span_state> {
         let span = UnsafeMutablePointer<pf_span_state>.allocate(capacity: 1)
-        span.initialize(to: pf_span_state(input: nil, inputCount: 0, output: nil, outputCount: 0, outputCapacity: 0))
+        span.initialize(to: pf_span_state(input: nil, inputCount: 0, output: nil, outputCount: 0, outputCapacity: 0,
+                                          keyUpdates: 0, keyUpdateLimit: maxKeyUpdates))
+        pf_ssl_count_key_updates(ssl, span)
         guard let bio = pf_span_bio(spanMethod, span) else { fatalError("OpenSSL: BIO_new failed") }
         SSL_set_bio(ssl, bio, bio)
         pf_ssl_pump_modes(ssl, releaseRecordBuffers ? 1 : 0)
@@ -349,6 +357,10 @@ public final class TLSConnection: CompletionHandler {
                 filled += Int(count)
             }
             let error = count <= 0 ? SSL_get_error(ssl, count) : SSL_ERROR_NONE
+            if span.pointee.keyUpdates > Self.maxKeyUpdates {
+                reactor.buffers.release(buffer)
+                return abort("TLS: more than \(Self.maxKeyUpdates) KeyUpdate messages on one connection (TLSConnection.maxKeyUpdates)")
+            }
             if filled > 0 {
                 innerQueue.append(InFlight(buffer: buffer, offset: 0, count: filled))
                 if !innerWriting { issueInnerWrite() }

@@ -400,6 +400,29 @@ struct TLSEndToEndTests {
         }
     }
 
+    @Test("A TLS 1.3 KeyUpdate flood (no credentials needed) is cut at TLSConnection.maxKeyUpdates; everyone else keeps being served")
+    func keyUpdateFlood() throws {
+        try withScene { scene in
+            let files = try TLSFiles(in: scene.directory)
+            let (_, relay) = try scene.tlsRelay(files)
+            let forwarder = try scene.startForwarder(relay: relay, pod: "web", remotePorts: [echoPort],
+                                                     extra: ["--certificate-authority", files.ca])
+            let flood = try scene.start(["python3", E2E.packageRoot + "/Tests/Peers/keyupdate.py", "\(relay.port)", "6"], name: "keyupdate")
+            Thread.sleep(forTimeInterval: 0.5)
+            // Before the bound, a flood of 6 s stalled every connection for its whole length.
+            let started = Date()
+            let curl = try E2E.run(["curl", "-sS", "--http2", "--cacert", files.ca, "-m", "5", "\(relay.url)/version"], timeout: 20,
+                                   directory: scene.directory)
+            #expect(curl.status == 0 && curl.stdout.contains("gitVersion"), "\(curl)")
+            let payload = Net.randomBytes(4 << 20)
+            #expect(Net.same(try Net.echo("127.0.0.1", try forwarder.local(echoPort), payload, timeout: 20), payload))
+            #expect(Date().timeIntervalSince(started) < 4, "served only after \(Date().timeIntervalSince(started)) s")
+            _ = flood.wait(timeout: 15)
+            let log = relay.child.stderr
+            #expect(log.contains("more than \(TLSConnection.maxKeyUpdates) KeyUpdate messages on one connection"), "\(log)")
+        }
+    }
+
     @Test("kTLS: the kernel's tls ULP takes the session keys (skipped where the kernel lists no tls ULP)")
     func kernelTLS() throws {
         if let reason = KernelTLS.availableReason {
