@@ -528,7 +528,13 @@ public final class TLSConnection: CompletionHandler {
                     guard length >= 0 else { return nil }
                     return String(decoding: field.prefix(Int(length)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
                 }
-                let commonName = entry(NID_commonName, 0) ?? ""
+                // Several CNs: the last, as Go's pkix.Name keeps it (each overwrites the one before).
+                var commonName = ""
+                var cnIndex: Int32 = 0
+                while let name = entry(NID_commonName, cnIndex) {
+                    commonName = name
+                    cnIndex += 1
+                }
                 var organizations: [String] = []
                 var index: Int32 = 0
                 while let organization = entry(NID_organizationName, index) {

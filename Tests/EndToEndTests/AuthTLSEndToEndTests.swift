@@ -239,6 +239,12 @@ struct CertificateNameTests {
             let notDev = try forward(group, "prod")
             #expect(notDev.hasSuffix("\n403") && notDev.contains(#"User \"mallory\""#), "\(notDev)")
 
+            // Two CNs: the last is the user, as Go's pkix.Name (and so kube-apiserver) reads it.
+            // Before: the first (alice, allowed in default); now bob (403).
+            let twoNames = try certificate(files, "two-cn", [(NID_commonName, Array("alice".utf8)), (NID_commonName, Array("bob".utf8))])
+            let bob = try forward(twoNames, "default")
+            #expect(bob.hasSuffix("\n403") && bob.contains(#"User \"bob\" cannot create"#), "\(bob)")
+
             // Before: cut to 1,023 bytes, a different user (403); now no identity (401).
             let long = try certificate(files, "long-cn", [(NID_commonName, Array(("alice" + String(repeating: "x", count: 2000)).utf8))])
             let overlong = try forward(long, "default")
