@@ -580,7 +580,8 @@ public final class Forwarder: CompletionHandler {
                         let fd = try Sockets.listen(address)
                         let local = Sockets.localAddress(fd)
                         chosen = local.port
-                        listeners.append((fd, spec))
+                        // The port bound (a `:REMOTE` spec picks one): "Handling connection for" names it, as kubectl does.
+                        listeners.append((fd, PortSpec(local: chosen, remote: spec.remote)))
                         bound += 1
                         self.print("Forwarding from \(local) -> \(spec.remote)")
                     } catch {
@@ -631,7 +632,7 @@ public final class Forwarder: CompletionHandler {
 
     private func openStream(_ client: FileDescriptor, spec: PortSpec) {
         guard let connection else { return reactor.close(client) }
-        self.print("Handling connection for \(spec.remote)")
+        self.print("Handling connection for \(spec.local)")
         let carrier = HTTP2Stream(connection: connection)
         let tunnel = Tunnel(transport: carrier, reactor: reactor, pipes: pipes)
         carrier.carry(tunnel)

@@ -64,7 +64,7 @@ struct RelayLimitOptions: ParsableArguments {
     var maxHeldBytes = defaults.maxHeldBytesPerConnection
     @Option(help: "Frames queued for a client that does not read, before the relay stops reading it.")
     var maxQueuedFrames = defaults.maxQueuedFrames
-    @Option(help: "Seconds a new connection has to send its preface or upgrade request (then 408); per request on a kept-alive API connection.")
+    @Option(help: "Seconds a new connection has to finish its TLS handshake (then closed) and to send its preface or upgrade request (then 408); per request on a kept-alive API connection.")
     var handshakeTimeout = defaults.handshakeTimeout
     @Option(help: "Kubernetes API requests one connection may make before the relay closes it.")
     var maxAPIRequests = defaults.maxAPIRequestsPerConnection

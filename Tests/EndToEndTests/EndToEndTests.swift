@@ -50,7 +50,8 @@ struct EndToEndTests {
                 #expect(Net.same(flow.payload, flow.received), "connection \(index): \(Net.firstDifference(flow.payload, flow.received))")
             }
             let handled = try forwarder.child.waitFor("100 \"Handling connection\" lines", timeout: 10) { text -> Int? in
-                let count = text.components(separatedBy: "Handling connection for \(echoPort)\n").count - 1
+                // The local port, as kubectl prints it.
+                let count = text.components(separatedBy: "Handling connection for \(port)\n").count - 1
                 return count >= 100 ? count : nil
             }
             #expect(handled == 100)
