@@ -39,25 +39,8 @@ private struct SecuredTLSRelay {
 
     /// A kubeconfig with the CA, and a token or a client certificate.
     func kubeconfig(_ scene: Scene, token: String? = nil, certificate: Bool = false, name: String) throws -> String {
-        let path = "\(scene.directory)/kubeconfig-\(name)"
-        let user = certificate
-            ? "{client-certificate: \"\(files.clientCertificate)\", client-key: \"\(files.clientKey)\"}"
-            : "{token: \"\(token ?? "")\"}"
-        try """
-            apiVersion: v1
-            kind: Config
-            clusters:
-            - name: relay
-              cluster: {server: "\(relay.url)", certificate-authority: "\(files.ca)"}
-            contexts:
-            - name: relay
-              context: {cluster: relay, namespace: default, user: someone}
-            current-context: relay
-            users:
-            - name: someone
-              user: \(user)
-            """.write(toFile: path, atomically: true, encoding: .utf8)
-        return path
+        try scene.tlsKubeconfig(relay, ca: files.ca, certificate: certificate ? files.clientCertificate : nil,
+                                key: certificate ? files.clientKey : nil, token: token ?? "", name: name)
     }
 
     /// kubectl port-forward with `config`, run to its end (a refusal) or until its Forwarding line.

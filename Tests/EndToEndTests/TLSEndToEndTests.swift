@@ -73,9 +73,10 @@ extension Scene {
     /// A kubeconfig for an https relay: its CA, and a client certificate when given. Without
     /// one, a token the relay does not ask for: over https, kubectl with no credentials at all
     /// prompts for a user name.
-    func tlsKubeconfig(_ relay: RelayProcess, ca: String, certificate: String? = nil, key: String? = nil) throws -> String {
-        let path = "\(directory)/kubeconfig-tls"
-        let user = certificate.map { "{client-certificate: \"\($0)\", client-key: \"\(key!)\"}" } ?? "{token: not-checked}"
+    func tlsKubeconfig(_ relay: RelayProcess, ca: String, certificate: String? = nil, key: String? = nil, token: String = "not-checked",
+                       name: String = "tls") throws -> String {
+        let path = "\(directory)/kubeconfig-\(name)"
+        let user = certificate.map { "{client-certificate: \"\($0)\", client-key: \"\(key!)\"}" } ?? "{token: \"\(token)\"}"
         try """
             apiVersion: v1
             kind: Config
