@@ -450,12 +450,20 @@ private let onError: nghttp2_error_callback2 = { _, _, message, length, userData
 /// the value may be a credential, so the log keeps the name and the value's length only.
 func withoutHeaderValue(_ message: String) -> String {
     let bytes = Array(message.utf8)
-    let marker = Array(", value: [".utf8)
-    guard bytes.count >= marker.count,
-          let start = (0...(bytes.count - marker.count)).last(where: { bytes[$0..<($0 + marker.count)].elementsEqual(marker) }) else {
-        return message
+    func occurrences(_ text: String) -> [Int] {
+        let marker = Array(text.utf8)
+        guard bytes.count >= marker.count else { return [] }
+        return (0...(bytes.count - marker.count)).filter { bytes[$0..<($0 + marker.count)].elementsEqual(marker) }
     }
-    let value = bytes[(start + marker.count)...]
+    let values = occurrences(", value: [")
+    guard let start = values.first else { return message }
+    if values.count > 1 {
+        // The marker inside the name or the value itself: which part is the value cannot be
+        // told, so neither the name nor the value is shown.
+        let cut = occurrences("name: [").first.map { $0 < start ? $0 : start } ?? start
+        return String(decoding: bytes[..<cut], as: UTF8.self) + "header of \(bytes.count - cut) bytes, not shown"
+    }
+    let value = bytes[(start + 10)...]
     let length = value.count - (value.last == UInt8(ascii: "]") ? 1 : 0)
     return String(decoding: bytes[..<start], as: UTF8.self) + ", value: \(length) bytes, not shown"
 }

@@ -20,6 +20,11 @@ public final class ExecPlugin {
     /// The most standard output read from one run.
     public static let maximumOutput = 1 << 20
     public private(set) var cached: ExecCredential?
+    /// After a failed run the plugin is not run again for this long (the failure is given
+    /// instead): each run may hold the client's thread up to `timeout`, and a broken plugin
+    /// would otherwise run on every new connection.
+    public var failureBackoff: Double = 5
+    private var lastFailure: (error: Failure, at: Double)?
     /// How many times the plugin ran (for tests and `-v`).
     public private(set) var runs = 0
 
@@ -36,9 +41,16 @@ public final class ExecPlugin {
     public func credential(now: Int = Int(time(nil))) throws -> ExecCredential {
         if let cached, cached.valid(at: now) { return cached }
         cached = nil
-        let fresh = try run()
-        cached = fresh
-        return fresh
+        if let lastFailure, Self.now() - lastFailure.at < failureBackoff { throw lastFailure.error }
+        do {
+            let fresh = try run()
+            cached = fresh
+            lastFailure = nil
+            return fresh
+        } catch let error as Failure {
+            lastFailure = (error, Self.now())
+            throw error
+        }
     }
 
     /// The server refused the credential (401): the next `credential` runs the plugin again.
@@ -78,22 +90,35 @@ public final class ExecPlugin {
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 16384)
         var timedOut = false
+        var readFailed = false
         reading: while true {
             let left = deadline - Self.now()
             if left <= 0 { timedOut = true; break }
             var poll = pollfd(fd: output[0], events: Int16(POLLIN), revents: 0)
             let ready = Glibc.poll(&poll, 1, Int32(min(left * 1000, 1000)) + 1)
-            if ready < 0 && pf_errno() != EINTR { break }
+            if ready < 0 && pf_errno() != EINTR { readFailed = true; break }
             if ready <= 0 { continue }
             let count = Glibc.read(output[0], &chunk, chunk.count)
-            if count < 0 { if pf_errno() == EINTR { continue }; break reading }
+            if count < 0 { if pf_errno() == EINTR { continue }; readFailed = true; break reading }
             if count == 0 { break }
             bytes.append(contentsOf: chunk[..<count])
             if bytes.count > Self.maximumOutput { break }
         }
-        if timedOut || bytes.count > Self.maximumOutput { kill(pid, SIGKILL) }
+        if timedOut || readFailed || bytes.count > Self.maximumOutput { kill(pid, SIGKILL) }
+        // The plugin may close its output and go on running: its exit is awaited within the same
+        // deadline, then it is killed.
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && pf_errno() == EINTR {}
+        while true {
+            let reaped = waitpid(pid, &status, WNOHANG)
+            if reaped == pid || (reaped < 0 && pf_errno() != EINTR) { break }
+            if Self.now() >= deadline {
+                timedOut = true
+                kill(pid, SIGKILL)
+                while waitpid(pid, &status, 0) < 0 && pf_errno() == EINTR {}
+                break
+            }
+            usleep(2_000)
+        }
         if timedOut { throw Failure(description: "exec plugin \(exec.command): no answer within \(Int(timeout)) s") }
         if bytes.count > Self.maximumOutput {
             throw Failure(description: "exec plugin \(exec.command): more than \(Self.maximumOutput) bytes of output")

@@ -108,11 +108,13 @@ public final class NamespaceDescriptors {
     public func descriptor(_ path: String) throws(NamespaceProblem) -> FileDescriptor {
         var status = stat()
         let found = stat(path, &status) == 0
+        // Read now: drop() below closes a descriptor, which may set errno.
+        let code = found ? 0 : pf_errno()
         if let entry = entries[path] {
             if found && Self.same(entry, status) { return entry.fd }
             drop(path)
         }
-        if !found { throw NetworkNamespace.problem(path, errno: pf_errno()) }
+        if !found { throw NetworkNamespace.problem(path, errno: code) }
         let fd = try NetworkNamespace.open(path)
         // What was opened, not what was stat'ed a moment before (the path may have changed).
         var opened = stat()

@@ -149,7 +149,9 @@ public final class TLSConnection: CompletionHandler {
         phase = .open
         sniffed = true
         // Ciphertext the handshake read past its end (the first records, if the relay sent
-        // them at once) moves from the handshake's memory BIO into a pooled buffer first.
+        // them at once) moves from the handshake's memory BIO into a pooled buffer first. The
+        // handshake reads 16 KiB at a time and only while OpenSSL wants more, so less than one
+        // pooled buffer is ever left.
         let handshakeInput = session.input
         let leftover = min(pf_bio_pending(handshakeInput), reactor.buffers.bufferSize)
         var carried: (BufferID, Int)?

@@ -275,6 +275,12 @@ struct CredentialMessageTests {
         let line = "Invalid HTTP header field was received: frame type: 1, stream: 1, name: [Authorization], value: [Bearer s3cret]"
         #expect(withoutHeaderValue(line) == "Invalid HTTP header field was received: frame type: 1, stream: 1, name: [Authorization], value: 13 bytes, not shown")
         #expect(withoutHeaderValue("stream 1: closed") == "stream 1: closed")
+        // The marker inside the value: before, everything up to its last occurrence was shown,
+        // the start of the token with it.
+        let tricky = "Invalid HTTP header field was received: frame type: 1, stream: 1, name: [Authorization], value: [Bearer s3cret, value: [x]"
+        let shown = withoutHeaderValue(tricky)
+        #expect(!shown.contains("s3cret") && shown.hasSuffix("not shown"), "\(shown)")
+        #expect(shown == "Invalid HTTP header field was received: frame type: 1, stream: 1, header of 56 bytes, not shown", "\(shown)")
     }
 
     @Test("The client shows a Status body's message, and any other body as it is")

@@ -90,4 +90,27 @@ struct ExecPluginTests {
         }
         #expect(Date().timeIntervalSince(started) < 5)
     }
+
+    @Test("A plugin that closes its output and keeps running is killed at the deadline; a failed plugin is not run again within the backoff")
+    func boundedAndBackedOff() throws {
+        // Answers, closes its output, and lingers: its exit is awaited only until the deadline.
+        let (directory, lingering) = try Self.plugin("""
+            echo run >> "$(dirname "$0")/runs"
+            printf '{"kind":"ExecCredential","apiVersion":"\(Self.v1)","status":{"token":"t"}}'
+            exec >&- 2>&-
+            sleep 30
+            """)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let plugin = ExecPlugin(exec: .init(apiVersion: Self.v1, command: lingering), cluster: nil)
+        plugin.timeout = 0.5
+        let started = Date()
+        #expect(throws: ExecPlugin.Failure.self) { try plugin.credential() }
+        #expect(Date().timeIntervalSince(started) < 5)
+        // Failed: within the backoff the failure is given again without a run.
+        #expect(throws: ExecPlugin.Failure.self) { try plugin.credential() }
+        #expect(plugin.runs == 1)
+        plugin.failureBackoff = 0
+        #expect(throws: ExecPlugin.Failure.self) { try plugin.credential() }
+        #expect(plugin.runs == 2)
+    }
 }
