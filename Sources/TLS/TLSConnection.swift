@@ -257,17 +257,9 @@ public final class TLSConnection: CompletionHandler {
             span.pointee.inputCount = result
             advance()
         case .outerWrite:
-            guard outerWriting, var write = outerQueue.first else { return }
+            guard outerWriting, !outerQueue.isEmpty else { return }
             if result <= 0 { return abort("write: \(SystemError.reason(Int32(-result)))") }
-            write.offset += result
-            if write.offset < write.count {
-                outerQueue[0] = write
-                return issueOuterWrite()
-            }
-            outerWriting = false
-            reactor.buffers.release(write.buffer)
-            outerQueue.removeFirst()
-            advance()
+            if wrote(result, &outerQueue, &outerWriting) { advance() } else { issueOuterWrite() }
         case .innerReceive:
             innerReceiving = false
             if result < 0 { return abort("inner read: \(SystemError.reason(Int32(-result)))") }
@@ -278,17 +270,9 @@ public final class TLSConnection: CompletionHandler {
             plaintext = InFlight(buffer: completion.buffer, offset: 0, count: result)
             advance()
         case .innerWrite:
-            guard innerWriting, var write = innerQueue.first else { return }
+            guard innerWriting, !innerQueue.isEmpty else { return }
             if result <= 0 { return abort("inner write: \(SystemError.reason(Int32(-result)))") }
-            write.offset += result
-            if write.offset < write.count {
-                innerQueue[0] = write
-                return issueInnerWrite()
-            }
-            innerWriting = false
-            reactor.buffers.release(write.buffer)
-            innerQueue.removeFirst()
-            advance()
+            if wrote(result, &innerQueue, &innerWriting) { advance() } else { issueInnerWrite() }
         }
     }
 
@@ -483,6 +467,16 @@ public final class TLSConnection: CompletionHandler {
     private func receiveOuter() {
         outerReceiving = true
         reactor.receive(outer, handler: self, tag: Tag.outerReceive.rawValue)
+    }
+
+    /// A write of `queue`'s first buffer moved `result` bytes: true when that buffer is all
+    /// written (it goes back to the pool), false when the rest is still to be written.
+    private func wrote(_ result: Int, _ queue: inout [InFlight], _ writing: inout Bool) -> Bool {
+        queue[0].offset += result
+        if queue[0].offset < queue[0].count { return false }
+        writing = false
+        reactor.buffers.release(queue.removeFirst().buffer)
+        return true
     }
 
     private func issueOuterWrite() {
