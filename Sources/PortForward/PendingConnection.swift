@@ -228,12 +228,7 @@ final class PendingConnection: CompletionHandler {
                 answer = WebSocketHandshake.switchingProtocols(accepted)
             case .failure(let error):
                 // A 400 (or 426): kubectl retries with plain SPDY on a new connection.
-                finish()
-                relay.limitedLog("request from \(peer) refused with \(error.status): \(error)")
-                _ = writeAll(Array(error.response.utf8))
-                Sockets.shutdownWrite(fd)
-                relay.reactor.close(fd)
-                return
+                return refuse(webSocket: error)
             }
         }
         let session: SPDYRelaySession
@@ -271,13 +266,7 @@ final class PendingConnection: CompletionHandler {
         switch WebSocketHandshake.validate(method: request.method, fields: request.fields.fields,
                                            supported: ["v4.channel.k8s.io", "v4.base64.channel.k8s.io"]) {
         case .success(let value): accepted = value
-        case .failure(let error):
-            finish()
-            relay.limitedLog("request from \(peer) refused with \(error.status): \(error)")
-            _ = writeAll(Array(error.response.utf8))
-            Sockets.shutdownWrite(fd)
-            relay.reactor.close(fd)
-            return
+        case .failure(let error): return refuse(webSocket: error)
         }
         let encoding = accepted.subprotocol.flatMap(ChannelEncoding.init(subprotocol:)) ?? .binary
         guard writeAll(Array(WebSocketHandshake.switchingProtocols(accepted).utf8)) else {
@@ -290,6 +279,15 @@ final class PendingConnection: CompletionHandler {
         relay.adopt(session)
         relay.limitedLog("port-forward from \(peer): \(encoding.subprotocol) for pod \(pod.namespace)/\(pod.name), ports \(ports.map(String.init).joined(separator: ","))")
         initial.withUnsafeBytes { session.start(initial: $0) }
+    }
+
+    /// A WebSocket handshake the request got wrong: its own status and answer.
+    private func refuse(webSocket error: HandshakeError) {
+        finish()
+        relay.limitedLog("request from \(peer) refused with \(error.status): \(error)")
+        _ = writeAll(Array(error.response.utf8))
+        Sockets.shutdownWrite(fd)
+        relay.reactor.close(fd)
     }
 
     private func refuse(_ refusal: Refusal) {
