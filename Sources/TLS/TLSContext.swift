@@ -76,15 +76,7 @@ public final class TLSContext {
         }
         let context = try TLSContext(server: true, verifiesClients: clientCAFile != nil)
         let raw = context.raw
-        guard SSL_CTX_use_certificate_chain_file(raw, certificateFile) == 1 else {
-            throw TLSError.openSSL("cannot load --tls-cert-file \(certificateFile)")
-        }
-        guard SSL_CTX_use_PrivateKey_file(raw, privateKeyFile, SSL_FILETYPE_PEM) == 1 else {
-            throw TLSError.openSSL("cannot load --tls-private-key-file \(privateKeyFile)")
-        }
-        guard SSL_CTX_check_private_key(raw) == 1 else {
-            throw TLSError.openSSL("--tls-private-key-file \(privateKeyFile) does not match --tls-cert-file")
-        }
+        try useCertificate(certificateFile, "--tls-cert-file", key: privateKeyFile, "--tls-private-key-file", in: raw)
         if let clientCAFile {
             guard SSL_CTX_load_verify_locations(raw, clientCAFile, nil) == 1,
                   let names = SSL_load_client_CA_file(clientCAFile) else {
@@ -127,22 +119,14 @@ public final class TLSContext {
             }
             try PEMMemory.useCertificateChain(certificate, key: key, in: raw)
         } else {
-        switch (clientCertificateFile, clientKeyFile) {
-        case (let certificate?, let key?):
-            guard SSL_CTX_use_certificate_chain_file(raw, certificate) == 1 else {
-                throw TLSError.openSSL("cannot load --client-certificate \(certificate)")
+            switch (clientCertificateFile, clientKeyFile) {
+            case (let certificate?, let key?):
+                try useCertificate(certificate, "--client-certificate", key: key, "--client-key", in: raw)
+            case (nil, nil):
+                break
+            default:
+                throw TLSError("--client-certificate and --client-key go together")
             }
-            guard SSL_CTX_use_PrivateKey_file(raw, key, SSL_FILETYPE_PEM) == 1 else {
-                throw TLSError.openSSL("cannot load --client-key \(key)")
-            }
-            guard SSL_CTX_check_private_key(raw) == 1 else {
-                throw TLSError.openSSL("--client-key \(key) does not match --client-certificate")
-            }
-        case (nil, nil):
-            break
-        default:
-            throw TLSError("--client-certificate and --client-key go together")
-        }
         }
         try context.restrict(cipherList)
         guard pf_ssl_ctx_client_alpn_h2(raw) == 0 else { throw TLSError.openSSL("ALPN") }
@@ -162,6 +146,20 @@ public final class TLSContext {
 
     /// A new `SSL` on memory BIOs: ciphertext goes in through `input` and comes out of `output`,
     /// and no OpenSSL call touches a socket.
+    /// A certificate chain and its key from PEM files (`flag` names each in the messages).
+    private static func useCertificate(_ certificate: String, _ certificateFlag: String, key: String, _ keyFlag: String,
+                                       in raw: OpaquePointer) throws {
+        guard SSL_CTX_use_certificate_chain_file(raw, certificate) == 1 else {
+            throw TLSError.openSSL("cannot load \(certificateFlag) \(certificate)")
+        }
+        guard SSL_CTX_use_PrivateKey_file(raw, key, SSL_FILETYPE_PEM) == 1 else {
+            throw TLSError.openSSL("cannot load \(keyFlag) \(key)")
+        }
+        guard SSL_CTX_check_private_key(raw) == 1 else {
+            throw TLSError.openSSL("\(keyFlag) \(key) does not match \(certificateFlag)")
+        }
+    }
+
     func makeSession() throws -> (ssl: OpaquePointer, input: OpaquePointer, output: OpaquePointer) {
         guard let ssl = SSL_new(raw) else { throw TLSError.openSSL("SSL_new") }
         guard let input = BIO_new(BIO_s_mem()), let output = BIO_new(BIO_s_mem()) else {
