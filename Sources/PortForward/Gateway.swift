@@ -512,6 +512,8 @@ public final class NodeLink: CompletionHandler {
 
     private func failed(_ reason: String) {
         lastReason = reason
+        // Stopping (the gateway drains): the connections it closes itself are not news.
+        guard !stopped else { return }
         if reachable || !reported {
             gateway.print("node \(entry.name) unreachable at \(entry.address): \(reason)")
         }
@@ -523,7 +525,6 @@ public final class NodeLink: CompletionHandler {
             reported = true
             gateway.nodeReported()
         }
-        guard !stopped else { return }
         let base = min(settings.initialBackoffSeconds * Double(1 << min(failures, 20)), settings.maximumBackoffSeconds)
         failures += 1
         let wait = base * (1 - 0.5 * Double.random(in: 0..<1))
