@@ -286,6 +286,7 @@ public final class NodeLink: CompletionHandler {
     /// Connections the node said GOAWAY on: their streams finish there; new ones go to the next.
     private var draining: [ObjectIdentifier: (Connection, StreamTable)] = [:]
     private var tls: TLSConnection?
+    private var tlsFailure: String?
     /// Connected and listed.
     public private(set) var reachable = false
     /// The first dial ended (listed, or failed).
@@ -362,6 +363,13 @@ public final class NodeLink: CompletionHandler {
                 throw ForwardError("the node relay did not agree to HTTP/2 over TLS (ALPN \(done.alpn ?? "none"))")
             }
             let pump = TLSConnection(established: done, reactor: reactor, peer: "\(entry.address)", deadlineSeconds: 2)
+            // TLS 1.3: a node relay that refuses the gateway's certificate says so in an alert
+            // after the handshake; the pump's line is the reason the connection then ends with.
+            tlsFailure = nil
+            pump.log = { [unowned self] line in
+                self.tlsFailure = line
+                self.gateway.relay.limitedLog("node \(self.entry.name): \(line)")
+            }
             tls = pump
             fd = try pump.openInner()
         }
@@ -507,7 +515,7 @@ public final class NodeLink: CompletionHandler {
         connection = nil
         listStream = nil
         tls = nil
-        failed(reason ?? Connection.closedByPeer)
+        failed(tlsFailure ?? reason ?? Connection.closedByPeer)
     }
 
     private func failed(_ reason: String) {
