@@ -186,11 +186,12 @@ final class UpstreamAttempt: ConnectAttempt, CompletionHandler {
         }
         upstream = tunnel
         let id = carrier.id
-        link.pending[id] = self
+        let key = NodeLink.PendingKey(table: ObjectIdentifier(table), stream: id)
+        link.pending[key] = self
         // Once answered, the attempt is gone (the session held it only while connecting): the
         // tunnel's callbacks hold it weakly.
         table.add(carrier, tunnel) { [weak self, weak link] _ in
-            link?.pending[id] = nil
+            link?.pending[key] = nil
             // Ended before any answer (reset, refused after GOAWAY, the connection lost).
             if let self, self.waiting {
                 self.finish(.failed(.nodeUnavailable(node: self.node, reason: link?.lastReason ?? "the stream ended before an answer")))
@@ -258,7 +259,13 @@ public final class NodeLink: CompletionHandler {
     private var failures = 0
     private var dial: NodeDial?
     private var stopped = false
-    var pending: [StreamID: UpstreamAttempt] = [:]
+    /// Streams sent and not answered yet, by connection (its table) and stream: a connection the
+    /// node said GOAWAY on numbers its streams as the next one does.
+    var pending: [PendingKey: UpstreamAttempt] = [:]
+    struct PendingKey: Hashable {
+        let table: ObjectIdentifier
+        let stream: StreamID
+    }
     private var listStream: StreamID?
     private var listStatus = 0
     private var listBody: [UInt8] = []
@@ -344,8 +351,8 @@ public final class NodeLink: CompletionHandler {
         table.serve(connection, pipes: gateway.relay.pipes) { [unowned self, unowned connection] reason in
             self.lost(connection, reason: reason)
         }
-        table.onHeaders = { [unowned self, unowned table] headers, stream, endStream in
-            if stream == self.listStream {
+        table.onHeaders = { [unowned self, unowned table, unowned connection] headers, stream, endStream in
+            if connection === self.connection, stream == self.listStream {
                 if let status = headers[":status"] { self.listStatus = Int(status) ?? 0 }
                 return
             }
@@ -353,20 +360,20 @@ public final class NodeLink: CompletionHandler {
             if let status = headers[":status"] {
                 let code = Int(status) ?? 0
                 tunnel.responded(status: code)
-                if code == 200 { self.pending.removeValue(forKey: stream)?.answered() }
+                if code == 200 { self.pending.removeValue(forKey: PendingKey(table: ObjectIdentifier(table), stream: stream))?.answered() }
             }
             if endStream { tunnel.peerEnded() }
         }
-        table.onOtherData = { [unowned self] stream, data in
-            guard stream == self.listStream else { return }
+        table.onOtherData = { [unowned self, unowned connection] stream, data in
+            guard connection === self.connection, stream == self.listStream else { return }
             if self.listBody.count + data.count > self.settings.maximumPodListBytes {
                 self.listTooLarge = true
             } else {
                 self.listBody.append(contentsOf: data)
             }
         }
-        table.onOtherClosed = { [unowned self] stream, code in
-            if stream == self.listStream { self.listed(reset: code != 0) }
+        table.onOtherClosed = { [unowned self, unowned connection] stream, code in
+            if connection === self.connection, stream == self.listStream { self.listed(reset: code != 0) }
         }
         session.onGoaway = { [unowned self, unowned connection] in self.goaway(connection) }
         session.log = { [unowned self] line in self.gateway.relay.limitedLog("node \(self.entry.name): \(line)") }

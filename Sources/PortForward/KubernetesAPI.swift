@@ -82,12 +82,12 @@ public struct KubernetesAPI: Sendable {
         case 1 where parts[0] == "api": return ok(apiVersions)
         case 1 where parts[0] == "apis": return ok(.object([("kind", .string("APIGroupList")), ("apiVersion", .string("v1")), ("groups", .array([]))]))
         case 2 where parts == ["api", "v1"]: return ok(resources)
-        case 3 where parts == ["api", "v1", "pods"]: return ok(podList(allPods))
+        case 3 where parts == ["api", "v1", "pods"]: return ok(pods(allPods, headers))
         case 5 where parts[0] == "api" && parts[1] == "v1" && parts[2] == "namespaces" && parts[4] == "pods":
-            return ok(podList(allPods.filter { $0.namespace == parts[3] }))
+            return ok(pods(allPods.filter { $0.namespace == parts[3] }, headers))
         case 6 where parts[0] == "api" && parts[1] == "v1" && parts[2] == "namespaces" && parts[4] == "pods":
             switch lookup(namespace: parts[3], name: parts[5]) {
-            case .success(let pod): return ok(object(pod))
+            case .success(let pod): return ok(Self.wantsTable(headers) ? table([pod]) : object(pod))
             case .failure(let failure): return failure.response
             }
         default:
@@ -184,6 +184,48 @@ public struct KubernetesAPI: Sendable {
     }
 
     // MARK: pods
+
+    /// kubectl's `get` asks for a server-side `Table` (`Accept: application/json;as=Table;v=v1;
+    /// g=meta.k8s.io, ..., application/json`); anything else gets the objects.
+    static func wantsTable(_ headers: HeadFields) -> Bool {
+        headers.first("accept").map { $0.contains("as=Table") && $0.contains("g=meta.k8s.io") } ?? false
+    }
+
+    private func pods(_ pods: [Pod], _ headers: HeadFields) -> JSONValue {
+        Self.wantsTable(headers) ? table(pods) : podList(pods)
+    }
+
+    /// The columns `kubectl get pods` prints (`-o wide` adds those of priority 1), as
+    /// kube-apiserver's pod table has them; a row's object is the pod's metadata.
+    private func table(_ pods: [Pod]) -> JSONValue {
+        func column(_ name: String, _ description: String, priority: Int = 0, format: String = "") -> JSONValue {
+            .object([("name", .string(name)), ("type", .string("string")), ("format", .string(format)),
+                     ("description", .string(description)), ("priority", .number(priority))])
+        }
+        let sorted = pods.sorted { ($0.namespace, $0.name, $0.node ?? "") < ($1.namespace, $1.name, $1.node ?? "") }
+        let rows: [JSONValue] = sorted.map { pod in
+            let phase = pod.phase ?? (isRunning(pod) ? "Running" : "Pending")
+            return .object([
+                ("cells", .array([.string(pod.name), .string(phase == "Running" ? "1/1" : "0/1"), .string(phase), .string("0"),
+                                  .string("<unknown>"), .string("<none>"), .string(pod.node ?? node)])),
+                ("object", .object([
+                    ("kind", .string("PartialObjectMetadata")), ("apiVersion", .string("meta.k8s.io/v1")),
+                    ("metadata", .object([("name", .string(pod.name)), ("namespace", .string(pod.namespace)),
+                                          ("uid", .string(Self.uid(pod))), ("resourceVersion", .string("1"))])),
+                ])),
+            ])
+        }
+        return .object([
+            ("kind", .string("Table")), ("apiVersion", .string("meta.k8s.io/v1")),
+            ("metadata", .object([("resourceVersion", .string("1"))])),
+            ("columnDefinitions", .array([
+                column("Name", "Name of the pod", format: "name"), column("Ready", "Containers ready of all containers"),
+                column("Status", "The pod's phase"), column("Restarts", "Container restarts"), column("Age", "Time since creation"),
+                column("IP", "The pod's IP address", priority: 1), column("Node", "The node the pod runs on", priority: 1),
+            ])),
+            ("rows", .array(rows)),
+        ])
+    }
 
     private func podList(_ pods: some Sequence<Pod>) -> JSONValue {
         let sorted = pods.sorted { ($0.namespace, $0.name, $0.node ?? "") < ($1.namespace, $1.name, $1.node ?? "") }

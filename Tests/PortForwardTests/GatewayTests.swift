@@ -67,6 +67,21 @@ struct GatewayTests {
         #expect(api.respond(method: "GET", target: "/api/v1/namespaces/default/pods/nope", headers: HeadFields([])).status == 404)
     }
 
+    @Test("kubectl get asks for a Table: the pods' rows with their node (-o wide's column); otherwise the objects")
+    func table() {
+        let (registry, conflicts) = Self.union
+        let api = KubernetesAPI(registry: registry, node: "gateway", conflicts: conflicts) { _ in true }
+        let accept = HeadFields([(name: "accept", value: "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json")])
+        let list = api.respond(method: "GET", target: "/api/v1/namespaces/default/pods", headers: accept)
+        #expect(list.body.hasPrefix("{\"kind\":\"Table\",\"apiVersion\":\"meta.k8s.io/v1\""))
+        #expect(list.body.contains("[\"db\",\"0/1\",\"Unknown\",\"0\",\"<unknown>\",\"<none>\",\"node-c\"]"), "\(list.body)")
+        #expect(list.body.contains("[\"dup\",\"1/1\",\"Running\",\"0\",\"<unknown>\",\"<none>\",\"node-b\"]"), "\(list.body)")
+        let one = api.respond(method: "GET", target: "/api/v1/namespaces/default/pods/web", headers: accept)
+        #expect(one.body.contains("\"kind\":\"Table\"") && one.body.contains("\"node-a\"]"))
+        let plain = api.respond(method: "GET", target: "/api/v1/namespaces/default/pods/web", headers: HeadFields([(name: "accept", value: "application/json")]))
+        #expect(plain.body.hasPrefix("{\"kind\":\"Pod\""))
+    }
+
     @Test("Where a path leads on a gateway", arguments: [
         ("/portForward/default/web", "pod web on node-a"),
         ("/proxy/nodes/node-a/portForward/default/web", "pod web on node-a"),
