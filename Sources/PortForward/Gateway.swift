@@ -65,6 +65,9 @@ public final class Gateway {
         }
         links = nodes.map { NodeLink(entry: $0, gateway: self) }
         connector.gateway = self
+        relay.unreachableNode = { [unowned self] node in
+            self.link(node).flatMap { $0.reachable ? nil : $0.lastReason }
+        }
     }
 
     public func start() {

@@ -82,9 +82,15 @@ public struct KubernetesAPI: Sendable {
         case 1 where parts[0] == "api": return ok(apiVersions)
         case 1 where parts[0] == "apis": return ok(.object([("kind", .string("APIGroupList")), ("apiVersion", .string("v1")), ("groups", .array([]))]))
         case 2 where parts == ["api", "v1"]: return ok(resources)
-        case 3 where parts == ["api", "v1", "pods"]: return ok(pods(allPods, headers))
-        case 5 where parts[0] == "api" && parts[1] == "v1" && parts[2] == "namespaces" && parts[4] == "pods":
-            return ok(pods(allPods.filter { $0.namespace == parts[3] }, headers))
+        case 3 where parts == ["api", "v1", "pods"], 5 where parts[0] == "api" && parts[1] == "v1" && parts[2] == "namespaces" && parts[4] == "pods":
+            var selected = parts.count == 5 ? allPods.filter { $0.namespace == parts[3] } : allPods
+            if let selector = query.last(where: { $0.name == "fieldSelector" }) {
+                switch FieldSelector.parsing(Self.percentDecoded(selector.value)) {
+                case .success(let fields): selected = selected.filter { fields.matches($0, node: node, phase: phase) }
+                case .failure(let problem): return failure(400, "BadRequest", problem.description)
+                }
+            }
+            return ok(pods(selected, headers))
         case 6 where parts[0] == "api" && parts[1] == "v1" && parts[2] == "namespaces" && parts[4] == "pods":
             switch lookup(namespace: parts[3], name: parts[5]) {
             case .success(let pod): return ok(Self.wantsTable(headers) ? table([pod]) : object(pod))
@@ -185,6 +191,28 @@ public struct KubernetesAPI: Sendable {
 
     // MARK: pods
 
+    private func phase(_ pod: Pod) -> String { pod.phase ?? (isRunning(pod) ? "Running" : "Pending") }
+
+    /// `%XX` decoded, `+` a space (a query value as kubectl and client-go encode it).
+    static func percentDecoded(_ text: Substring) -> String {
+        var bytes: [UInt8] = []
+        var index = text.utf8.startIndex
+        let utf8 = text.utf8
+        while index != utf8.endIndex {
+            let byte = utf8[index]
+            if byte == UInt8(ascii: "%"), let high = utf8.index(index, offsetBy: 1, limitedBy: utf8.endIndex), high != utf8.endIndex,
+               let low = utf8.index(high, offsetBy: 1, limitedBy: utf8.endIndex), low != utf8.endIndex,
+               let value = UInt8(String(decoding: [utf8[high], utf8[low]], as: UTF8.self), radix: 16) {
+                bytes.append(value)
+                index = utf8.index(after: low)
+                continue
+            }
+            bytes.append(byte == UInt8(ascii: "+") ? UInt8(ascii: " ") : byte)
+            index = utf8.index(after: index)
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
     /// kubectl's `get` asks for a server-side `Table` (`Accept: application/json;as=Table;v=v1;
     /// g=meta.k8s.io, ..., application/json`); anything else gets the objects.
     static func wantsTable(_ headers: HeadFields) -> Bool {
@@ -204,7 +232,7 @@ public struct KubernetesAPI: Sendable {
         }
         let sorted = pods.sorted { ($0.namespace, $0.name, $0.node ?? "") < ($1.namespace, $1.name, $1.node ?? "") }
         let rows: [JSONValue] = sorted.map { pod in
-            let phase = pod.phase ?? (isRunning(pod) ? "Running" : "Pending")
+            let phase = phase(pod)
             return .object([
                 ("cells", .array([.string(pod.name), .string(phase == "Running" ? "1/1" : "0/1"), .string(phase), .string("0"),
                                   .string("<unknown>"), .string("<none>"), .string(pod.node ?? node)])),
@@ -354,4 +382,49 @@ public struct KubernetesAPI: Sendable {
 private func hexadecimal(_ value: UInt64, _ width: Int) -> String {
     let text = String(value, radix: 16)
     return String(repeating: "0", count: max(0, width - text.count)) + text
+}
+
+/// A list's `fieldSelector` (`spec.nodeName=node-a,status.phase!=Running`): the fields
+/// kube-apiserver selects pods by that a relay or gateway knows, with `=`, `==` and `!=`, all
+/// required to hold. Any other field is refused as kube-apiserver refuses it.
+struct FieldSelector {
+    struct Problem: Error, CustomStringConvertible { var description: String }
+    static let fields: Set<String> = ["metadata.name", "metadata.namespace", "spec.nodeName", "status.phase"]
+    var requirements: [(field: String, value: String, equal: Bool)] = []
+
+    static func parsing(_ text: String) -> Result<FieldSelector, Problem> {
+        var selector = FieldSelector()
+        for term in text.split(separator: ",") where !String(term).trimmed.isEmpty {
+            let equal: Bool
+            let parts: [Substring]
+            if let range = term.range(of: "!=") {
+                equal = false
+                parts = [term[..<range.lowerBound], term[range.upperBound...]]
+            } else if let range = term.range(of: "==") ?? term.range(of: "=") {
+                equal = true
+                parts = [term[..<range.lowerBound], term[range.upperBound...]]
+            } else {
+                return .failure(Problem(description: "invalid selector: '\(text.prefix(256))'; can't understand '\(term.prefix(256))'"))
+            }
+            let field = String(parts[0]).trimmed
+            guard Self.fields.contains(field) else {
+                return .failure(Problem(description: "field label not supported: \(field.prefix(256))"))
+            }
+            selector.requirements.append((field, String(parts[1]).trimmed, equal))
+        }
+        return .success(selector)
+    }
+
+    func matches(_ pod: Pod, node: String, phase: (Pod) -> String) -> Bool {
+        requirements.allSatisfy { requirement in
+            let value: String
+            switch requirement.field {
+            case "metadata.name": value = pod.name
+            case "metadata.namespace": value = pod.namespace
+            case "spec.nodeName": value = pod.node ?? node
+            default: value = phase(pod)
+            }
+            return (value == requirement.value) == requirement.equal
+        }
+    }
 }

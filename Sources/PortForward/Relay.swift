@@ -20,6 +20,9 @@ public final class Relay: CompletionHandler {
     public var conflicts: [String: [Pod]] = [:] { didSet { api = makeAPI() } }
     /// The nodes a `/proxy/nodes/<node>/...` path may name: a relay's own; a gateway's nodes.
     public var nodes: Set<String>
+    /// A gateway: why a node cannot be reached now (nil: it can). A path that names such a node
+    /// and a pod not known on it is answered 503 with the reason, not 404: its pods are not known.
+    public var unreachableNode: ((String) -> String?)?
     public let connector: Connector
     public let listenFD: FileDescriptor
     public let address: SocketAddress
@@ -194,7 +197,10 @@ public final class Relay: CompletionHandler {
     public func resolve(_ path: String) -> Target {
         guard let target = ForwardPath(parsing: path) else { return .refused(.unknownPath(path)) }
         if let node = target.node, !nodes.contains(node) { return .refused(.nodeNotFound(node)) }
-        let notOnNode = { (node: String) in Target.refused(.podNotOnNode(namespace: target.namespace, name: target.pod, node: node)) }
+        let notOnNode = { [unreachableNode] (node: String) -> Target in
+            if let reason = unreachableNode?(node) { return .refused(.nodeUnavailable(node: node, reason: reason)) }
+            return .refused(.podNotOnNode(namespace: target.namespace, name: target.pod, node: node))
+        }
         if let several = conflicts["\(target.namespace)/\(target.pod)"] {
             guard let node = target.node else {
                 return .refused(.podOnSeveralNodes(namespace: target.namespace, name: target.pod, nodes: several.compactMap(\.node).sorted()))
@@ -202,6 +208,7 @@ public final class Relay: CompletionHandler {
             return several.first { $0.node == node }.map(Target.pod) ?? notOnNode(node)
         }
         guard let pod = registry.pod(namespace: target.namespace, name: target.pod) else {
+            if let node = target.node, unreachableNode != nil { return notOnNode(node) }
             return .refused(.podNotFound(namespace: target.namespace, name: target.pod))
         }
         if let node = target.node, let podNode = pod.node, podNode != node { return notOnNode(node) }

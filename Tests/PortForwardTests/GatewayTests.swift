@@ -82,6 +82,29 @@ struct GatewayTests {
         #expect(plain.body.hasPrefix("{\"kind\":\"Pod\""))
     }
 
+    @Test("A list's fieldSelector: node, name, namespace, phase; = == !=; another field is a 400", arguments: [
+        ("spec.nodeName=node-a", ["dup@node-a", "web@node-a"]),
+        ("spec.nodeName%3Dnode-b", ["dup@node-b"]),
+        ("metadata.name==dup,spec.nodeName!=node-a", ["dup@node-b"]),
+        ("status.phase!=Running", ["db@node-c"]),
+        ("metadata.namespace=other", []),
+        ("spec.restartPolicy=Always", ["400 field label not supported: spec.restartPolicy"]),
+        ("nonsense", ["400 invalid selector: 'nonsense'; can't understand 'nonsense'"]),
+    ])
+    func fieldSelector(_ selector: String, _ expected: [String]) {
+        let (registry, conflicts) = Self.union
+        let api = KubernetesAPI(registry: registry, node: "gateway", conflicts: conflicts) { _ in true }
+        let answer = api.respond(method: "GET", target: "/api/v1/namespaces/default/pods?fieldSelector=\(selector)", headers: HeadFields([]))
+        if answer.status != 200 {
+            #expect(expected.count == 1 && answer.body.contains(String(expected[0].dropFirst(4))) && expected[0].hasPrefix("\(answer.status) "), "\(answer.body)")
+            return
+        }
+        let names = answer.body.components(separatedBy: "\"name\":\"").dropFirst().compactMap { $0.split(separator: "\"").first }
+            .filter { $0 != "main" }
+        let nodes = answer.body.components(separatedBy: "\"nodeName\":\"").dropFirst().compactMap { $0.split(separator: "\"").first }
+        #expect(zip(names, nodes).map { "\($0)@\($1)" } == expected, "\(answer.body)")
+    }
+
     @Test("Where a path leads on a gateway", arguments: [
         ("/portForward/default/web", "pod web on node-a"),
         ("/proxy/nodes/node-a/portForward/default/web", "pod web on node-a"),
@@ -91,8 +114,9 @@ struct GatewayTests {
         ("/portForward/default/dup", "409"),
         ("/api/v1/namespaces/default/pods/dup/portforward", "409"),
         ("/proxy/nodes/node-b/portForward/default/dup", "pod dup on node-b"),
-        ("/proxy/nodes/node-c/portForward/default/dup", "404 pod \"default/dup\" not found on node \"node-c\""),
+        ("/proxy/nodes/node-c/portForward/default/dup", "503 node \"node-c\" is unreachable: connection refused"),
         ("/portForward/default/nope", "404 pod \"default/nope\" not found"),
+        ("/proxy/nodes/node-c/portForward/default/nope", "503 node \"node-c\" is unreachable: connection refused"),
     ])
     func resolve(_ path: String, _ expected: String) throws {
         let reactor = try Reactors.make(.epoll)
@@ -101,6 +125,7 @@ struct GatewayTests {
                               connector: NsenterConnector(reactor: reactor), reactor: reactor)
         relay.nodes = ["node-a", "node-b", "node-c"]
         relay.conflicts = conflicts
+        relay.unreachableNode = { $0 == "node-c" ? "connection refused" : nil }
         switch relay.resolve(path) {
         case .pod(let pod): #expect("pod \(pod.name) on \(pod.node ?? "?")" == expected)
         case .refused(let refusal): #expect("\(refusal.status) \(refusal.text)".hasPrefix(expected))
