@@ -297,7 +297,7 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
             closingReason = Connection.closedByPeer
         case .ping(_, let isReply):
             if isReply { pingSent = 0 }
-        case .headers, .settings, .windowUpdate:
+        case .headers, .synReply, .settings, .windowUpdate:
             break
         }
     }
