@@ -70,8 +70,8 @@ class SPDYConnection: SPDYSessionDelegate, CompletionHandler, DeferredTask {
     /// `end` was called: the socket closes at the next tick whether or not the peer read the GOAWAY.
     private var ending = false
 
-    /// The most payload one DATA frame carries (the HTTP/2 side's frame size).
-    static let maxFramePayload = 256 * 1024
+    /// The most payload one DATA frame this side sends carries.
+    let maxFramePayload: Int
     /// What the output queue may hold before the streams wait for it to drain.
     static let outputLimit = 2 << 20
     /// What the output queue may hold before the connection stops reading. DATA is queued only
@@ -83,7 +83,8 @@ class SPDYConnection: SPDYSessionDelegate, CompletionHandler, DeferredTask {
     enum Tag: UInt32 { case receive = 1, write, splice, pairTimer, tick, spliceIn, head }
 
     init(fd: FileDescriptor, peer: String, reactor: ReactorBackend, pipes: PipePool?, role: SPDYSession.Role,
-         overWebSocket: Bool, maxHeldBytes: Int, streamBound: Int, keepalive: Keepalive?, idleTimeout: Double) throws {
+         overWebSocket: Bool, maxHeldBytes: Int, streamBound: Int, keepalive: Keepalive?, idleTimeout: Double,
+         maxFramePayload: Int) throws {
         self.fd = fd
         self.peer = peer
         self.reactor = reactor
@@ -91,6 +92,7 @@ class SPDYConnection: SPDYSessionDelegate, CompletionHandler, DeferredTask {
         session = try SPDYSession(role: role)
         held = HeldBytes(limit: maxHeldBytes)
         self.streamBound = streamBound
+        self.maxFramePayload = maxFramePayload
         self.keepalive = keepalive.flatMap { $0.interval > 0 ? $0 : nil }
         self.idleTimeout = idleTimeout
         masks = overWebSocket && role == .client
@@ -471,18 +473,18 @@ class SPDYConnection: SPDYSessionDelegate, CompletionHandler, DeferredTask {
     private func fill() {
         takeControl()
         while let carrier = ready.first, output.queuedBytes < Self.outputLimit {
-            let (count, endsBody) = carrier.closed ? (0, false) : carrier.tunnel.pendingBytes(limit: Self.maxFramePayload)
+            let (count, endsBody) = carrier.closed ? (0, false) : carrier.tunnel.pendingBytes(limit: maxFramePayload)
             if count > 0, let header = try? session.dataHeader(stream: carrier.stream, count: count, fin: false) {
                 takeControl()
                 header.write(to: headerBytes)
-                var payload = carrier.takePayload(count: count)
+                let payload = carrier.takePayload(count: count)
                 if let mask = frameMessage(8 + count) {
-                    // The mask runs over the SPDY head and then the payload, one message.
+                    // One message: the mask runs over the SPDY head, then on over the payload, in
+                    // place in the tunnel's own buffer (a client's tunnels take no pipes).
                     var running = Mask(key: mask)
                     running.apply(UnsafeMutableRawBufferPointer(start: headerBytes, count: 8))
                     if case .memory(let pointer) = payload {
                         running.apply(UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(mutating: pointer), count: count))
-                        payload = .memory(pointer)
                     }
                 }
                 output.append(bytes: headerBytes, count: 8)

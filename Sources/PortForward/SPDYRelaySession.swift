@@ -17,6 +17,9 @@ final class SPDYRelaySession: SPDYConnection, OpenQueue {
     var inOpenScheduler = false
     private var pairTimer: TimerID = 0
     private var pairTimerDeadline: UInt64 = 0
+    /// The most payload of one DATA frame to kubectl: spdystream reads any length SPDY allows,
+    /// but what it has been measured with is this.
+    static let maxFramePayload = 256 * 1024
 
     init(fd: FileDescriptor, peer: String, pod: Pod, relay: Relay, overWebSocket: Bool = false) throws {
         self.pod = pod
@@ -25,7 +28,7 @@ final class SPDYRelaySession: SPDYConnection, OpenQueue {
         try super.init(fd: fd, peer: peer, reactor: relay.reactor, pipes: relay.pipes, role: .server,
                        overWebSocket: overWebSocket, maxHeldBytes: relay.limits.maxHeldBytesPerConnection,
                        streamBound: Int(relay.settings.streamWindow), keepalive: relay.limits.keepalive,
-                       idleTimeout: relay.limits.idleTimeout)
+                       idleTimeout: relay.limits.idleTimeout, maxFramePayload: Self.maxFramePayload)
     }
 
     // MARK: session events
