@@ -361,7 +361,10 @@ public final class Forwarder: CompletionHandler {
     /// GET the pod on the session (the relay answers API reads on its streams, over h2c and TLS),
     /// or before a SPDY upgrade on its HTTP/1.1 connection.
     private func readPod() {
-        if let exchange { return readPod(on: exchange) }
+        if speaking != .h2 {
+            if let exchange = exchange ?? redialHTTP1() { readPod(on: exchange) }
+            return
+        }
         guard let connection, !connection.isClosed else { return }
         var headers = [
             (":method", "GET"), (":scheme", server.secure ? "https" : "http"), (":authority", server.authority),
@@ -398,7 +401,7 @@ public final class Forwarder: CompletionHandler {
             do {
                 let pod = try PodDescription(json: body)
                 if let problem = pod.notRunning { return podUnavailable(problem, gone: false) }
-                if exchange != nil { return upgradeToSPDY(then: pod) }
+                if speaking != .h2 { return upgradeToSPDY(then: pod) }
                 return podReady(pod)
             } catch {
                 return fatal("error: reading pod \(podName): \(error)")
@@ -667,6 +670,9 @@ public final class Forwarder: CompletionHandler {
             case .failed(let reason):
                 self.dialFailed(ForwardError("cannot read pod \(self.podName) from \(self.options.server): \(reason)"))
             case .answered(let head, let body, _):
+                // The server keeps the connection for no more requests (the relay's
+                // --max-api-requests, a pod read again for a minute): the next goes on a new one.
+                if head.fields.lists("connection", "close") { self.closeExchange() }
                 self.podStatus = head.status
                 self.podBody = body
                 self.podStream = nil
@@ -678,7 +684,7 @@ public final class Forwarder: CompletionHandler {
     /// The pod is Running: the upgrade (SPDY, or the WebSocket tunnel) on the same connection; the
     /// session is ready once it is answered `101`.
     private func upgradeToSPDY(then pod: PodDescription) {
-        guard let exchange else { return }
+        guard let exchange = exchange ?? redialHTTP1() else { return }
         let dial = generation
         let request: String
         var key = ""
@@ -712,12 +718,7 @@ public final class Forwarder: CompletionHandler {
                     // kubectl's fallback (client-go fallback_dialer.go): anything but the tunnel's
                     // 101 means plain SPDY, on a new connection.
                     self.log?("WebSocket upgrade answered \(head.status): trying plain SPDY")
-                    do {
-                        self.startHTTP1(self.server.secure ? try self.secureDial(offering: ["http/1.1"]).0 : try self.dial(),
-                                        speaking: .spdy)
-                    } catch {
-                        return self.dialFailed(error)
-                    }
+                    self.speaking = .spdy
                     return self.upgradeToSPDY(then: pod)
                 }
                 self.dialFailed(head.status == 101
@@ -747,6 +748,18 @@ public final class Forwarder: CompletionHandler {
         }
         initial.withUnsafeBytes { session.start(initial: $0) }
         podReady(pod)
+    }
+
+    /// A new HTTP/1.1 connection for the pod read or the upgrade, when the server closed (or
+    /// refused an upgrade on) the last one; nil when the dial failed (and `dialFailed` said so).
+    private func redialHTTP1() -> HTTPExchange? {
+        do {
+            startHTTP1(server.secure ? try secureDial(offering: ["http/1.1"]).0 : try dial(), speaking: speaking)
+        } catch {
+            dialFailed(error)
+            return nil
+        }
+        return exchange
     }
 
     private func closeExchange() {

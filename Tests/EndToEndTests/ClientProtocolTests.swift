@@ -195,6 +195,33 @@ struct ClientProtocolTests {
         }
     }
 
+    @Test("A pod that comes up late, read again over HTTP/1.1 on connections the relay closes (--max-api-requests 2): the client dials again and forwards once it is Running",
+          arguments: [WireChoice.websocket, .spdy])
+    func podComesUpLate(_ wire: WireChoice) throws {
+        try withScene { scene in
+            let name = scene.namespaceName()
+            let relay = try scene.startRelay(podsFile: "pods:\n  - {namespace: default, name: web, netns: /run/netns/\(name)}\n",
+                                             connector: .native, extra: ["--max-api-requests", "2", "-v"])
+            let child = try scene.start([E2E.binary, "forward", "--server", relay.url, "--io", E2E.io, "-v"] + wire.arguments
+                                        + ["--pod-running-timeout", "30s", "web", ":\(echoPort)"], name: "forward")
+            _ = try child.waitFor("the line saying it waits for the pod") { $0.contains("Waiting up to 30 s for pod default/web") ? true : nil }
+            // A few reads, so that the relay has closed a connection or two.
+            _ = try relay.child.waitFor("five pod reads", timeout: 20) { text in
+                text.components(separatedBy: "api: GET /api/v1/namespaces/default/pods/web").count > 5 ? true : nil
+            }
+            let namespace = try scene.makeNamespace(named: name)
+            try scene.serve(in: namespace, port: echoPort)
+            let line = try child.waitFor("a \"Forwarding from\" line", timeout: 20) { text in
+                text.split(separator: "\n").first { $0.hasPrefix("Forwarding from 127.0.0.1:") }.map(String.init)
+            }
+            let local = try #require(line.split(separator: ":").dropFirst().first.flatMap { Int($0.prefix { $0.isNumber }) })
+            let payload = Net.randomBytes(mebibyte)
+            #expect(Net.same(payload, try Net.echo("127.0.0.1", local, payload)))
+            #expect(scene.sessions(wire, in: relay) == 1, "\(relay.child.stderr)")
+            #expect(!child.stderr.contains("error"), "\(child.stderr)")
+        }
+    }
+
     @Test("Ctrl-C: the client says GOAWAY and ends with status 0", arguments: [WireChoice.websocket, .spdy])
     func interrupt(_ wire: WireChoice) throws {
         try withScene { scene in
