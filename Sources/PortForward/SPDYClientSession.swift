@@ -99,11 +99,9 @@ final class SPDYClientSession: SPDYConnection {
         onClosed?(reason)
     }
 
-    /// Ctrl-C: GOAWAY, and close once it is written.
+    /// Ctrl-C: GOAWAY (and the WebSocket's close), then the connection closes.
     func stop() {
-        session.goAway()
-        closingReason = "stopping"
-        flushSoon()
+        finish(reason: "stopping")
     }
 
     var isClosed: Bool { closed || closingReason != nil }

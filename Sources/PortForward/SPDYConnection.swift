@@ -540,6 +540,18 @@ class SPDYConnection: SPDYSessionDelegate, CompletionHandler, DeferredTask {
 
     // MARK: ending
 
+    /// GOAWAY, and in the WebSocket tunnel a close (1000) behind it, as kubectl ends; the
+    /// connection closes once they are written.
+    func finish(reason: String) {
+        session.goAway()
+        closingReason = reason
+        if webSocket != nil {
+            takeControl()
+            appendAnswer(FrameWriter.close(code: CloseCode.normal))
+        }
+        flushSoon()
+    }
+
     func close(reason: String?) {
         if closed { return }
         closed = true
