@@ -49,12 +49,6 @@ static inline void pf_ssl_ctx_server_alpn(SSL_CTX *ctx) {
     SSL_CTX_set_alpn_select_cb(ctx, pf_alpn_select, NULL);
 }
 
-/* The client offers h2 only: it speaks HTTP/2 with prior knowledge over TLS. */
-static inline int pf_ssl_ctx_client_alpn_h2(SSL_CTX *ctx) {
-    static const unsigned char protocols[] = "\x02h2";
-    return SSL_CTX_set_alpn_protos(ctx, protocols, sizeof(protocols) - 1);
-}
-
 /* The protocol ALPN chose, copied into `out` (at most `capacity` - 1 bytes); 0 when none. */
 static inline int pf_ssl_alpn(const SSL *ssl, char *out, int capacity) {
     const unsigned char *data = NULL;

@@ -2,10 +2,35 @@ import CNGHTTP2
 import CLinuxShim
 import HTTP2
 import Reactor
+import SPDY
 import TLS
+import WebSocket
 #if canImport(Glibc)
 @preconcurrency import Glibc
 #endif
+
+/// What the client speaks to the server (`--protocol`).
+public enum WireProtocol: String, Sendable, CaseIterable {
+    /// h2 when the server offers it (ALPN over TLS; the answer to the h2c upgrade over http),
+    /// else SPDY in a WebSocket, else plain SPDY, as kubectl falls back.
+    case auto
+    /// Our HTTP/2 protocol: one stream per local connection.
+    case h2
+    /// SPDY/3.1 in binary WebSocket messages (`SPDY/3.1+portforward.k8s.io`), kubectl 1.31+'s.
+    case websocket
+    /// Plain SPDY/3.1 (`Upgrade: SPDY/3.1`), kubectl 1.30's and older.
+    case spdy
+
+    /// As the `-v` line names it.
+    public var name: String {
+        switch self {
+        case .auto: "auto"
+        case .h2: "HTTP/2"
+        case .websocket: "SPDY/3.1 in a WebSocket"
+        case .spdy: "SPDY/3.1"
+        }
+    }
+}
 
 /// What `portforward forward` was asked to do.
 public struct ForwardOptions: Sendable {
@@ -15,6 +40,8 @@ public struct ForwardOptions: Sendable {
     /// `localhost` (127.0.0.1 and ::1) or numeric addresses.
     public var addresses: [String]
     public var connectTimeoutSeconds: Double = 5
+    /// `--protocol`.
+    public var wireProtocol = WireProtocol.auto
     /// The whole HTTP/1.1 upgrade exchange, request to answer head (`--upgrade-timeout`).
     public var upgradeTimeoutSeconds: Double = 10
     /// PING the relay after this long without a byte from it, and give up on the session when the
@@ -102,6 +129,9 @@ public struct ForwardError: Error, CustomStringConvertible, Sendable {
     public var description: String
     /// The relay's HTTP status when it refused the upgrade (404: no such pod).
     public var status: Int?
+    /// `--protocol auto` tries the next protocol after this refusal: an answer that says the
+    /// server does not speak what was asked, not that the pod or the caller is wrong.
+    var allowsFallback: Bool { status.map { ![401, 403, 404].contains($0) } ?? false }
     public init(_ description: String, status: Int? = nil) {
         self.description = description
         self.status = status
@@ -112,7 +142,7 @@ public struct ForwardError: Error, CustomStringConvertible, Sendable {
 public struct ServerURL: Sendable {
     public var host: String
     public var port: Int
-    /// `https://`: TLS, then HTTP/2 (ALPN h2).
+    /// `https://`: TLS, then HTTP/2 (ALPN h2), or HTTP/1.1 for a SPDY or WebSocket upgrade.
     public var secure = false
 
     public init(parsing text: String) throws {
@@ -144,15 +174,24 @@ public struct ServerURL: Sendable {
 }
 
 /// The client: listens on local ports and tunnels each accepted connection as one stream of a
-/// single HTTP/2 connection to the relay. The session's life (docs/ARCHITECTURE.md, "The
-/// client's session"): dial (blocking, bounded), read the pod (an HTTP/2 GET on the session),
-/// ready; when it drops, the listeners stay, new local connections wait for the next session,
-/// and the client re-dials with backoff and reads the pod again.
+/// single connection to the relay: an HTTP/2 stream, or a SPDY/3.1 stream pair (plain, or in a
+/// WebSocket) as kubectl's. The session's life (docs/ARCHITECTURE.md, "The client's session"):
+/// dial (blocking, bounded), read the pod (an HTTP/2 GET on the session; for SPDY an HTTP/1.1 GET
+/// before the upgrade), ready; when it drops, the listeners stay, new local connections wait for
+/// the next session, and the client re-dials with backoff and reads the pod again.
 public final class Forwarder: CompletionHandler {
     public let options: ForwardOptions
     public let reactor: ReactorBackend
     private let server: ServerURL
     private var connection: Connection?
+    /// The protocol of the session of the moment (`--protocol auto` decides at each dial).
+    public private(set) var speaking = WireProtocol.h2
+    /// The SPDY session (plain or in a WebSocket), when that is what the relay speaks.
+    private var spdy: SPDYClientSession?
+    /// Before a SPDY session: the HTTP/1.1 connection the pod read and the upgrade go on.
+    private var exchange: HTTPExchange?
+    /// Counts dials: a deferred pod read belongs to the session of its dial.
+    private var generation = 0
     private var listeners: [(fd: FileDescriptor, spec: PortSpec)] = []
     private let table = StreamTable()
     private var signals: SignalWatcher?
@@ -251,20 +290,39 @@ public final class Forwarder: CompletionHandler {
             }
         }
         let settings = SessionSettings()
-        let fd: FileDescriptor
-        let leftover: [UInt8]
-        let session = try Session(role: .client, settings: settings)
         tls = nil
         tlsFailure = nil
+        generation += 1
+        let wanted = options.wireProtocol
         if server.secure {
-            // TLS with ALPN h2: HTTP/2 with prior knowledge, each stream naming the pod.
-            fd = try secureDial()
-            leftover = []
-        } else {
-            fd = try dial()
-            (leftover, _) = try upgrade(fd, settings: settings)
-            try session.upgrade(settingsPayload: HTTPText.settingsPayload(settings))
+            // TLS; ALPN h2: HTTP/2 with prior knowledge, each stream naming the pod. Otherwise
+            // HTTP/1.1 and an upgrade to SPDY.
+            let offer = wanted == .h2 ? ["h2"] : wanted == .auto ? ["h2", "http/1.1"] : ["http/1.1"]
+            let (fd, alpn) = try secureDial(offering: offer)
+            if alpn == "h2" {
+                return try startH2(fd, session: Session(role: .client, settings: settings), leftover: [])
+            }
+            return startHTTP1(fd, speaking: wanted == .spdy ? .spdy : .websocket)
         }
+        if wanted == .h2 || wanted == .auto {
+            let session = try Session(role: .client, settings: settings)
+            let fd = try dial()
+            do {
+                let (leftover, _) = try upgrade(fd, settings: settings)
+                try session.upgrade(settingsPayload: HTTPText.settingsPayload(settings))
+                return try startH2(fd, session: session, leftover: leftover)
+            } catch let error as ForwardError where wanted == .auto && error.allowsFallback {
+                // Not a relay of ours (an API server, a kubelet): kubectl's protocols.
+                log?("h2c upgrade refused (\(error)): trying SPDY in a WebSocket")
+            }
+        }
+        return startHTTP1(try dial(), speaking: wanted == .spdy ? .spdy : .websocket)
+    }
+
+    /// The HTTP/2 connection on `fd`, after the h2c upgrade or TLS with ALPN h2.
+    private func startH2(_ fd: FileDescriptor, session: Session, leftover: [UInt8]) throws {
+        speaking = .h2
+        log?("session to \(options.server): \(speaking.name)")
         let connection = Connection(fd: fd, session: session, reactor: reactor)
         self.connection = connection
         table.serve(connection, pipes: pipes) { [unowned self] reason in self.connectionClosed(reason) }
@@ -300,8 +358,13 @@ public final class Forwarder: CompletionHandler {
     private var podPath: String { "/api/v1/namespaces/\(options.target.namespace)/pods/\(options.target.pod)" }
     private var podName: String { "\(options.target.namespace)/\(options.target.pod)" }
 
-    /// GET the pod on the session (the relay answers API reads on its streams, over h2c and TLS).
+    /// GET the pod on the session (the relay answers API reads on its streams, over h2c and TLS),
+    /// or before a SPDY upgrade on its HTTP/1.1 connection.
     private func readPod() {
+        if speaking != .h2 {
+            if let exchange = exchange ?? redialHTTP1() { readPod(on: exchange) }
+            return
+        }
         guard let connection, !connection.isClosed else { return }
         var headers = [
             (":method", "GET"), (":scheme", server.secure ? "https" : "http"), (":authority", server.authority),
@@ -338,6 +401,7 @@ public final class Forwarder: CompletionHandler {
             do {
                 let pod = try PodDescription(json: body)
                 if let problem = pod.notRunning { return podUnavailable(problem, gone: false) }
+                if speaking != .h2 { return upgradeToSPDY(then: pod) }
                 return podReady(pod)
             } catch {
                 return fatal("error: reading pod \(podName): \(error)")
@@ -373,9 +437,9 @@ public final class Forwarder: CompletionHandler {
             failedDials += 1
             return scheduleRedial()
         }
-        let session = connection
+        let dial = generation
         after(options.reconnect.backoff(failures: 3, random: .random(in: 0..<1))) { [weak self] in
-            guard let self, self.phase == .checking, self.connection === session else { return }
+            guard let self, self.phase == .checking, self.generation == dial else { return }
             self.readPod()
         }
     }
@@ -411,8 +475,9 @@ public final class Forwarder: CompletionHandler {
     }
 
     /// Dials, then the TLS handshake (blocking, like the dial and the upgrade); returns the inner
-    /// end of the TLS pump, which the relay connection reads and writes as plaintext.
-    private func secureDial() throws -> FileDescriptor {
+    /// end of the TLS pump, which the relay connection reads and writes as plaintext, and the
+    /// protocol ALPN chose among `offering`.
+    private func secureDial(offering: [String]) throws -> (FileDescriptor, String?) {
         // A client certificate in memory: the kubeconfig's, else the exec plugin's.
         var certificate: (certificate: [UInt8], key: [UInt8])?
         if let data = options.tls.clientCertificateData, let key = options.tls.clientKeyData {
@@ -432,12 +497,15 @@ public final class Forwarder: CompletionHandler {
                                                 cipherList: options.tls.cipherList,
                                                 certificateAuthorityData: options.tls.certificateAuthorityData,
                                                 clientCertificateData: certificate?.certificate,
-                                                clientKeyData: certificate?.key)
+                                                clientKeyData: certificate?.key, alpn: offering)
             let established = try TLSClientHandshake.perform(fd: tcp, context: context,
                                                              serverName: options.tls.serverName ?? server.host,
                                                              timeoutSeconds: options.upgradeTimeoutSeconds)
-            guard established.alpn == "h2" else {
-                throw ForwardError("the relay did not agree to HTTP/2 over TLS (ALPN \(established.alpn ?? "none")): is it a portforward relay?")
+            // A server without ALPN speaks HTTP/1.1 (kubectl's upgrade connections offer none).
+            guard let alpn = established.alpn ?? (offering.contains("http/1.1") ? "http/1.1" : nil), offering.contains(alpn) else {
+                throw ForwardError(offering == ["h2"]
+                    ? "the relay did not agree to HTTP/2 over TLS (ALPN \(established.alpn ?? "none")): is it a portforward relay?"
+                    : "the relay did not agree to \(offering.joined(separator: " or ")) over TLS (ALPN \(established.alpn ?? "none"))")
             }
             let pump = TLSConnection(established: established, reactor: reactor, peer: server.authority, deadlineSeconds: 2)
             pump.log = { [unowned self] line in
@@ -445,7 +513,7 @@ public final class Forwarder: CompletionHandler {
                 self.log?(line)
             }
             tls = pump
-            return try pump.openInner()
+            return (try pump.openInner(), alpn)
         } catch {
             if tls == nil { Glibc.close(tcp) }
             throw ForwardError("cannot connect to relay at \(options.server): \(error)")
@@ -549,21 +617,168 @@ public final class Forwarder: CompletionHandler {
             guard (try? readMore()) == true else { break }
         }
         Glibc.close(fd)
-        var body = String(decoding: bytes[head.length...].prefix(length), as: UTF8.self).trimmed
+        throw refusal(head, body: bytes[head.length...].prefix(length))
+    }
+
+    /// The error an answer other than `101` to an upgrade makes, from its head and body.
+    private func refusal(_ head: ResponseHead, body bytes: some Collection<UInt8>) -> ForwardError {
+        var body = String(decoding: bytes.prefix(4096), as: UTF8.self).trimmed
             .split(separator: "\n").first.map(String.init) ?? ""
         // A relay's refusals are one line of text/plain, or a Kubernetes Status (401, 403);
         // anything else is not a relay.
         var plain = head.header("content-type")?.hasPrefix("text/plain") ?? false
         if body.hasPrefix("Client sent an HTTP request to an HTTPS server") {
-            throw ForwardError("\(options.server) serves TLS, not plain HTTP (it answered \(head.status): \(body)): use https://")
+            return ForwardError("\(options.server) serves TLS, not plain HTTP (it answered \(head.status): \(body)): use https://")
         }
         if head.header("content-type")?.hasPrefix("application/json") ?? false, let message = Refusal.statusMessage(body) {
             body = message
             plain = true
         }
-        if plain && !body.isEmpty && Refusal.textIsMessage(status: head.status) { throw ForwardError(body, status: head.status) }
-        throw ForwardError("\(options.server) answered \(head.status) to the upgrade"
-                           + (plain && !body.isEmpty ? ": \(body)" : " (is it a portforward relay?)"), status: head.status)
+        if plain && !body.isEmpty && Refusal.textIsMessage(status: head.status) { return ForwardError(body, status: head.status) }
+        return ForwardError("\(options.server) answered \(head.status) to the upgrade"
+                            + (plain && !body.isEmpty ? ": \(body)" : " (is it a portforward relay?)"), status: head.status)
+    }
+
+    // MARK: SPDY and the WebSocket tunnel: HTTP/1.1 first
+
+    /// The connection on `fd` speaks HTTP/1.1 until its upgrade: the pod is read on it (`readPod`),
+    /// then the upgrade asked for (`upgradeToSPDY`).
+    private func startHTTP1(_ fd: FileDescriptor, speaking: WireProtocol) {
+        self.speaking = speaking
+        connection = nil
+        exchange = HTTPExchange(fd: fd, reactor: reactor)
+    }
+
+    /// The head of an HTTP/1.1 request of ours; with a bearer token when there is one.
+    private func requestHead(_ method: String, _ path: String, _ fields: [(String, String)]) -> String {
+        var text = "\(method) \(path) HTTP/1.1\r\nHost: \(server.authority)\r\nUser-Agent: portforward\r\n"
+        for (name, value) in fields { text += "\(name): \(value)\r\n" }
+        if let token = bearer() { text += "Authorization: Bearer \(token)\r\n" }
+        return text + "\r\n"
+    }
+
+    private var exchangeTimeoutText: String {
+        "\(options.server) did not answer within \(options.upgradeTimeoutSeconds.formatted1) s"
+    }
+
+    private func readPod(on exchange: HTTPExchange) {
+        let dial = generation
+        let request = requestHead("GET", podPath, [("Accept", "application/json")])
+        exchange.send(request, timeoutSeconds: options.upgradeTimeoutSeconds, timeoutText: exchangeTimeoutText) { [unowned self] outcome in
+            guard self.generation == dial, self.phase == .checking else { return }
+            switch outcome {
+            case .failed(let reason):
+                self.dialFailed(ForwardError("cannot read pod \(self.podName) from \(self.options.server): \(reason)"))
+            case .answered(let head, let body, _):
+                // The server keeps the connection for no more requests (the relay's
+                // --max-api-requests, a pod read again for a minute): the next goes on a new one.
+                if head.fields.lists("connection", "close") { self.closeExchange() }
+                self.podStatus = head.status
+                self.podBody = body
+                self.podStream = nil
+                self.podAnswered(reset: false)
+            }
+        }
+    }
+
+    /// The pod is Running: the upgrade (SPDY, or the WebSocket tunnel) on the same connection; the
+    /// session is ready once it is answered `101`.
+    private func upgradeToSPDY(then pod: PodDescription) {
+        guard let exchange = exchange ?? redialHTTP1() else { return }
+        let dial = generation
+        let request: String
+        var key = ""
+        if speaking == .websocket {
+            var nonce = [UInt8](repeating: 0, count: 16)
+            for index in nonce.indices { nonce[index] = .random(in: 0...255) }
+            key = Base64.encode(nonce)
+            request = requestHead("GET", options.target.path, [
+                ("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", WebSocketHandshake.version),
+                ("Sec-WebSocket-Key", key), ("Sec-WebSocket-Protocol", TunnelSubprotocol.spdy),
+            ])
+        } else {
+            request = requestHead("POST", options.target.path, [
+                ("Content-Length", "0"), ("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"),
+                ("X-Stream-Protocol-Version", "portforward.k8s.io"),
+            ])
+        }
+        exchange.send(request, timeoutSeconds: options.upgradeTimeoutSeconds, timeoutText: exchangeTimeoutText) { [unowned self] outcome in
+            guard self.generation == dial, self.phase == .checking else { return }
+            switch outcome {
+            case .failed(let reason):
+                self.dialFailed(ForwardError("\(self.options.server) did not complete the upgrade: \(reason)"))
+            case .answered(let head, let body, let rest):
+                let upgraded = self.speaking == .websocket
+                    ? head.status == 101 && head.header("sec-websocket-accept") == WebSocketHandshake.acceptKey(for: key)
+                        && head.header("sec-websocket-protocol") == TunnelSubprotocol.spdy
+                    : head.status == 101 && head.fields.lists("upgrade", "spdy/3.1")
+                if upgraded { return self.startSPDY(exchange.fd, initial: rest, pod: pod) }
+                self.closeExchange()
+                if self.speaking == .websocket && self.options.wireProtocol == .auto {
+                    // kubectl's fallback (client-go fallback_dialer.go): anything but the tunnel's
+                    // 101 means plain SPDY, on a new connection.
+                    self.log?("WebSocket upgrade answered \(head.status): trying plain SPDY")
+                    self.speaking = .spdy
+                    return self.upgradeToSPDY(then: pod)
+                }
+                self.dialFailed(head.status == 101
+                    ? ForwardError("\(self.options.server) answered 101 without agreeing to \(self.speaking == .websocket ? TunnelSubprotocol.spdy : "SPDY/3.1")")
+                    : self.refusal(head, body: body))
+            }
+        }
+    }
+
+    private func startSPDY(_ fd: FileDescriptor, initial: [UInt8], pod: PodDescription) {
+        exchange = nil
+        let session: SPDYClientSession
+        do {
+            session = try SPDYClientSession(fd: fd, reactor: reactor, pipes: pipes, overWebSocket: speaking == .websocket,
+                                            keepalive: options.keepalive, peer: server.authority)
+        } catch {
+            reactor.close(fd)
+            return dialFailed(error)
+        }
+        spdy = session
+        log?("session to \(options.server): \(speaking.name)")
+        // The local connections open at the drop, named before the tunnels end.
+        session.onClosing = { [unowned self] in self.noteResets() }
+        session.onClosed = { [unowned self, unowned session] reason in
+            if self.spdy === session { self.spdy = nil }
+            self.connectionClosed(reason)
+        }
+        initial.withUnsafeBytes { session.start(initial: $0) }
+        podReady(pod)
+    }
+
+    /// A new HTTP/1.1 connection for the pod read or the upgrade, when the server closed (or
+    /// refused an upgrade on) the last one; nil when the dial failed (and `dialFailed` said so).
+    private func redialHTTP1() -> HTTPExchange? {
+        do {
+            startHTTP1(server.secure ? try secureDial(offering: ["http/1.1"]).0 : try dial(), speaking: speaking)
+        } catch {
+            dialFailed(error)
+            return nil
+        }
+        return exchange
+    }
+
+    private func closeExchange() {
+        guard let exchange else { return }
+        self.exchange = nil
+        exchange.cancel()
+        reactor.close(exchange.fd)
+    }
+
+    /// A dial that failed after it was made (the pod read or the upgrade on HTTP/1.1): at start
+    /// the client ends with one line; later it is a failed re-dial (a 404: the pod is missing).
+    private func dialFailed(_ error: Error) {
+        closeExchange()
+        guard everReady else { return fatal(ForwardError.line(error)) }
+        phase = .lost
+        if let error = error as? ForwardError, error.status == 404 { return podUnavailable(error.description, gone: true) }
+        failedDials += 1
+        log?("re-dial \(failedDials) failed: \(error)")
+        scheduleRedial()
     }
 
     private func openListeners(_ specs: [PortSpec]) throws {
@@ -617,7 +832,7 @@ public final class Forwarder: CompletionHandler {
             return
         }
         let spec = listeners[Int(completion.tag)].spec
-        guard phase == .ready, let connection = self.connection, !connection.isClosed else {
+        guard phase == .ready, hasSession else {
             guard options.reconnect.enabled else {
                 reactor.close(client)
                 return
@@ -630,7 +845,15 @@ public final class Forwarder: CompletionHandler {
         openStream(client, spec: spec)
     }
 
+    /// Whether there is a session to open streams on.
+    private var hasSession: Bool {
+        if let spdy { return !spdy.isClosed }
+        if let connection { return !connection.isClosed }
+        return false
+    }
+
     private func openStream(_ client: FileDescriptor, spec: PortSpec) {
+        if let spdy { return openPair(spdy, client, spec: spec) }
         guard let connection else { return reactor.close(client) }
         self.print("Handling connection for \(spec.local)")
         let carrier = HTTP2Stream(connection: connection)
@@ -661,6 +884,23 @@ public final class Forwarder: CompletionHandler {
         }
         tunnel.attach(client)
         connection.flushSoon()
+    }
+
+    /// Over SPDY: an error stream and a data stream (the relay answers per pair, as a kubelet).
+    private func openPair(_ spdy: SPDYClientSession, _ client: FileDescriptor, spec: PortSpec) {
+        self.print("Handling connection for \(spec.local)")
+        let port = spec.remote
+        do {
+            let tunnel = try spdy.forward(client, port: port, onRejected: { [unowned self] _, reason in
+                self.printError("error: forwarding port \(port) to pod \(self.podName): \(reason)")
+            }, onFinish: { [unowned self] tunnel in
+                self.open[ObjectIdentifier(tunnel)] = nil
+            })
+            if !tunnel.finished { open[ObjectIdentifier(tunnel)] = port }
+        } catch {
+            printError("error: forwarding port \(port) to pod \(podName): \(error)")
+            reactor.close(client)
+        }
     }
 
     /// Closes local connections that waited longer than `sessionWaitSeconds` for a session.
@@ -699,6 +939,12 @@ public final class Forwarder: CompletionHandler {
         for entry in waiting { reactor.close(entry.fd) }
         waiting.removeAll()
         for tunnel in table.tunnels { tunnel.abort() }
+        closeExchange()
+        if let spdy, !spdy.isClosed {
+            spdy.stop()
+            _ = reactor.timer(nanoseconds: 2_000_000_000, handler: StopTimer(reactor), tag: 0)
+            return
+        }
         guard let connection, !connection.isClosed else { return reactor.stop() }
         connection.session.terminate()
         connection.flushSoon()

@@ -8,9 +8,9 @@ import SPDY
 ///
 /// SPDY has no flow control (kubectl's spdystream neither sends nor heeds WINDOW_UPDATE), so
 /// `consume` opens no window: it counts what the pod socket took, and while a stream holds its
-/// bound of received, unwritten bytes the connection stops reading (`SPDYRelaySession`).
+/// bound of received, unwritten bytes the connection stops reading (`SPDYConnection`).
 final class SPDYStream: TunnelBody, StreamTransport {
-    weak var owner: SPDYRelaySession?
+    weak var owner: SPDYConnection?
     let pair: PortForwardPairs.Pair
     let held: HeldBytes
     /// Received for the pod and not yet written to it.
@@ -24,7 +24,7 @@ final class SPDYStream: TunnelBody, StreamTransport {
     /// The stream ended both ways (or was reset): the tunnel was told.
     var closed = false
 
-    init(owner: SPDYRelaySession, pair: PortForwardPairs.Pair) {
+    init(owner: SPDYConnection, pair: PortForwardPairs.Pair) {
         self.owner = owner
         self.pair = pair
         held = owner.held

@@ -30,6 +30,13 @@ public struct PortForwardPairs: Sendable {
         public var port: UInt16
         public var errorStream: UInt32
         public var dataStream: UInt32
+
+        public init(key: Key, port: UInt16, errorStream: UInt32, dataStream: UInt32) {
+            self.key = key
+            self.port = port
+            self.errorStream = errorStream
+            self.dataStream = dataStream
+        }
     }
 
     public enum Decision: Equatable, Sendable {

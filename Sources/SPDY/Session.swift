@@ -3,6 +3,8 @@ public enum SPDYEvent {
     /// A new stream. The session answers nothing by itself: the owner decides (`synReply`, or
     /// `reset`). `fin`: the peer sends nothing more on it.
     case synStream(stream: UInt32, associated: UInt32, priority: UInt8, headers: HeaderBlock, fin: Bool)
+    /// Client side: the peer accepted a stream this side opened (`openStream`).
+    case synReply(stream: UInt32, headers: HeaderBlock, fin: Bool)
     /// More headers on an open stream (SPDY/3 HEADERS; kubectl sends none).
     case headers(stream: UInt32, headers: HeaderBlock, fin: Bool)
     /// Payload of a DATA frame, in pieces as the bytes arrived. `bytes` points into what was passed
@@ -13,8 +15,8 @@ public enum SPDYEvent {
     /// The stream is gone: reset by the peer (`byPeer`), or by this session for a stream error
     /// (its RST_STREAM is queued). Nothing more is reported on it.
     case reset(stream: UInt32, status: ResetStatus, byPeer: Bool)
-    /// A PING. `isReply` false: the peer's own (odd id from a client), already echoed by the
-    /// session; true: the answer to `ping()`.
+    /// A PING. `isReply` false: the peer's own (odd ids from a client, even from a server),
+    /// already echoed by the session; true: the answer to `ping()`.
     case ping(id: UInt32, isReply: Bool)
     case goAway(lastGoodStream: UInt32, status: GoAwayStatus)
     case settings([SettingsEntry])
@@ -27,7 +29,7 @@ public protocol SPDYSessionDelegate: AnyObject {
     func session(_ session: SPDYSession, _ event: SPDYEvent)
 }
 
-/// A server's SPDY/3.1 session with no I/O, as nghttp2's is: bytes go in through `receive`, events
+/// A SPDY/3.1 session with no I/O, as nghttp2's is, in either role: bytes go in through `receive`, events
 /// come out through the delegate, and the frames to send gather in an output buffer the owner
 /// drains (`produce`). DATA payloads bypass that buffer both ways: received payloads are handed
 /// over where they lie, and a payload to send goes from the owner's memory right after the 8
@@ -36,12 +38,21 @@ public protocol SPDYSessionDelegate: AnyObject {
 /// Ordering rule for the owner: write the pending output first, then a DATA frame's header and its
 /// whole payload, never control frames in the middle of a DATA frame.
 ///
-/// SPDY/3 streams a client opens are odd and increase; this side never opens one (a kubelet
-/// does not). There is no flow control: WINDOW_UPDATE is reported and ignored, and nothing here
+/// SPDY/3 streams a client opens are odd and increase. A server (the relay, as a kubelet) never
+/// opens one; a client (`portforward forward --protocol spdy`) opens them with `openStream` and
+/// refuses the server's (portforward.k8s.io has no server push). There is no flow control: WINDOW_UPDATE is reported and ignored, and nothing here
 /// waits for a window, so the owner bounds its memory by reading less (back-pressure is TCP's).
 public final class SPDYSession {
+    public enum Role: Sendable {
+        /// Opens the (odd) streams, PINGs with odd ids.
+        case client
+        /// Answers the client's streams, PINGs with even ids.
+        case server
+    }
+
     public weak var delegate: SPDYSessionDelegate?
     public let limits: SPDYLimits
+    public let role: Role
 
     private struct StreamState {
         var replied = false
@@ -55,10 +66,12 @@ public final class SPDYSession {
     private var streams: [UInt32: StreamState] = [:]
     /// The highest stream id the peer opened: SYN_STREAM ids must grow, and a GOAWAY names it.
     public private(set) var lastPeerStream: UInt32 = 0
+    /// The id `openStream` gives next (a client's: odd, growing). A server's stays 2: it opens none.
+    private var nextStreamID: UInt32
     /// Whether the payload of the DATA frame being read goes to the delegate (else it is dropped:
     /// its stream was reset or ended, and the frame was already in flight).
     private var deliveringData = false
-    private var nextPingID: UInt32 = 2
+    private var nextPingID: UInt32
     public private(set) var sentGoAway = false
     public private(set) var receivedGoAway = false
     /// The error that ended the session: every later `receive` throws it again.
@@ -67,9 +80,12 @@ public final class SPDYSession {
     private var output: [UInt8] = []
     private var outputStart = 0
 
-    public init(limits: SPDYLimits = SPDYLimits(), delegate: SPDYSessionDelegate? = nil) throws {
+    public init(role: Role = .server, limits: SPDYLimits = SPDYLimits(), delegate: SPDYSessionDelegate? = nil) throws {
+        self.role = role
         self.limits = limits
         self.delegate = delegate
+        nextStreamID = role == .client ? 1 : 2
+        nextPingID = role == .client ? 1 : 2
         reader = FrameReader(maxControlLength: limits.maxControlFrameLength)
         compressor = try HeaderCompressor()
         decompressor = try HeaderDecompressor(limit: limits.maxHeaderBlockSize)
@@ -168,9 +184,20 @@ public final class SPDYSession {
         case .synReply:
             try require(length >= 4)
             let stream = payload.bigEndianUInt32(at: 0) & 0x7fff_ffff
-            _ = try decompressor.decompress(UnsafeRawBufferPointer(rebasing: payload[4...]))
-            // This side opens no streams, so no SYN_REPLY can be for one of them.
-            resetStream(stream, .invalidStream)
+            let headers = try decompressor.decompress(UnsafeRawBufferPointer(rebasing: payload[4...]))
+            // Only for a stream this side opened (a server opens none), and only once (2.3.3).
+            guard let state = streams[stream], isLocalStream(stream) else {
+                if isLocalStream(stream) { notOpen(stream) } else { resetStream(stream, .invalidStream) }
+                return
+            }
+            guard !state.replied else {
+                resetStream(stream, .streamInUse)
+                return
+            }
+            streams[stream]!.replied = true
+            let fin = flags & FrameFlags.fin != 0
+            emit(.synReply(stream: stream, headers: headers, fin: fin))
+            if fin { peerEnded(stream) }
 
         case .headers:
             try require(length >= 4)
@@ -211,8 +238,8 @@ public final class SPDYSession {
         case .ping:
             try require(length == 4)
             let id = payload.bigEndianUInt32(at: 0)
-            // A client's pings are odd (2.6.5); echo them, ours come back even.
-            let isReply = id & 1 == 0
+            // A client's pings are odd, a server's even (2.6.5): echo the peer's, ours come back.
+            let isReply = id & 1 == nextPingID & 1
             if !isReply { FrameEncoder.ping(id: id, to: &output) }
             emit(.ping(id: id, isReply: isReply))
 
@@ -232,7 +259,9 @@ public final class SPDYSession {
     private func synStream(_ stream: UInt32, associated: UInt32, priority: UInt8, headers: HeaderBlock,
                            flags: UInt8) throws {
         guard stream != 0 else { throw SPDYError.invalidStreamID(stream, "stream 0") }
-        guard stream & 1 == 1 else { throw SPDYError.invalidStreamID(stream, "a client's streams are odd") }
+        guard !isLocalStream(stream) else {
+            throw SPDYError.invalidStreamID(stream, role == .server ? "a client's streams are odd" : "a server's streams are even")
+        }
         guard stream > lastPeerStream else {
             // 2.3.2: the same id again while it is open is a stream error; an id that went
             // backwards is a session error.
@@ -245,7 +274,8 @@ public final class SPDYSession {
         // After our GOAWAY new streams are ignored: the peer knows they were not processed.
         guard !sentGoAway else { return }
         lastPeerStream = stream
-        guard streams.count < limits.maxConcurrentStreams else {
+        // A client takes no pushed streams: portforward.k8s.io has none.
+        guard role == .server, streams.count < limits.maxConcurrentStreams else {
             queueReset(stream, .refusedStream)
             return
         }
@@ -262,9 +292,20 @@ public final class SPDYSession {
     /// side would answer with SYN_REPLY. (GOAWAY's last-good-stream counts the streams answered
     /// with SYN_REPLY or RST_STREAM, so it names it too.)
     private func notOpen(_ stream: UInt32) {
-        guard stream & 1 == 0 || stream > lastPeerStream else { return }
+        if isLocalStream(stream) {
+            // One of ours that ended or was reset: its frames were in flight.
+            guard stream >= nextStreamID else { return }
+            queueReset(stream, .invalidStream)
+            return
+        }
+        guard stream > lastPeerStream else { return }
         queueReset(stream, .invalidStream)
-        if stream & 1 == 1 { lastPeerStream = stream }
+        lastPeerStream = stream
+    }
+
+    /// Whether `stream` is of the ids this side opens (odd for a client, even for a server).
+    private func isLocalStream(_ stream: UInt32) -> Bool {
+        (stream & 1 == 1) == (role == .client)
     }
 
     private func peerEnded(_ stream: UInt32) {
@@ -313,11 +354,36 @@ public final class SPDYSession {
 
     /// Accepts the peer's stream. portforward.k8s.io answers with no headers, at once.
     public func synReply(stream: UInt32, headers: HeaderBlock = HeaderBlock(), fin: Bool = false) throws {
-        guard let state = streams[stream], !state.replied, !state.localEnded else {
+        guard let state = streams[stream], !isLocalStream(stream), !state.replied, !state.localEnded else {
             throw SPDYError.streamNotWritable(stream)
         }
+        try appendHeaderFrame(headers) { output in
+            FrameEncoder.synReply(stream: stream, fin: fin, compressedBlock: EmptyCollection(), to: &output)
+        }
+        streams[stream]!.replied = true
+        if fin { localEnded(stream) }
+    }
+
+    /// Client side: opens the next stream (SYN_STREAM) and returns its id; `synReply` is
+    /// reported when the server accepts it. Throws once either side said GOAWAY.
+    public func openStream(headers: HeaderBlock, fin: Bool = false) throws -> UInt32 {
+        precondition(role == .client, "a server opens no streams")
+        if let failure { throw failure }
+        let stream = nextStreamID
+        guard !sentGoAway, !receivedGoAway, stream <= 0x7fff_ffff else { throw SPDYError.streamNotWritable(stream) }
+        try appendHeaderFrame(headers) { output in
+            FrameEncoder.synStream(stream: stream, flags: fin ? FrameFlags.fin : 0, compressedBlock: EmptyCollection(), to: &output)
+        }
+        nextStreamID += 2
+        streams[stream] = StreamState(localEnded: fin)
+        return stream
+    }
+
+    /// A control frame whose head `head` appends, followed by `headers` compressed on the
+    /// connection's zlib stream, its length patched.
+    private func appendHeaderFrame(_ headers: HeaderBlock, head: (inout [UInt8]) -> Void) throws {
         let headStart = output.count
-        FrameEncoder.synReply(stream: stream, fin: fin, compressedBlock: EmptyCollection(), to: &output)
+        head(&output)
         do {
             try compressor.compress(headers, appendingTo: &output)
         } catch let error as SPDYError {
@@ -327,8 +393,6 @@ public final class SPDYSession {
             throw error
         }
         FrameEncoder.patchLength(headStart: headStart, in: &output)
-        streams[stream]!.replied = true
-        if fin { localEnded(stream) }
     }
 
     /// The 8 bytes of a DATA frame the owner sends with `count` payload bytes from its own memory
@@ -367,8 +431,8 @@ public final class SPDYSession {
         if reader.currentData?.stream == stream { deliveringData = false }
     }
 
-    /// Sends a PING and returns its id (even: this side is the server); its echo is reported as
-    /// `ping(id, isReply: true)`.
+    /// Sends a PING and returns its id (even from a server, odd from a client); its echo is
+    /// reported as `ping(id, isReply: true)`.
     public func ping() -> UInt32 {
         let id = nextPingID
         nextPingID &+= 2

@@ -94,10 +94,11 @@ public final class TLSContext {
     /// (else the system store) unless `insecureSkipVerify`; a client certificate when given.
     /// The `...Data` arguments are PEM in memory (a kubeconfig's `-data` fields, an exec plugin's
     /// answer): read through a memory BIO, never written to a file; each takes the place of its file.
+    /// `alpn`: the protocols offered, in order of preference (`h2`; `http/1.1` for an upgrade).
     public static func client(certificateAuthorityFile: String?, clientCertificateFile: String?, clientKeyFile: String?,
                               insecureSkipVerify: Bool, cipherList: String? = nil,
                               certificateAuthorityData: [UInt8]? = nil, clientCertificateData: [UInt8]? = nil,
-                              clientKeyData: [UInt8]? = nil) throws -> TLSContext {
+                              clientKeyData: [UInt8]? = nil, alpn: [String] = ["h2"]) throws -> TLSContext {
         for (file, flag) in [(certificateAuthorityFile, "--certificate-authority"), (clientCertificateFile, "--client-certificate"), (clientKeyFile, "--client-key")] {
             if let file { try requireRegular(file, flag) }
         }
@@ -129,7 +130,9 @@ public final class TLSContext {
             }
         }
         try context.restrict(cipherList)
-        guard pf_ssl_ctx_client_alpn_h2(raw) == 0 else { throw TLSError.openSSL("ALPN") }
+        // The wire format: each name after its length byte.
+        let protocols = alpn.flatMap { [UInt8($0.utf8.count)] + Array($0.utf8) }
+        guard SSL_CTX_set_alpn_protos(raw, protocols, UInt32(protocols.count)) == 0 else { throw TLSError.openSSL("ALPN") }
         return context
     }
 

@@ -10,8 +10,9 @@ public enum TunnelSubprotocol {
 public struct ByteStream: Sendable {
     private var reader: FrameReader
 
-    public init(limits: WebSocketLimits = WebSocketLimits()) {
-        reader = FrameReader(role: .server, limits: limits)
+    /// `role`: the side this is (a server reads masked frames, a client unmasked ones).
+    public init(role: FrameReader.Role = .server, limits: WebSocketLimits = WebSocketLimits()) {
+        reader = FrameReader(role: role, limits: limits)
     }
 
     public var isClosed: Bool { reader.isClosed }
@@ -41,10 +42,10 @@ public struct ByteStream: Sendable {
     }
 
     /// The header of one BINARY frame carrying the next `payloadLength` bytes of the stream, which
-    /// the caller sends from its own buffer right after it.
+    /// the caller sends from its own buffer right after it (a client: masked with `mask`).
     @discardableResult
-    public static func header(payloadLength: Int, into out: UnsafeMutableRawBufferPointer) -> Int {
-        FrameWriter.header(.binary, payloadLength: payloadLength, into: out)
+    public static func header(payloadLength: Int, mask: UInt32? = nil, into out: UnsafeMutableRawBufferPointer) -> Int {
+        FrameHeader(opcode: .binary, mask: mask, payloadLength: payloadLength).encode(into: out)
     }
 
     public static func header(payloadLength: Int) -> [UInt8] {

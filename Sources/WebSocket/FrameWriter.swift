@@ -1,4 +1,4 @@
-/// A server's outgoing frames (unmasked, section 5.1). A data frame is written as its header
+/// A server's outgoing frames (unmasked, section 5.1; `masked` makes one a client's). A data frame is written as its header
 /// alone, so that the payload can follow from the caller's own buffer or pipe (writev, splice)
 /// without being copied next to it; control frames are small and come whole.
 public enum FrameWriter {
@@ -47,5 +47,15 @@ public enum FrameWriter {
             payload += bytes
         }
         return frame(.close, payload: payload)
+    }
+
+    /// `frame` (whole, as written above) as a client sends it: masked with `key` (section 5.3).
+    public static func masked(_ frame: [UInt8], key: UInt32) -> [UInt8] {
+        guard case .header(var header, let length) = frame.withUnsafeBytes({ FrameHeader.decode($0) }) else { return frame }
+        header.mask = key
+        var payload = Array(frame[length...])
+        var mask = Mask(key: key)
+        payload.withUnsafeMutableBytes { mask.apply($0) }
+        return header.encoded() + payload
     }
 }

@@ -19,6 +19,7 @@ struct PortForwardCommand: ParsableCommand {
 extension IOBackendChoice: ExpressibleByArgument {}
 extension ConnectorChoice: ExpressibleByArgument {}
 extension CopyMode: ExpressibleByArgument {}
+extension WireProtocol: ExpressibleByArgument {}
 
 struct IOOptions: ParsableArguments {
     @Option(name: .customLong("io"), help: "Reactor backend: auto (io_uring when a ring can be set up), uring or epoll.")
@@ -189,8 +190,8 @@ struct Forward: ParsableCommand {
     @Option(help: "Seconds a local connection accepted while there is no session waits for the next one.")
     var sessionWaitTimeout: Double = 10
 
-    @Option(help: "auto or h2 (our HTTP/2 protocol); websocket and spdy are not spoken by this client yet.")
-    var `protocol` = "auto"
+    @Option(help: "What to speak to the server: h2 (our HTTP/2 protocol), websocket (SPDY/3.1 in a WebSocket, kubectl 1.31+'s), spdy (plain SPDY/3.1, kubectl 1.30's), or auto: h2 when the server offers it, else websocket, else spdy.")
+    var `protocol` = WireProtocol.auto
 
     @Option(help: "Seconds the whole upgrade exchange with the relay may take.")
     var upgradeTimeout: Double = 10
@@ -246,10 +247,6 @@ struct Forward: ParsableCommand {
     func run() throws {
         Process.ignoreBrokenPipes()
         Process.raiseOpenFileLimit()
-        // One line, not the usage: what the user typed is well formed, only not supported.
-        if `protocol` != "auto" && `protocol` != "h2" {
-            fail("--protocol \(`protocol`): this client speaks our HTTP/2 protocol only (auto or h2); websocket and spdy are not implemented yet")
-        }
         let podName: String
         do { podName = try PodArgument.name(pod) } catch { fail("\(error)") }
         let requests = try ports.map(PortRequest.init(parsing:))
@@ -283,6 +280,7 @@ struct Forward: ParsableCommand {
         options.reconnect.enabled = !noReconnect
         options.reconnect.sessionWaitSeconds = sessionWaitTimeout
         options.upgradeTimeoutSeconds = upgradeTimeout
+        options.wireProtocol = `protocol`
         options.keepalive = keepaliveInterval > 0 ? Keepalive(interval: keepaliveInterval, timeout: keepaliveTimeout) : nil
         options.tls = tls.options
         options.token = token

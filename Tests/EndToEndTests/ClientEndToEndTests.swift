@@ -36,6 +36,38 @@ extension Scene {
         return (result.status, result.stderr, Date().timeIntervalSince(started))
     }
 
+    /// Kills `relay` under `forwarder` while a connection to pod port `remote` is open on it:
+    /// the client says the session is lost, and that connection is reset (its bytes cannot be
+    /// replayed on another session, so it is not ended as if the pod had closed it), with one line.
+    func loseRelay(_ relay: RelayProcess, under forwarder: ForwarderProcess, remote: Int) throws {
+        let open = try Net.connect("127.0.0.1", try forwarder.local(remote))
+        defer { close(open) }
+        var flows = [Flow(fd: open, payload: Array("ping".utf8))]
+        try Net.exchange(&flows, timeout: 10)
+        kill(relay.child.pid, SIGKILL)
+        _ = relay.child.wait(timeout: 5)
+        _ = try forwarder.child.waitFor("the line saying the session is lost") { $0.contains("Lost connection to relay") ? true : nil }
+        let outcome = Net.readUntilClosed(open, timeout: 10).outcome
+        #expect(outcome == "reset", "\(outcome)")
+        let resets = forwarder.child.stderr.split(separator: "\n").filter { $0.contains("Connection for port \(remote) reset") }
+        #expect(resets.count == 1, "\(forwarder.child.stderr)")
+    }
+
+    /// Through `forwarder`, a connection to the pod's echo port and one to `digestPort` (socat
+    /// EXEC:sha256sum, which answers once its input ended), each half-closed after its payload:
+    /// both answers arrive whole.
+    func expectHalfClosedAnswers(_ forwarder: ForwarderProcess, digestPort: Int) throws {
+        let payload = Net.randomBytes(mebibyte)
+        let echoed = try Net.echo("127.0.0.1", try forwarder.local(echoPort), payload, halfClose: true, timeout: 60)
+        #expect(Net.same(payload, echoed), "\(Net.firstDifference(payload, echoed))")
+        let file = "\(directory)/payload"
+        try Data(payload).write(to: URL(fileURLWithPath: file))
+        let local = try E2E.run(["sha256sum", file], directory: directory)
+        let expected = try #require(local.stdout.split(separator: " ").first.map(String.init))
+        let answer = try Net.echo("127.0.0.1", try forwarder.local(digestPort), payload, halfClose: true, timeout: 60)
+        #expect(String(decoding: answer, as: UTF8.self) == "\(expected)  -\n")
+    }
+
     func write(_ text: String, to name: String) throws -> String {
         let path = "\(directory)/\(name)"
         try text.write(toFile: path, atomically: true, encoding: .utf8)
@@ -135,8 +167,8 @@ struct ClientEndToEndTests {
             #expect(pending.status != 0, "\(pending)")
             #expect(pending.stderr.contains("unable to forward port because pod is not running. Current status=Pending"), "\(pending)")
             #expect(pending.seconds >= 2 && pending.seconds < 10, "\(pending)")
-            let protocolLine = try scene.runClient(["--server", relay.url, "--protocol", "spdy", "web", ":\(echoPort)"])
-            #expect(protocolLine.status != 0 && protocolLine.stderr.contains("websocket and spdy are not implemented"), "\(protocolLine)")
+            let protocolLine = try scene.runClient(["--server", relay.url, "--protocol", "quic", "web", ":\(echoPort)"])
+            #expect(protocolLine.status != 0 && protocolLine.stderr.contains("--protocol"), "\(protocolLine)")
         }
     }
 
@@ -270,26 +302,9 @@ struct ClientEndToEndTests {
             let forwarder = try scene.startForwarder(relay: relay, pod: "pod/web", remotePorts: [echoPort],
                                                      extra: ["--pod-running-timeout", "3s"])
             let port = try forwarder.local(echoPort)
-            let open = try Net.connect("127.0.0.1", port)
-            defer { close(open) }
-            var flows = [Flow(fd: open, payload: Array("ping".utf8))]
-            try Net.exchange(&flows, timeout: 10)
-
-            kill(relay.child.pid, SIGKILL)
-            _ = relay.child.wait(timeout: 5)
-            _ = try forwarder.child.waitFor("the line saying the session is lost") { $0.contains("Lost connection to relay") ? true : nil }
-            // Reset (its bytes cannot be replayed on another session), not ended as if the pod had closed it.
-            let outcome = Net.readUntilClosed(open, timeout: 10).outcome
-            #expect(outcome == "reset", "\(outcome)")
-            let resets = forwarder.child.stderr.split(separator: "\n").filter { $0.contains("Connection for port \(echoPort) reset") }
-            #expect(resets.count == 1, "\(forwarder.child.stderr)")
-
-            // During the outage: the listener still accepts; the bytes wait for the next session.
-            let during = try Net.connect("127.0.0.1", port)
+            try scene.loseRelay(relay, under: forwarder, remote: echoPort)
+            let (during, early) = try Net.connectDuringOutage(port)
             defer { close(during) }
-            let early = Array("made during the outage".utf8)
-            #expect(Glibc.write(during, early, early.count) == early.count)
-            usleep(800_000)
             #expect(forwarder.child.isRunning)
 
             // The pod recreated under the same name (another network namespace): it is used again.

@@ -36,19 +36,7 @@ struct EndToEndTests {
             let (_, relay) = try scene.echoPod(connector: connector, copy: copy)
             let forwarder = try scene.startForwarder(relay: relay, pod: "web", remotePorts: [echoPort], copy: copy)
             let port = try forwarder.local(echoPort)
-            var flows: [Flow] = []
-            defer { for flow in flows { close(flow.fd) } }
-            for index in 0..<100 {
-                // Distinct payloads of distinct lengths: a byte from another connection shows.
-                var payload = Array("connection \(index):".utf8)
-                payload += Net.randomBytes(48 * 1024 + index * 331)
-                flows.append(Flow(fd: try Net.connect("127.0.0.1", port), payload: payload))
-            }
-            try Net.exchange(&flows, timeout: 90)
-            for (index, flow) in flows.enumerated() {
-                #expect(flow.error == nil, "connection \(index): \(flow.error ?? "")")
-                #expect(Net.same(flow.payload, flow.received), "connection \(index): \(Net.firstDifference(flow.payload, flow.received))")
-            }
+            try Net.expectConcurrentEchoes(port, count: 100, size: 48 * 1024, step: 331, timeout: 90)
             let handled = try forwarder.child.waitFor("100 \"Handling connection\" lines", timeout: 10) { text -> Int? in
                 // The local port, as kubectl prints it.
                 let count = text.components(separatedBy: "Handling connection for \(port)\n").count - 1
@@ -70,16 +58,7 @@ struct EndToEndTests {
             let relay = try scene.startRelay(pods: ["web": namespace], connector: connector, copy: copy)
             let forwarder = try scene.startForwarder(relay: relay, pod: "web", remotePorts: [echoPort, 7004], copy: copy)
 
-            let payload = Net.randomBytes(mebibyte)
-            let echoed = try Net.echo("127.0.0.1", try forwarder.local(echoPort), payload, halfClose: true, timeout: 60)
-            #expect(Net.same(payload, echoed), "\(Net.firstDifference(payload, echoed))")
-
-            let file = "\(scene.directory)/payload"
-            try Data(payload).write(to: URL(fileURLWithPath: file))
-            let local = try E2E.run(["sha256sum", file], directory: scene.directory)
-            let expected = try #require(local.stdout.split(separator: " ").first.map(String.init))
-            let answer = try Net.echo("127.0.0.1", try forwarder.local(7004), payload, halfClose: true, timeout: 60)
-            #expect(String(decoding: answer, as: UTF8.self) == "\(expected)  -\n")
+            try scene.expectHalfClosedAnswers(forwarder, digestPort: 7004)
             copy.expectUsed(relay: relay, forwarder: forwarder, connector: connector)
         }
     }
@@ -91,16 +70,7 @@ struct EndToEndTests {
             let (_, relay) = try scene.echoPod(connector: connector)
             let forwarder = try scene.startForwarder(relay: relay, pod: "web", remotePorts: [echoPort, closedPort])
 
-            let fd = try Net.connect("127.0.0.1", try forwarder.local(closedPort))
-            let closed = Net.readUntilClosed(fd, timeout: 15)
-            close(fd)
-            #expect(closed.outcome == "eof" || closed.outcome == "reset", "the connection to a refused port: \(closed.outcome)")
-            #expect(closed.bytes == 0)
-
-            let prefix = "error: forwarding port \(closedPort) to pod default/web"
-            let line = try forwarder.child.waitFor("the line \"\(prefix): ...\"", timeout: 10) { text in
-                text.split(separator: "\n").first { $0.contains(prefix) }.map(String.init)
-            }
+            let line = try forwarder.refusedLine(closedPort)
             #expect(line.lowercased().contains("refused"), "\(line)")
             usleep(300_000)
             let lines = (forwarder.child.stdout + forwarder.child.stderr).split(separator: "\n").filter { $0.contains("error:") }

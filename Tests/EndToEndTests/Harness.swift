@@ -348,6 +348,21 @@ struct ForwarderProcess {
         guard let port = localPorts[remote] else { throw HarnessError("no local port for pod port \(remote): \(lines)") }
         return port
     }
+
+    /// Connects to the local port of `remote`, a pod port that is refused: the connection must
+    /// close with nothing read. Returns the client's line "error: forwarding port REMOTE to pod
+    /// default/web: ...".
+    func refusedLine(_ remote: Int) throws -> String {
+        let fd = try Net.connect("127.0.0.1", try local(remote))
+        let closed = Net.readUntilClosed(fd, timeout: 15)
+        close(fd)
+        #expect(closed.outcome == "eof" || closed.outcome == "reset", "the connection to a refused port: \(closed.outcome)")
+        #expect(closed.bytes == 0)
+        let prefix = "error: forwarding port \(remote) to pod default/web"
+        return try child.waitFor("the line \"\(prefix): ...\"", timeout: 10) { text in
+            text.split(separator: "\n").first { $0.contains(prefix) }.map(String.init)
+        }
+    }
 }
 
 /// Everything one test starts; `tearDown` undoes it.

@@ -211,13 +211,7 @@ extension EndToEndTests {
 
             // The client: the connection is closed, one error line, and the forwarder goes on.
             let forwarder = try scene.startForwarder(relay: relay, pod: "web", remotePorts: [stuckPort, echoPort])
-            let fd = try Net.connect("127.0.0.1", try forwarder.local(stuckPort))
-            #expect(["eof", "reset"].contains(Net.readUntilClosed(fd, timeout: 15).outcome))
-            close(fd)
-            let prefix = "error: forwarding port \(stuckPort) to pod default/web"
-            let line = try forwarder.child.waitFor("the line \"\(prefix): ...\"", timeout: 10) { text in
-                text.split(separator: "\n").first { $0.contains(prefix) }.map(String.init)
-            }
+            let line = try forwarder.refusedLine(stuckPort)
             #expect(line.contains("timed out"), "\(line)")
             let payload = Net.randomBytes(10_000)
             #expect(Net.same(try Net.echo("127.0.0.1", try forwarder.local(echoPort), payload), payload))

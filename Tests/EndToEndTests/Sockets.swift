@@ -1,4 +1,5 @@
 import Foundation
+import Testing
 #if canImport(Glibc)
 @preconcurrency import Glibc
 #endif
@@ -106,6 +107,34 @@ struct Flow {
 }
 
 extension Net {
+    /// A connection to the forwarder's `port` while it has no session (the relay is down), with
+    /// a few bytes written: they wait for the next session. Returns it and those bytes.
+    static func connectDuringOutage(_ port: Int) throws -> (Int32, [UInt8]) {
+        let fd = try Net.connect("127.0.0.1", port)
+        let early = Array("made during the outage".utf8)
+        #expect(Glibc.write(fd, early, early.count) == early.count)
+        usleep(500_000)
+        return (fd, early)
+    }
+
+    /// `count` connections to `port` at once, each echoed whole: distinct payloads of distinct
+    /// lengths (`size` + index x `step` bytes after a prefix naming it), so that a byte from
+    /// another connection shows.
+    static func expectConcurrentEchoes(_ port: Int, count: Int, size: Int, step: Int, timeout: Double) throws {
+        var flows: [Flow] = []
+        defer { for flow in flows { close(flow.fd) } }
+        for index in 0..<count {
+            var payload = Array("connection \(index):".utf8)
+            payload += Net.randomBytes(size + index * step)
+            flows.append(Flow(fd: try Net.connect("127.0.0.1", port), payload: payload))
+        }
+        try Net.exchange(&flows, timeout: timeout)
+        for (index, flow) in flows.enumerated() {
+            #expect(flow.error == nil, "connection \(index): \(flow.error ?? "")")
+            #expect(Net.same(flow.payload, flow.received), "connection \(index): \(Net.firstDifference(flow.payload, flow.received))")
+        }
+    }
+
     /// Sends every flow's payload while reading what comes back, all at once in one poll loop,
     /// until every flow is done or the deadline passes (then throws).
     static func exchange(_ flows: inout [Flow], timeout: Double) throws {

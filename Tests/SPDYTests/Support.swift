@@ -93,6 +93,7 @@ enum RecordedEvent: Equatable {
     case synStream(UInt32, HeaderBlock, fin: Bool)
     case headers(UInt32, HeaderBlock, fin: Bool)
     case data(UInt32, String)
+    case synReply(UInt32, HeaderBlock, fin: Bool)
     case peerEnded(UInt32)
     case reset(UInt32, ResetStatus, byPeer: Bool)
     case ping(UInt32, isReply: Bool)
@@ -110,6 +111,7 @@ final class Recorder: SPDYSessionDelegate {
         switch event {
         case .synStream(let stream, _, _, let headers, let fin): events.append(.synStream(stream, headers, fin: fin))
         case .headers(let stream, let headers, let fin): events.append(.headers(stream, headers, fin: fin))
+        case .synReply(let stream, let headers, let fin): events.append(.synReply(stream, headers, fin: fin))
         case .data(let stream, let bytes):
             // Pieces of one frame (or consecutive frames) on the same stream are joined.
             let text = String(decoding: bytes, as: UTF8.self)

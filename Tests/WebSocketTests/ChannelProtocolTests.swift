@@ -48,6 +48,41 @@ struct ByteStreamTests {
         #expect(ByteStream.header(payloadLength: 5) == [0x82, 5])
         #expect(ByteStream.header(payloadLength: 40_000) == [0x82, 126, 0x9C, 0x40])
     }
+
+    @Test("the client's side: its frames masked (a server reads them back), the server's read unmasked")
+    func clientSide() {
+        // A client's message: the header with the key, the payload masked in place.
+        var header = [UInt8](repeating: 0, count: 14)
+        let length = header.withUnsafeMutableBytes { ByteStream.header(payloadLength: 5, mask: 0x0102_0304, into: $0) }
+        #expect(Array(header[..<length]) == [0x82, 0x85, 1, 2, 3, 4])
+        var payload = bytes("hello")
+        var mask = Mask(key: 0x0102_0304)
+        payload.withUnsafeMutableBytes { mask.apply($0) }
+        // A pong in answer to the server's ping, masked as a client must.
+        let pong = FrameWriter.masked(FrameWriter.pong(bytes("k")), key: 0xA0B0_C0D0)
+        #expect(Array(pong[..<6]) == [0x8A, 0x81, 0xA0, 0xB0, 0xC0, 0xD0])
+        var server = ByteStream()
+        var wire = Array(header[..<length]) + payload + pong
+        var events: [FrameEvent] = []
+        var read: [UInt8] = []
+        wire.withUnsafeMutableBytes { raw in
+            server.receive(raw, into: &events)
+            for event in events { if case .payload(let range) = event { read += raw[range] } }
+        }
+        #expect(read == bytes("hello"))
+        #expect(events.contains(.pong(bytes("k"))))
+        // The client reads the server's unmasked frames, and refuses masked ones (RFC 6455 5.1).
+        var client = ByteStream(role: .client)
+        var fromServer = ByteStream.header(payloadLength: 2) + bytes("ok") + wireFrame(.binary, bytes("no"))
+        events.removeAll()
+        read.removeAll()
+        fromServer.withUnsafeMutableBytes { raw in
+            client.receive(raw, into: &events)
+            for event in events { if case .payload(let range) = event { read += raw[range] } }
+        }
+        #expect(read == bytes("ok"))
+        #expect(events.contains { if case .failed = $0 { true } else { false } })
+    }
 }
 
 struct PortsCase: Sendable, CustomTestStringConvertible {

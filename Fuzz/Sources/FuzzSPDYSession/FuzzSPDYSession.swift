@@ -150,6 +150,8 @@ final class Server: SPDYSessionDelegate {
                 if stream >> 1 & 3 == 2 { send(stream, "ok", fin: false) }
             }
             closeIfDone(stream)
+        case .synReply(let stream, _, _):
+            require(false, "SYN_REPLY reported to a server for stream \(stream)")
         case .headers(let stream, let headers, let fin):
             record(.headers(stream, headers, fin: fin))
             checkBlock(headers)
