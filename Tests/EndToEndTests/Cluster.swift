@@ -189,6 +189,16 @@ final class Cluster: @unchecked Sendable {
     /// `portforward gateway` in the root namespace on 127.0.0.1; returns once it printed
     /// "Gateway listening on 127.0.0.1:PORT".
     func startGateway(extra: [String] = []) throws -> RelayProcess {
+        // PORTFORWARD_GATEWAY_STANDIN=relay: one plain relay (node e2e-node) serving all the
+        // cluster's pods stands where the gateway would, to see which tests tell them apart (the
+        // ones about nodes must fail; the data paths through one relay pass).
+        if ProcessInfo.processInfo.environment["PORTFORWARD_GATEWAY_STANDIN"] == "relay" {
+            var yaml = "pods:\n"
+            for pod in nodes.flatMap(\.pods) { yaml += "  - {namespace: default, name: \(pod.name), netns: \(pod.namespace.path), ports: [{name: echo, containerPort: \(echoPort)}]}\n" }
+            let relay = try scene.startRelay(podsFile: yaml, connector: .native, extra: ["-v"])
+            gateway = relay
+            return relay
+        }
         let child = try scene.start([E2E.binary, "gateway", "--listen", "127.0.0.1:0", "--nodes", try nodesFile(),
                                      "--io", E2E.io, "-v"] + extra, name: "gateway")
         let port = try child.waitFor("the line \"Gateway listening on 127.0.0.1:PORT\"", timeout: 30) { text -> Int? in
