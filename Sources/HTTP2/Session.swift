@@ -107,6 +107,8 @@ public final class Session {
     public var onPingAcknowledged: (() -> Void)?
     /// The peer's GOAWAY, when one came with an error: why the session ended, in one phrase.
     public fileprivate(set) var peerGoaway: String?
+    /// The peer sent GOAWAY (with or without an error): it takes no new stream on this session.
+    public var onGoaway: (() -> Void)?
     /// nghttp2 holds a stream's body as a raw pointer: the session keeps it alive until the
     /// stream closes.
     private var bodies: [StreamID: DataSource] = [:]
@@ -275,6 +277,14 @@ public final class Session {
         check("nghttp2_submit_ping", nghttp2_submit_ping(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil))
     }
 
+    /// GOAWAY naming the last stream the peer opened: no new stream is taken, and the session
+    /// ends when the streams open now have (a graceful shutdown).
+    public func drain() {
+        let result = nghttp2_submit_goaway(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), nghttp2_session_get_last_proc_stream_id(raw),
+                                           NGHTTP2_NO_ERROR.rawValue, nil, 0)
+        if result != 0 { terminate() }
+    }
+
     /// GOAWAY; the session wants no more I/O once it is sent.
     public func terminate(code: UInt32 = NGHTTP2_NO_ERROR.rawValue) {
         check("nghttp2_session_terminate_session", nghttp2_session_terminate_session(raw, code))
@@ -432,6 +442,7 @@ private let onFrameReceive: nghttp2_on_frame_recv_callback = { _, frame, userDat
             let debug = goaway.opaque_data_len > 0 ? ": " + text(goaway.opaque_data, min(goaway.opaque_data_len, 256)) : ""
             owner.peerGoaway = "GOAWAY \(String(cString: nghttp2_http2_strerror(goaway.error_code)))\(debug)"
         }
+        owner.onGoaway?()
     case NGHTTP2_DATA.rawValue:
         if endStream { owner.delegate?.session(owner, endOfStream: header.stream_id) }
     default:

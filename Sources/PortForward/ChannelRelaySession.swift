@@ -217,6 +217,7 @@ final class ChannelRelaySession: CompletionHandler, DeferredTask {
             self.attempts[index] = nil
             switch result {
             case .connected(let socket):
+                self.relay.connector.joined(socket, to: tunnel)
                 tunnel.attach(socket)
             case .failed(let refusal):
                 self.fail(carrier, refusal.text)

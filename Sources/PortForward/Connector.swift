@@ -20,6 +20,13 @@ public protocol ConnectAttempt: AnyObject {
 public protocol Connector: AnyObject {
     var name: String { get }
     func connect(pod: Pod, port: Int, done: @escaping (ConnectResult) -> Void) -> ConnectAttempt
+    /// The socket a `.connected` result gave is about to be attached to `tunnel` (called just
+    /// before `attach`, even when the tunnel has finished meanwhile).
+    func joined(_ fd: FileDescriptor, to tunnel: Tunnel)
+}
+
+extension Connector {
+    public func joined(_ fd: FileDescriptor, to tunnel: Tunnel) {}
 }
 
 public enum ConnectorChoice: String, CaseIterable, Sendable {

@@ -21,12 +21,32 @@ public struct KubernetesAPI: Sendable {
     /// tests say). Asked per answer, as every stream asks, since a pod's namespace may come and
     /// go while the relay runs; the registry's start-up check is already stale.
     public let isRunning: @Sendable (Pod) -> Bool
+    /// A gateway's pods that more than one node reports, by qualified name (`default/web`): each
+    /// is listed once per node, and a read of the name alone is a 409 naming the nodes.
+    public let conflicts: [String: [Pod]]
 
-    public init(registry: PodRegistry, node: String, isRunning: @escaping @Sendable (Pod) -> Bool) {
+    public init(registry: PodRegistry, node: String, conflicts: [String: [Pod]] = [:],
+                isRunning: @escaping @Sendable (Pod) -> Bool) {
         self.registry = registry
         self.node = node
+        self.conflicts = conflicts
         self.isRunning = isRunning
     }
+
+    /// Every pod, a pod that several nodes report once per node.
+    private var allPods: [Pod] { Array(registry.pods.values) + conflicts.values.joined() }
+
+    /// The pod named, or the answer when there is none or several.
+    private func lookup(namespace: String, name: String) -> Result<Pod, Failure> {
+        if let several = conflicts["\(namespace)/\(name)"] {
+            let refusal = Refusal.podOnSeveralNodes(namespace: namespace, name: name, nodes: several.compactMap(\.node).sorted())
+            return .failure(Failure(response: failure(409, "Conflict", refusal.text)))
+        }
+        guard let pod = registry.pod(namespace: namespace, name: name) else { return .failure(Failure(response: podNotFound(name))) }
+        return .success(pod)
+    }
+
+    private struct Failure: Error { var response: Response }
 
     /// Whether `target` is a path of this API (`/version`, `/api...`, `/apis...`): the handshake
     /// sends a plain request for it here rather than asking it to upgrade.
@@ -62,12 +82,14 @@ public struct KubernetesAPI: Sendable {
         case 1 where parts[0] == "api": return ok(apiVersions)
         case 1 where parts[0] == "apis": return ok(.object([("kind", .string("APIGroupList")), ("apiVersion", .string("v1")), ("groups", .array([]))]))
         case 2 where parts == ["api", "v1"]: return ok(resources)
-        case 3 where parts == ["api", "v1", "pods"]: return ok(podList(registry.pods.values))
+        case 3 where parts == ["api", "v1", "pods"]: return ok(podList(allPods))
         case 5 where parts[0] == "api" && parts[1] == "v1" && parts[2] == "namespaces" && parts[4] == "pods":
-            return ok(podList(registry.pods.values.filter { $0.namespace == parts[3] }))
+            return ok(podList(allPods.filter { $0.namespace == parts[3] }))
         case 6 where parts[0] == "api" && parts[1] == "v1" && parts[2] == "namespaces" && parts[4] == "pods":
-            guard let pod = registry.pod(namespace: parts[3], name: parts[5]) else { return podNotFound(parts[5]) }
-            return ok(object(pod))
+            switch lookup(namespace: parts[3], name: parts[5]) {
+            case .success(let pod): return ok(object(pod))
+            case .failure(let failure): return failure.response
+            }
         default:
             return failure(404, "NotFound", "the server could not find the requested resource")
         }
@@ -83,7 +105,7 @@ public struct KubernetesAPI: Sendable {
         guard method == "GET" || method == "POST" else {
             return failure(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         }
-        guard registry.pod(namespace: namespace, name: name) != nil else { return podNotFound(name) }
+        if case .failure(let failure) = lookup(namespace: namespace, name: name) { return failure.response }
         if headers.lists("upgrade", "websocket") {
             return failure(501, "NotImplemented",
                            "this relay does not speak WebSocket port-forward yet: it serves SPDY/3.1 (kubectl falls back to it) and HTTP/2")
@@ -164,7 +186,7 @@ public struct KubernetesAPI: Sendable {
     // MARK: pods
 
     private func podList(_ pods: some Sequence<Pod>) -> JSONValue {
-        let sorted = pods.sorted { ($0.namespace, $0.name) < ($1.namespace, $1.name) }
+        let sorted = pods.sorted { ($0.namespace, $0.name, $0.node ?? "") < ($1.namespace, $1.name, $1.node ?? "") }
         return .object([
             ("kind", .string("PodList")), ("apiVersion", .string("v1")),
             ("metadata", .object([("resourceVersion", .string("1"))])),
@@ -190,8 +212,8 @@ public struct KubernetesAPI: Sendable {
                 ("name", .string(pod.name)), ("namespace", .string(pod.namespace)),
                 ("uid", .string(Self.uid(pod))), ("resourceVersion", .string("1")),
             ])),
-            ("spec", .object([("nodeName", .string(node)), ("containers", .array([.object(container)]))])),
-            ("status", .object([("phase", .string(isRunning(pod) ? "Running" : "Pending"))])),
+            ("spec", .object([("nodeName", .string(pod.node ?? node)), ("containers", .array([.object(container)]))])),
+            ("status", .object([("phase", .string(pod.phase ?? (isRunning(pod) ? "Running" : "Pending")))])),
         ])
     }
 
@@ -263,6 +285,7 @@ public struct KubernetesAPI: Sendable {
         case 401: return "Unauthorized"
         case 403: return "Forbidden"
         case 404: return "Not Found"
+        case 409: return "Conflict"
         case 405: return "Method Not Allowed"
         case 501: return "Not Implemented"
         default: return "Error"

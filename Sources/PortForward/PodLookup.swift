@@ -120,6 +120,27 @@ public struct PodDescription: Equatable, Sendable {
             }
             throw Problem(description: "the server's answer is not a Pod")
         }
+        self.init(object: root)
+    }
+
+    /// The items of a `PodList` (a gateway reads each node relay's).
+    public static func list(json text: String) throws -> [PodDescription] {
+        let node: Node?
+        do { node = try Yams.compose(yaml: text) } catch {
+            throw Problem(description: "the server's answer is not JSON")
+        }
+        guard case .mapping(let root)? = node, root["kind"]?.string == "PodList" else {
+            throw Problem(description: "the server's answer is not a PodList")
+        }
+        guard case .sequence(let items)? = root["items"] else { return [] }
+        return items.compactMap { item in
+            guard case .mapping(let object) = item else { return nil }
+            let pod = PodDescription(object: object)
+            return pod.name.isEmpty ? nil : pod
+        }
+    }
+
+    private init(object root: Node.Mapping) {
         let metadata = root["metadata"]
         namespace = metadata?["namespace"]?.string ?? ""
         name = metadata?["name"]?.string ?? ""

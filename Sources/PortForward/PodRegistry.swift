@@ -22,6 +22,11 @@ public struct Pod: Equatable, Sendable {
     /// What the pod says it serves (the pods file's optional `ports:`), as a Pod's
     /// `spec.containers[].ports` says it: kubectl resolves a named port (`pod/web http`) from it.
     public var ports: [ContainerPort]
+    /// A gateway's pods: the node whose relay reported the pod (nil: a relay's own pod, on its node).
+    public var node: String?
+    /// A gateway's pods: the phase the node relay reported, or `Unknown` while the node cannot be
+    /// reached (nil: a relay's own pod, Running when its network namespace can be entered).
+    public var phase: String?
 
     public enum Readiness: Equatable, Sendable {
         /// Parsed, not checked against this host.
@@ -32,7 +37,9 @@ public struct Pod: Equatable, Sendable {
     }
 
     public init(namespace: String, name: String, netns: String? = nil, pid: Int? = nil, readiness: Readiness = .unchecked,
-                ports: [ContainerPort] = []) {
+                ports: [ContainerPort] = [], node: String? = nil, phase: String? = nil) {
+        self.node = node
+        self.phase = phase
         self.namespace = namespace
         self.name = name
         self.netns = netns

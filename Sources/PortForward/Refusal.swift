@@ -14,6 +14,14 @@ public enum Refusal: Error, Sendable {
     case unknownPath(String)
     case nodeNotFound(String)
     case podNotFound(namespace: String, name: String)
+    /// A gateway: the path names a node the pod is not on (404, as for a node's own relay).
+    case podNotOnNode(namespace: String, name: String, node: String)
+    /// A gateway: two or more nodes report the pod (409): it does not guess which one is meant.
+    case podOnSeveralNodes(namespace: String, name: String, nodes: [String])
+    /// A gateway: the pod's node relay cannot be reached now (503), and why.
+    case nodeUnavailable(node: String, reason: String)
+    /// A gateway: the node relay answered the stream with this status and text, passed on.
+    case upstream(status: Int, text: String)
     // The stream's own request.
     case badPort(HeadError)
     case tooManyStreams(limit: Int)
@@ -52,6 +60,16 @@ public enum Refusal: Error, Sendable {
             return (404, "node \"\(node.prefix(253))\" not found")
         case .podNotFound(let namespace, let name):
             return (404, "pod \"\(namespace.prefix(63))/\(name.prefix(253))\" not found")
+        case .podNotOnNode(let namespace, let name, let node):
+            return (404, "pod \"\(namespace.prefix(63))/\(name.prefix(253))\" not found on node \"\(node.prefix(253))\"")
+        case .podOnSeveralNodes(let namespace, let name, let nodes):
+            let pod = "\(namespace.prefix(63))/\(name.prefix(253))"
+            return (409, "pod \"\(pod)\" is reported by \(nodes.count) nodes (\(nodes.joined(separator: ", "))): "
+                    + "name one with /proxy/nodes/<node>/portForward/\(pod)")
+        case .nodeUnavailable(let node, let reason):
+            return (503, "node \"\(node)\" is unreachable: \(reason)")
+        case .upstream(let status, let text):
+            return (status, text)
         case .badPort(let error):
             return (400, error.description)
         case .tooManyStreams(let limit):
@@ -116,6 +134,7 @@ public enum Refusal: Error, Sendable {
         case 401: return "Unauthorized"
         case 403: return "Forbidden"
         case 404: return "Not Found"
+        case 409: return "Conflict"
         case 408: return "Request Timeout"
         case 411: return "Length Required"
         case 413: return "Content Too Large"

@@ -14,7 +14,12 @@ import TLS
 public final class Relay: CompletionHandler {
     public let reactor: ReactorBackend
     public let node: String
-    public let registry: PodRegistry
+    /// The pods served: a relay's pods file; a gateway's union of what its nodes report.
+    public var registry: PodRegistry { didSet { api = makeAPI() } }
+    /// A gateway's pods that several nodes report, by qualified name: not guessed between.
+    public var conflicts: [String: [Pod]] = [:] { didSet { api = makeAPI() } }
+    /// The nodes a `/proxy/nodes/<node>/...` path may name: a relay's own; a gateway's nodes.
+    public var nodes: Set<String>
     public let connector: Connector
     public let listenFD: FileDescriptor
     public let address: SocketAddress
@@ -59,8 +64,12 @@ public final class Relay: CompletionHandler {
     private let housekeeping = Housekeeping()
     /// What kubectl reads before it port-forwards. A pod is Running when its network namespace
     /// can be entered now (as each stream checks), not as it was at start.
-    lazy var api = KubernetesAPI(registry: registry, node: node) { pod in
-        pod.networkNamespacePath.map { NetworkNamespace.check($0) == nil } ?? true
+    private(set) var api: KubernetesAPI
+
+    private func makeAPI() -> KubernetesAPI {
+        KubernetesAPI(registry: registry, node: node, conflicts: conflicts) { pod in
+            pod.networkNamespacePath.map { NetworkNamespace.check($0) == nil } ?? true
+        }
     }
 
     public init(listen: SocketAddress, node: String, registry: PodRegistry, connector: Connector, reactor: ReactorBackend,
@@ -68,6 +77,7 @@ public final class Relay: CompletionHandler {
         self.reactor = reactor
         self.node = node
         self.registry = registry
+        self.nodes = [node]
         self.connector = connector
         self.limits = limits
         var settings = settings
@@ -79,7 +89,9 @@ public final class Relay: CompletionHandler {
         opens = OpenScheduler(reactor: reactor)
         listenFD = try Sockets.listen(listen)
         address = Sockets.localAddress(listenFD)
+        api = KubernetesAPI(registry: registry, node: node, isRunning: { _ in true })
         housekeeping.relay = self
+        api = makeAPI()
     }
 
     public func start() {
@@ -91,6 +103,16 @@ public final class Relay: CompletionHandler {
         reactor.close(listenFD)
         housekeeping.stop()
         for session in sessions.values { session.connection.session.terminate(); session.connection.flushSoon() }
+        for session in spdySessions.values { session.stop() }
+        for session in channelSessions.values { session.stop() }
+    }
+
+    /// A graceful stop: no new connection; HTTP/2 clients get a GOAWAY that lets their open
+    /// streams finish (SPDY and WebSocket sessions, which cannot say so, are stopped as by `stop`).
+    public func drain() {
+        reactor.close(listenFD)
+        housekeeping.stop()
+        for session in sessions.values { session.connection.session.drain(); session.connection.flushSoon() }
         for session in spdySessions.values { session.stop() }
         for session in channelSessions.values { session.stop() }
     }
@@ -171,10 +193,18 @@ public final class Relay: CompletionHandler {
 
     public func resolve(_ path: String) -> Target {
         guard let target = ForwardPath(parsing: path) else { return .refused(.unknownPath(path)) }
-        if let node = target.node, node != self.node { return .refused(.nodeNotFound(node)) }
+        if let node = target.node, !nodes.contains(node) { return .refused(.nodeNotFound(node)) }
+        let notOnNode = { (node: String) in Target.refused(.podNotOnNode(namespace: target.namespace, name: target.pod, node: node)) }
+        if let several = conflicts["\(target.namespace)/\(target.pod)"] {
+            guard let node = target.node else {
+                return .refused(.podOnSeveralNodes(namespace: target.namespace, name: target.pod, nodes: several.compactMap(\.node).sorted()))
+            }
+            return several.first { $0.node == node }.map(Target.pod) ?? notOnNode(node)
+        }
         guard let pod = registry.pod(namespace: target.namespace, name: target.pod) else {
             return .refused(.podNotFound(namespace: target.namespace, name: target.pod))
         }
+        if let node = target.node, let podNode = pod.node, podNode != node { return notOnNode(node) }
         return .pod(pod)
     }
 

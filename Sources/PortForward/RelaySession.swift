@@ -152,6 +152,7 @@ final class RelaySession: OpenQueue {
             self.attempts[stream] = nil
             switch result {
             case .connected(let fd):
+                self.relay.connector.joined(fd, to: tunnel)
                 if tunnel.finished {
                     self.relay.reactor.close(fd)
                     return

@@ -384,6 +384,7 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
             self.attempts[stream] = nil
             switch result {
             case .connected(let socket):
+                self.relay.connector.joined(socket, to: tunnel)
                 if tunnel.finished {
                     self.relay.reactor.close(socket)
                     return

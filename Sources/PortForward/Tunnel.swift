@@ -42,6 +42,9 @@ public final class Tunnel: CompletionHandler {
     public var onFinish: ((Tunnel) -> Void)?
     /// Client side: the relay answered with an error status; the text is the reason.
     public var onRejected: ((Int, String) -> Void)?
+    /// Called once when the tunnel resets its socket (its stream was reset, or it was aborted):
+    /// a gateway passes the reset on to the tunnel at the socket's other end.
+    public var onReset: (() -> Void)?
 
     private enum Tag: UInt32 { case receive = 1, write, readable, spliceIn }
 
@@ -236,6 +239,9 @@ public final class Tunnel: CompletionHandler {
             transport?.reset()
         case .resetSocket:
             Sockets.resetOnClose(fd)
+            let callback = onReset
+            onReset = nil
+            callback?()
         case .closeSocket(let chunks):
             let closing = fd
             fd = -1

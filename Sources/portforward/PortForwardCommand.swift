@@ -13,7 +13,7 @@ struct PortForwardCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "portforward",
         abstract: "Forward local ports to pods through an HTTP/2 relay, in the style of `oc port-forward`.",
-        subcommands: [Forward.self, RelayCommand.self, BenchCommand.self])
+        subcommands: [Forward.self, RelayCommand.self, GatewayCommand.self, BenchCommand.self])
 }
 
 extension IOBackendChoice: ExpressibleByArgument {}
@@ -463,7 +463,7 @@ struct RelayCommand: ParsableCommand {
         let limits = Process.raiseOpenFileLimit()
         do {
             let registry = try loadRegistry(pods)
-            guard let address = parseListen(listen) else {
+            guard let address = parseListenAddress(listen) else {
                 throw ValidationError("invalid --listen \"\(listen)\": expected HOST:PORT")
             }
             var access = AccessControl()
@@ -505,14 +505,16 @@ struct RelayCommand: ParsableCommand {
         }
     }
 
-    private func parseListen(_ text: String) -> SocketAddress? {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
-              (0...65535).contains(port) else { return nil }
-        var host = String(text[..<colon])
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        if host.isEmpty || host == "localhost" { host = "127.0.0.1" }
-        return SocketAddress(ip: host, port: port)
-    }
+}
+
+/// `HOST:PORT` (`[::1]:PORT`; an empty host or `localhost` is 127.0.0.1).
+func parseListenAddress(_ text: String) -> SocketAddress? {
+    guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+          (0...65535).contains(port) else { return nil }
+    var host = String(text[..<colon])
+    if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+    if host.isEmpty || host == "localhost" { host = "127.0.0.1" }
+    return SocketAddress(ip: host, port: port)
 }
 
 /// The pods file, each pod's network namespace checked: a pod whose namespace is missing or
