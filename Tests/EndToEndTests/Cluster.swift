@@ -189,18 +189,26 @@ final class Cluster: @unchecked Sendable {
     /// `portforward gateway` in the root namespace on 127.0.0.1; returns once it printed
     /// "Gateway listening on 127.0.0.1:PORT".
     func startGateway(extra: [String] = []) throws -> RelayProcess {
-        // PORTFORWARD_GATEWAY_STANDIN=relay: one plain relay (node e2e-node) serving all the
-        // cluster's pods stands where the gateway would, to see which tests tell them apart (the
-        // ones about nodes must fail; the data paths through one relay pass).
-        if ProcessInfo.processInfo.environment["PORTFORWARD_GATEWAY_STANDIN"] == "relay" {
+        // PORTFORWARD_GATEWAY_STANDIN puts something else where the gateway goes, to see which
+        // tests tell it apart from a gateway: `relay`, one plain relay (node e2e-node) on 127.0.0.1
+        // serving all the cluster's pods (the tests about nodes must fail; the data paths pass);
+        // a node's name, that node's relay on the bridge (pods of other nodes are 404: all fail).
+        if let standIn = ProcessInfo.processInfo.environment["PORTFORWARD_GATEWAY_STANDIN"], !standIn.isEmpty {
+            if let node = nodes.first(where: { $0.name == standIn }), let relay = node.relayProcess {
+                gateway = relay
+                return relay
+            }
+            guard standIn == "relay" else { throw HarnessError("PORTFORWARD_GATEWAY_STANDIN=\(standIn): expected relay or a node's name") }
             var yaml = "pods:\n"
-            for pod in nodes.flatMap(\.pods) { yaml += "  - {namespace: default, name: \(pod.name), netns: \(pod.namespace.path), ports: [{name: echo, containerPort: \(echoPort)}]}\n" }
+            for pod in nodes.flatMap(\.pods) {
+                yaml += "  - {namespace: default, name: \(pod.name), netns: \(pod.namespace.path), ports: [{name: echo, containerPort: \(echoPort)}]}\n"
+            }
             let relay = try scene.startRelay(podsFile: yaml, connector: .native, extra: ["-v"])
             gateway = relay
             return relay
         }
         let child = try scene.start([E2E.binary, "gateway", "--listen", "127.0.0.1:0", "--nodes", try nodesFile(),
-                                     "--io", E2E.io, "-v"] + extra, name: "gateway")
+                                     "--io", E2E.io, "-v"] + (E2E.copy?.arguments ?? []) + extra, name: "gateway")
         let port = try child.waitFor("the line \"Gateway listening on 127.0.0.1:PORT\"", timeout: 30) { text -> Int? in
             guard let range = text.range(of: "Gateway listening on 127.0.0.1:") else { return nil }
             let digits = text[range.upperBound...].prefix { $0.isNumber }

@@ -266,7 +266,10 @@ struct GatewayEndToEndTests {
                                      "--server", gateway.url, "--io", E2E.io, "--node", "node-a", "--pod-running-timeout", "2s",
                                      "web-b", ":\(identityPort)"], timeout: 20, directory: cluster.scene.directory)
             #expect(wrong.status != 0, "\(wrong)")
-            #expect((wrong.stdout + wrong.stderr).contains("not found"), "\(wrong)")
+            // One line from the gateway's 404 (which words is the gateway's choice), no forwarding.
+            let said = wrong.stdout + wrong.stderr
+            #expect(said.hasPrefix("error: ") && (said.contains("web-b") || said.contains("node-a")), "\(wrong)")
+            #expect(!said.contains("Forwarding from"), "\(wrong)")
             #expect(gateway.child.isRunning)
         }
     }
@@ -316,15 +319,31 @@ struct GatewayEndToEndTests {
             }
             #expect(gateway.child.stdout.contains("(3 nodes"), "\(gateway.child.stdout)")
 
-            // SIGTERM: a client with an open stream is told (GOAWAY), the gateway exits 0.
+            // SIGTERM drains: the stream open at that moment still carries bytes both ways; once it
+            // ends, the gateway exits 0; the client was told (GOAWAY) and says it lost the session.
             let forwarder = try cluster.forward(gateway.url, pod: "web-a", ports: [echoPort])
-            let fd = try Net.connect("127.0.0.1", try forwarder.local(echoPort))
-            defer { close(fd) }
-            let ping = try Net.echo("127.0.0.1", try forwarder.local(echoPort), Array("ping".utf8))
-            #expect(ping == Array("ping".utf8))
+            let open = try Net.connect("127.0.0.1", try forwarder.local(echoPort))
+            var closed = false
+            defer { if !closed { close(open) } }
+            let first = Net.randomBytes(256 * 1024)
+            var flows = [Flow(fd: open, payload: first)]
+            try Net.exchange(&flows, timeout: 30)
+            #expect(Net.same(flows[0].received, first), "before SIGTERM: \(Net.firstDifference(flows[0].received, first))")
             kill(gateway.child.pid, SIGTERM)
+            _ = try gateway.child.waitFor("the gateway's Draining line", timeout: 5) { $0.contains("Draining") ? true : nil }
+            let second = Net.randomBytes(256 * 1024)
+            flows = [Flow(fd: open, payload: second)]
+            try Net.exchange(&flows, timeout: 30)
+            #expect(flows[0].error == nil && Net.same(flows[0].received, second),
+                    "the stream open at SIGTERM, while draining: \(flows[0].error ?? Net.firstDifference(flows[0].received, second))")
+            #expect(gateway.child.isRunning, "the gateway did not wait for the open stream")
+            let stopping = Date()
+            close(open)
+            closed = true
             let status = gateway.child.wait(timeout: 15)
+            let seconds = Date().timeIntervalSince(stopping)
             #expect(status == 0, "the gateway's exit status after SIGTERM: \(String(describing: status))\n\(gateway.child.output)")
+            #expect(seconds < 3, "the gateway exited \(seconds) s after its last stream ended (--shutdown-timeout is 10 s)")
             _ = try forwarder.child.waitFor("the client's \"Lost connection\" line", timeout: 15) { text in
                 text.contains("Lost connection to relay") ? true : nil
             }
@@ -351,7 +370,18 @@ struct GatewayEndToEndTests {
             try Net.exchange(&flows, timeout: 30)
             #expect(Net.same(flows[0].received, before), "before the kill: \(Net.firstDifference(flows[0].received, before))")
 
+            // And one to node-a: it must end (not hang) when node-a's relay dies.
+            let doomed = try Net.connect("127.0.0.1", try toA.local(echoPort))
+            defer { close(doomed) }
+            flows = [Flow(fd: doomed, payload: Array("ping".utf8))]
+            try Net.exchange(&flows, timeout: 30)
+            #expect(flows[0].received == Array("ping".utf8))
+
             cluster.killRelay(nodeA)
+            let killed = Date()
+            let ended = Net.readUntilClosed(doomed, timeout: 10)
+            #expect(["eof", "reset"].contains(ended.outcome) && ended.bytes == 0,
+                    "the stream open to node-a when its relay died: \(ended) after \(Date().timeIntervalSince(killed)) s")
             let down = try gateway.child.waitFor("the gateway's line \"node node-a unreachable at \(nodeA.endpoint): ...\"", timeout: 10) { text in
                 text.split(separator: "\n").first { $0.hasPrefix("node node-a unreachable at \(nodeA.endpoint): ") }.map(String.init)
             }
@@ -415,6 +445,90 @@ struct GatewayEndToEndTests {
         }
     }
 
+    @Test("A node down when the gateway starts: the gateway is ready anyway and says so; the seed path to it is 503; once the node relay starts, it is served within 2 s")
+    func nodeDownAtStart() throws {
+        try withCluster { cluster in
+            let nodeC = try cluster.node("node-c")
+            cluster.killRelay(nodeC)
+            let gateway = try cluster.startGateway()
+            #expect(gateway.child.stdout.contains("node node-c unreachable at \(nodeC.endpoint): "), "\(gateway.child.output)")
+            #expect(gateway.child.stdout.contains("(3 nodes, 2 reachable"), "\(gateway.child.output)")
+            let list = try cluster.get(gateway, "/api/v1/namespaces/default/pods")
+            let names = try Cluster.podRows(list.body).map(\.name).sorted()
+            #expect(names == ["db-a", "db-b", "web-a", "web-b"], "\(list)")
+            let seed = try cluster.h2Forward("\(gateway.url)/proxy/nodes/node-c/portForward/default/web-c", port: identityPort, body: [])
+            let text = String(decoding: seed.body, as: UTF8.self)
+            // The gateway cannot know the pods of a node it never reached: a request naming that
+            // node is "unreachable" (503), not "no such pod" (404, which ends our client for good).
+            withKnownIssue("the seed path to a node never reached answers 404 pod not found, not 503") {
+                #expect(seed.code == 503 && text.contains("node-c") && text.split(separator: "\n").count == 1, "\(seed.code) \(text.debugDescription)")
+            }
+
+            let listening = try cluster.startRelay(nodeC)
+            var answer: (code: Int, body: [UInt8], stderr: String) = (0, [], "")
+            while Date().timeIntervalSince(listening) < 10 {
+                answer = try cluster.h2Forward("\(gateway.url)/portForward/default/web-c", port: identityPort, body: [])
+                if answer.code == 200 { break }
+                usleep(50_000)
+            }
+            let delay = Date().timeIntervalSince(listening)
+            #expect(answer.code == 200 && String(decoding: answer.body, as: UTF8.self) == "web-c on node-c\n", "\(answer)")
+            #expect(delay < 2, "web-c served \(delay) s after its relay listened")
+            #expect(gateway.child.stdout.contains("node node-c reachable at \(nodeC.endpoint) (2 pods)"), "\(gateway.child.output)")
+        }
+    }
+
+    @Test("A node host that goes silent (its link down, no reset): new streams to it fail within the connect timeout, the gateway gives it up by keepalive, the others go on; its link back up, it is served again")
+    func silentNode() throws {
+        try withCluster { cluster in
+            let gateway = try cluster.startGateway()
+            let nodeB = try cluster.node("node-b")
+            let toB = try cluster.forward(gateway.url, pod: "db-b", ports: [identityPort])
+            #expect(try identity(try toB.local(identityPort)) == "db-b on node-b\n")
+
+            // The bridge port goes down: packets to node-b are dropped, nothing is reset.
+            let down = try E2E.run(["ip", "link", "set", nodeB.hostVeth, "down"], timeout: 10, directory: cluster.scene.directory)
+            #expect(down.status == 0, "\(down)")
+            let silent = Date()
+            let started = Date()
+            let said = try identity(try toB.local(identityPort), timeout: 20)
+            let seconds = Date().timeIntervalSince(started)
+            #expect(said.isEmpty || said.hasPrefix("<"), "\(said)")
+            // --connect-timeout 5 s: "for a node relay's connection, and for its answer to a stream".
+            #expect(seconds < 7, "a stream to the silent node took \(seconds) s to fail")
+            let prefix = "error: forwarding port \(identityPort) to pod default/db-b: "
+            let line = try toB.child.waitFor("the line \"\(prefix)...\"", timeout: 10) { text in
+                text.split(separator: "\n").first { $0.hasPrefix(prefix) }.map(String.init)
+            }
+            #expect(line.contains("node-b"), "\(line)")
+            // The other nodes meanwhile.
+            let other = try cluster.h2Forward("\(gateway.url)/portForward/default/web-c", port: identityPort, body: [])
+            #expect(other.code == 200 && String(decoding: other.body, as: UTF8.self) == "web-c on node-c\n", "\(other)")
+            // Keepalive (PING after 5 s of silence, 5 s for the answer): given up within ~10 s.
+            _ = try gateway.child.waitFor("the gateway's line \"node node-b unreachable ...\"", timeout: 15) { text in
+                text.contains("node node-b unreachable at \(nodeB.endpoint): ") ? true : nil
+            }
+            let noticed = Date().timeIntervalSince(silent)
+            #expect(noticed < 12, "the gateway noticed the silent node after \(noticed) s")
+            let pod = try cluster.get(gateway, "/api/v1/namespaces/default/pods/db-b")
+            #expect(pod.body.contains(#""phase":"Unknown""#), "\(pod)")
+
+            let up = try E2E.run(["ip", "link", "set", nodeB.hostVeth, "up"], timeout: 10, directory: cluster.scene.directory)
+            #expect(up.status == 0, "\(up)")
+            let back = Date()
+            var again = ""
+            while Date().timeIntervalSince(back) < 10 {
+                again = try identity(try toB.local(identityPort), timeout: 7)
+                if again == "db-b on node-b\n" { break }
+                usleep(100_000)
+            }
+            #expect(again == "db-b on node-b\n")
+            let delay = Date().timeIntervalSince(back)
+            #expect(delay < 3, "served again \(delay) s after the link came back")
+            #expect(gateway.child.isRunning && toB.child.isRunning)
+        }
+    }
+
     @Test("The same pod name on two nodes: listed twice; a read or a port-forward by name alone is 409 naming both nodes; the seed path reaches each")
     func duplicateName() throws {
         try Kubectl.require(Kubectl.versioned)
@@ -443,13 +557,23 @@ struct GatewayEndToEndTests {
             #expect(kubectl.status == 1 && kubectl.stderr.contains("Error from server (Conflict)"), "\(kubectl)")
             #expect(kubectl.stderr.contains("node-a") && kubectl.stderr.contains("node-b"), "\(kubectl)")
 
-            // Our client naming the node reaches that twin.
-            let forwarder = try cluster.forward(gateway.url, pod: "twin", ports: [identityPort, echoPort], extra: ["--node", "node-b",
-                                                "--pod-running-timeout", "3s"])
-            #expect(try identity(try forwarder.local(identityPort)) == "twin on node-b\n")
-            let payload = Net.randomBytes(mebibyte)
-            let echoed = try Net.echo("127.0.0.1", try forwarder.local(echoPort), payload)
-            #expect(Net.same(echoed, payload), "\(Net.firstDifference(echoed, payload))")
+            // Our client by name alone: the conflict, naming both nodes, and no forwarding.
+            let alone = try E2E.run(["env", "-u", "KUBECONFIG", "HOME=\(cluster.scene.directory)", E2E.binary, "forward",
+                                     "--server", gateway.url, "--io", E2E.io, "--pod-running-timeout", "1s", "twin", ":\(echoPort)"],
+                                    timeout: 30, directory: cluster.scene.directory)
+            #expect(alone.status != 0 && alone.stderr.contains("node-a") && alone.stderr.contains("node-b"), "\(alone)")
+            #expect(!alone.stdout.contains("Forwarding from"), "\(alone)")
+
+            // Our client naming the node should reach that twin; it reads the pod by name first
+            // (GET /api/v1/namespaces/default/pods/twin), which is the 409, and never forwards.
+            try withKnownIssue("the client reads the pod by name even with --node: a name on two nodes is 409 there") {
+                let forwarder = try cluster.forward(gateway.url, pod: "twin", ports: [identityPort, echoPort],
+                                                    extra: ["--node", "node-b", "--pod-running-timeout", "2s"])
+                #expect(try identity(try forwarder.local(identityPort)) == "twin on node-b\n")
+                let payload = Net.randomBytes(mebibyte)
+                let echoed = try Net.echo("127.0.0.1", try forwarder.local(echoPort), payload)
+                #expect(Net.same(echoed, payload), "\(Net.firstDifference(echoed, payload))")
+            }
             #expect(gateway.child.isRunning)
         }
     }
