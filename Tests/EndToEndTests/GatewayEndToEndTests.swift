@@ -172,8 +172,19 @@ struct GatewayEndToEndTests {
             let missing = try Kubectl.run(["port-forward", "pod/nosuchpod", "0:\(echoPort)"], relay: gateway, scene: cluster.scene)
             #expect(missing.status == 1, "\(missing)")
             #expect(missing.stderr.contains(#"Error from server (NotFound): pods "nosuchpod" not found"#), "\(missing)")
-            let log = gateway.child.stdout + gateway.child.stderr
-            #expect(gateway.child.isRunning, "\(log)")
+            // Each mode was the one asked for (the gateway logs each upgrade with -v), and kubectl
+            // reads each pod's node from the gateway.
+            let log = gateway.child.stderr
+            for node in cluster.nodes {
+                for (index, expected) in ["SPDY/3.1 in a WebSocket", "SPDY/3.1"].enumerated() {
+                    let line = "port-forward from 127.0.0.1: \(expected) for pod default/\(node.pods[index].name)"
+                    #expect(log.contains(line), "no \(line.debugDescription) in the gateway's log:\n\(log)")
+                }
+                let placed = try Kubectl.run(["get", "pod", node.pods[0].name, "-o", "jsonpath={.spec.nodeName}"], relay: gateway, scene: cluster.scene)
+                #expect(placed.status == 0 && placed.stdout == node.name, "\(node.pods[0].name): \(placed)")
+            }
+            #expect(!log.contains("/portforward from 127.0.0.1: 501"), "kubectl fell back from the WebSocket tunnel:\n\(log)")
+            #expect(gateway.child.isRunning, "\(gateway.child.output)")
         }
     }
 
@@ -189,9 +200,9 @@ struct GatewayEndToEndTests {
         let script = E2E.packageRoot + "/Tests/Peers/k8sclient.py"
         try withCluster { cluster in
             let gateway = try cluster.startGateway()
-            for node in cluster.nodes {
+            for (index, node) in cluster.nodes.enumerated() {
                 let pod = node.pods[1]
-                let size = 4 * mebibyte
+                let size = index == 0 ? 4 * mebibyte : mebibyte
                 let run = try E2E.run([Peers.python, script, gateway.url, "default", pod.name, "\(echoPort),\(refusedPort)", "\(size)"],
                                       timeout: 90, directory: cluster.scene.directory)
                 #expect(run.stdout.contains("phase Running"), "\(pod.name): \(run)")
@@ -203,6 +214,13 @@ struct GatewayEndToEndTests {
             let missing = try E2E.run([Peers.python, script, gateway.url, "default", "nosuchpod", "\(echoPort)", "1024"],
                                       timeout: 60, directory: cluster.scene.directory)
             #expect(missing.status == 2 && missing.stdout.contains("api error 404"), "\(missing)")
+            for node in cluster.nodes {
+                let line = "port-forward from 127.0.0.1: v4.channel.k8s.io for pod default/\(node.pods[1].name)"
+                #expect(gateway.child.stderr.contains(line), "no \(line.debugDescription) in the gateway's log:\n\(gateway.child.stderr)")
+                // The pod the client read is the one on that node.
+                let read = try cluster.get(gateway, "/api/v1/namespaces/default/pods/\(node.pods[1].name)")
+                #expect(read.code == 200 && read.body.contains(#""nodeName":"\#(node.name)""#), "\(read)")
+            }
             #expect(gateway.child.isRunning)
         }
     }
@@ -299,12 +317,15 @@ struct GatewayEndToEndTests {
             let wide = try Kubectl.run(["get", "pods", "-o", "wide"], relay: gateway, scene: cluster.scene)
             #expect(wide.status == 0, "\(wide)")
             for pod in cluster.nodes.flatMap(\.pods) {
-                let line = wide.stdout.split(separator: "\n").first { $0.hasPrefix(pod.name + " ") }
-                #expect(line != nil, "\(pod.name) is not in kubectl get pods -o wide:\n\(wide.stdout)")
-                // With a server-side Table, the NODE column: then it must be the right one.
-                if wide.stdout.contains("NODE"), let line {
-                    #expect(line.contains(" \(pod.node) "), "\(line)")
+                #expect(wide.stdout.split(separator: "\n").contains { $0.hasPrefix(pod.name + " ") }, "\(pod.name) is not in kubectl get pods -o wide:\n\(wide.stdout)")
+            }
+            // kubectl asks for a server-side Table (Accept: ...;as=Table;g=meta.k8s.io); answered
+            // a plain PodList, it prints NAME and AGE only: no NODE column to read.
+            withKnownIssue("no server-side Table: kubectl get pods -o wide shows NAME and AGE, no NODE") {
+                let nodesShown = cluster.nodes.flatMap(\.pods).allSatisfy { pod in
+                    wide.stdout.split(separator: "\n").first { $0.hasPrefix(pod.name + " ") }?.contains(" \(pod.node) ") == true
                 }
+                #expect(wide.stdout.contains(" NODE ") && nodesShown, "\(wide.stdout)")
             }
 
             let node = try Kubectl.run(["get", "pod", "db-c", "-o", "jsonpath={.spec.nodeName} {.status.phase}"], relay: gateway, scene: cluster.scene)
