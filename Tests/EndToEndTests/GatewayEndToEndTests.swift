@@ -382,6 +382,10 @@ struct GatewayEndToEndTests {
             let toB = try cluster.forward(gateway.url, pod: "web-b", ports: [echoPort, identityPort])
             let toC = try cluster.forward(gateway.url, pod: "db-c", ports: [echoPort, identityPort], extra: ["--node", "node-c"])
             #expect(try identity(try toA.local(identityPort)) == "web-a on node-a\n")
+            // A kubectl session to web-a from before the kill: its next connection is refused on
+            // the error stream.
+            let kubectlToA = try cluster.kubectlForward(gateway, ["pod/db-a", "0:\(identityPort)"])
+            #expect(try identity(kubectlToA.port) == "db-a on node-a\n")
 
             // A stream to node-b open across the kill: half its bytes before, half after.
             let open = try Net.connect("127.0.0.1", try toB.local(echoPort))
@@ -432,6 +436,13 @@ struct GatewayEndToEndTests {
             #expect(raw.code == 503 && text.hasSuffix("\n") && text.split(separator: "\n").count == 1, "\(raw.code) \(text.debugDescription)")
             let kubectl = try Kubectl.run(["port-forward", "pod/web-a", "0:\(echoPort)"], relay: gateway, scene: cluster.scene, timeout: 20)
             #expect(kubectl.status == 1 && kubectl.stderr.contains("pod is not running. Current status=Unknown"), "\(kubectl)")
+            let refusedFd = try Net.connect("127.0.0.1", kubectlToA.port)
+            _ = Net.readUntilClosed(refusedFd, timeout: 10)
+            close(refusedFd)
+            let kubectlSaid = try kubectlToA.child.waitFor("kubectl's error line") { text in
+                text.contains("an error occurred forwarding") ? text : nil
+            }
+            #expect(kubectlSaid.contains("node-a") && kubectlSaid.contains("unreachable"), "\(kubectlSaid)")
 
             // The other nodes: the open stream goes on intact, new streams work.
             let after = Net.randomBytes(mebibyte)
