@@ -216,9 +216,8 @@ final class ChannelRelaySession: CompletionHandler, DeferredTask {
             answered = true
             self.attempts[index] = nil
             switch result {
-            case .connected(let socket):
-                self.relay.connector.joined(socket, to: tunnel)
-                tunnel.attach(socket)
+            case .connected, .joined:
+                result.attach(tunnel)
             case .failed(let refusal):
                 self.fail(carrier, refusal.text)
             }

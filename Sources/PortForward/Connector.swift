@@ -8,6 +8,9 @@ import Reactor
 /// How a relay reaches a pod's port.
 public enum ConnectResult {
     case connected(FileDescriptor)
+    /// A gateway: the pod is reached through this tunnel (a stream of the node relay's
+    /// connection, answered 200): the stream's tunnel joins it (`Tunnel.join`).
+    case joined(Tunnel)
     /// Why not; `Refusal` gives the status and the text the stream is answered with.
     case failed(Refusal)
 }
@@ -20,13 +23,19 @@ public protocol ConnectAttempt: AnyObject {
 public protocol Connector: AnyObject {
     var name: String { get }
     func connect(pod: Pod, port: Int, done: @escaping (ConnectResult) -> Void) -> ConnectAttempt
-    /// The socket a `.connected` result gave is about to be attached to `tunnel` (called just
-    /// before `attach`, even when the tunnel has finished meanwhile).
-    func joined(_ fd: FileDescriptor, to tunnel: Tunnel)
 }
 
-extension Connector {
-    public func joined(_ fd: FileDescriptor, to tunnel: Tunnel) {}
+extension ConnectResult {
+    /// The stream's tunnel takes what was connected: the pod's socket, or (a gateway) the node
+    /// stream's tunnel. Too late (the tunnel finished meanwhile), the socket is closed, the node
+    /// stream reset.
+    func attach(_ tunnel: Tunnel) {
+        switch self {
+        case .connected(let fd): tunnel.attach(fd)
+        case .joined(let other): tunnel.join(other)
+        case .failed: break
+        }
+    }
 }
 
 public enum ConnectorChoice: String, CaseIterable, Sendable {

@@ -19,9 +19,6 @@ public struct GatewaySettings: Sendable {
     /// drawn from [wait / 2, wait]. The cap keeps a restarted node relay served within 2 s.
     public var initialBackoffSeconds: Double = 0.1
     public var maximumBackoffSeconds: Double = 1
-    /// Each forwarded connection crosses the gateway through a socket pair; its send buffer, per
-    /// direction (`--pair-buffer`): with the two streams' windows, the per-stream memory bound.
-    public var pairBufferBytes = 256 << 10
     /// A node relay's pod list larger than this is refused (the node is then unreachable).
     public var maximumPodListBytes = 16 << 20
     /// Sent to node relays as `authorization: Bearer ...` (`--node-token`), only over https.
@@ -127,15 +124,14 @@ public final class Gateway {
 }
 
 /// The gateway's connector: a pod's port is reached through a stream of the pod's node
-/// connection. The stream's tunnel (on that connection) and the client's tunnel (on the
-/// client's session) are joined by a socket pair, so that each side's bytes move as they move
-/// in a relay: spliced, and each window opened only when the bytes have left.
+/// connection. The node stream's tunnel and the client stream's tunnel are joined
+/// (`Tunnel.join`): what one would write to its socket is the other's read, so the bytes move
+/// from one connection's pipe or buffer straight into the other's frames, and each window opens
+/// only when the bytes have left through the other stream.
 final class GatewayConnector: Connector {
     let name = "gateway"
     let reactor: ReactorBackend
     weak var gateway: Gateway?
-    /// The attempt delivering `.connected` now: `joined` links its tunnel to the client's.
-    var delivering: UpstreamAttempt?
 
     init(reactor: ReactorBackend) { self.reactor = reactor }
 
@@ -148,24 +144,16 @@ final class GatewayConnector: Connector {
         link.open(attempt)
         return attempt
     }
-
-    func joined(_ fd: FileDescriptor, to tunnel: Tunnel) {
-        guard let attempt = delivering, attempt.delivered == fd else { return }
-        attempt.join(tunnel)
-    }
 }
 
 /// One forwarded connection being opened on a node connection: the stream's request is sent at
-/// once; the client's side is given its end of the pair when the node relay answers 200.
+/// once; the client's tunnel joins the node stream's tunnel when the node relay answers 200.
 final class UpstreamAttempt: ConnectAttempt, CompletionHandler {
     unowned let connector: GatewayConnector
     let pod: Pod
     let port: Int
     private var done: ((ConnectResult) -> Void)?
-    /// The client side's end of the pair, until it is handed over.
-    private var ours: FileDescriptor = -1
-    private(set) var delivered: FileDescriptor = -1
-    /// The tunnel of the node stream (its socket: the pair's other end).
+    /// The tunnel of the node stream.
     private(set) var upstream: Tunnel?
     private var timer: TimerID = 0
     private var timerArmed = false
@@ -182,14 +170,6 @@ final class UpstreamAttempt: ConnectAttempt, CompletionHandler {
 
     /// Opens the stream on `connection` (`table` routes its events).
     func start(on connection: Connection, table: StreamTable, link: NodeLink, settings: GatewaySettings) {
-        var pair: [Int32] = [-1, -1]
-        let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
-        guard socketpair(AF_UNIX, type, 0, &pair) == 0 else {
-            return finish(.failed(.nodeUnavailable(node: node, reason: "\(SystemError("socketpair"))")))
-        }
-        var bytes = Int32(settings.pairBufferBytes)
-        for end in pair { _ = setsockopt(end, SOL_SOCKET, SO_SNDBUF, &bytes, socklen_t(MemoryLayout<Int32>.size)) }
-        ours = pair[0]
         let carrier = HTTP2Stream(connection: connection)
         let tunnel = Tunnel(transport: carrier, reactor: connector.reactor, pipes: connector.gateway?.relay.pipes)
         carrier.carry(tunnel)
@@ -202,14 +182,13 @@ final class UpstreamAttempt: ConnectAttempt, CompletionHandler {
             carrier.id = try connection.session.submitRequest(headers, body: carrier)
         } catch {
             tunnel.connectionLost()
-            Glibc.close(pair[1])
             return finish(.failed(.nodeUnavailable(node: node, reason: "cannot open a stream: \(error)")))
         }
         upstream = tunnel
         let id = carrier.id
         link.pending[id] = self
         // Once answered, the attempt is gone (the session held it only while connecting): the
-        // tunnels' callbacks hold it weakly.
+        // tunnel's callbacks hold it weakly.
         table.add(carrier, tunnel) { [weak self, weak link] _ in
             link?.pending[id] = nil
             // Ended before any answer (reset, refused after GOAWAY, the connection lost).
@@ -220,28 +199,15 @@ final class UpstreamAttempt: ConnectAttempt, CompletionHandler {
         tunnel.onRejected = { [weak self] status, reason in
             self?.finish(.failed(.upstream(status: status, text: reason)))
         }
-        tunnel.attach(pair[1])
         timer = connector.reactor.timer(nanoseconds: UInt64(settings.connectTimeoutSeconds * 1e9), handler: self, tag: 0)
         timerArmed = true
         connection.flushSoon()
     }
 
-    /// The node relay answered 200: the client's side gets its end of the pair.
+    /// The node relay answered 200: the client's tunnel joins the node stream's.
     func answered() {
-        guard waiting, ours >= 0 else { return }
-        delivered = ours
-        ours = -1
-        connector.delivering = self
-        finish(.connected(delivered))
-        connector.delivering = nil
-    }
-
-    /// The client's tunnel takes the pair's other end: a reset on either side resets the other
-    /// (a socket pair carries only an end of file).
-    func join(_ downstream: Tunnel) {
-        guard let upstream else { return }
-        downstream.onReset = { [weak upstream] in upstream?.abort() }
-        upstream.onReset = { [weak downstream] in downstream?.abort() }
+        guard waiting, let upstream else { return }
+        finish(.joined(upstream))
     }
 
     /// The connect timeout: no answer from the node relay.
@@ -254,10 +220,6 @@ final class UpstreamAttempt: ConnectAttempt, CompletionHandler {
 
     func finish(_ result: ConnectResult) {
         if timerArmed { connector.reactor.cancelTimer(timer); timerArmed = false }
-        if case .failed = result, ours >= 0 {
-            Glibc.close(ours)
-            ours = -1
-        }
         let callback = done
         done = nil
         callback?(result)
@@ -268,7 +230,6 @@ final class UpstreamAttempt: ConnectAttempt, CompletionHandler {
         guard waiting else { return }
         done = nil
         if timerArmed { connector.reactor.cancelTimer(timer); timerArmed = false }
-        if ours >= 0 { Glibc.close(ours); ours = -1 }
         upstream?.abort()
     }
 }
@@ -286,6 +247,7 @@ public final class NodeLink: CompletionHandler {
     /// Connections the node said GOAWAY on: their streams finish there; new ones go to the next.
     private var draining: [ObjectIdentifier: (Connection, StreamTable)] = [:]
     private var tls: TLSConnection?
+    private var tlsFailure: String?
     /// Connected and listed.
     public private(set) var reachable = false
     /// The first dial ended (listed, or failed).
@@ -362,6 +324,13 @@ public final class NodeLink: CompletionHandler {
                 throw ForwardError("the node relay did not agree to HTTP/2 over TLS (ALPN \(done.alpn ?? "none"))")
             }
             let pump = TLSConnection(established: done, reactor: reactor, peer: "\(entry.address)", deadlineSeconds: 2)
+            // TLS 1.3: a node relay that refuses the gateway's certificate says so in an alert
+            // after the handshake; the pump's line is the reason the connection then ends with.
+            tlsFailure = nil
+            pump.log = { [unowned self] line in
+                self.tlsFailure = line
+                self.gateway.relay.limitedLog("node \(self.entry.name): \(line)")
+            }
             tls = pump
             fd = try pump.openInner()
         }
@@ -507,11 +476,13 @@ public final class NodeLink: CompletionHandler {
         connection = nil
         listStream = nil
         tls = nil
-        failed(reason ?? Connection.closedByPeer)
+        failed(tlsFailure ?? reason ?? Connection.closedByPeer)
     }
 
     private func failed(_ reason: String) {
         lastReason = reason
+        // Stopping (the gateway drains): the connections it closes itself are not news.
+        guard !stopped else { return }
         if reachable || !reported {
             gateway.print("node \(entry.name) unreachable at \(entry.address): \(reason)")
         }
@@ -523,7 +494,6 @@ public final class NodeLink: CompletionHandler {
             reported = true
             gateway.nodeReported()
         }
-        guard !stopped else { return }
         let base = min(settings.initialBackoffSeconds * Double(1 << min(failures, 20)), settings.maximumBackoffSeconds)
         failures += 1
         let wait = base * (1 - 0.5 * Double.random(in: 0..<1))

@@ -151,13 +151,10 @@ final class RelaySession: OpenQueue {
             answered = true
             self.attempts[stream] = nil
             switch result {
-            case .connected(let fd):
-                self.relay.connector.joined(fd, to: tunnel)
-                if tunnel.finished {
-                    self.relay.reactor.close(fd)
-                    return
-                }
-                tunnel.attach(fd)
+            case .connected, .joined:
+                let late = tunnel.finished
+                result.attach(tunnel)
+                if late { return }
                 do {
                     try self.connection.session.submitResponse(stream, headers: [(":status", "200")], body: carrier)
                 } catch {

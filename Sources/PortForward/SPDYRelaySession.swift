@@ -383,13 +383,10 @@ final class SPDYRelaySession: SPDYSessionDelegate, CompletionHandler, DeferredTa
             answered = true
             self.attempts[stream] = nil
             switch result {
-            case .connected(let socket):
-                self.relay.connector.joined(socket, to: tunnel)
-                if tunnel.finished {
-                    self.relay.reactor.close(socket)
-                    return
-                }
-                tunnel.attach(socket)
+            case .connected, .joined:
+                let late = tunnel.finished
+                result.attach(tunnel)
+                if late { return }
             case .failed(let refusal):
                 self.fail(carrier, refusal.text)
             }

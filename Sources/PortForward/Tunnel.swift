@@ -42,9 +42,25 @@ public final class Tunnel: CompletionHandler {
     public var onFinish: ((Tunnel) -> Void)?
     /// Client side: the relay answered with an error status; the text is the reason.
     public var onRejected: ((Int, String) -> Void)?
-    /// Called once when the tunnel resets its socket (its stream was reset, or it was aborted):
-    /// a gateway passes the reset on to the tunnel at the socket's other end.
-    public var onReset: (() -> Void)?
+
+    // Bridged (a gateway): the "socket" is another tunnel (`join`). What this tunnel would write
+    // to its socket is lent to the partner as the partner's read, and counts as written when the
+    // partner gives it back (its bytes have left); an end of file, a reset and a close cross the
+    // same way. Each side keeps its own stream's flow control: a window opens only when the
+    // bytes have left through the other stream.
+    /// The tunnel at the other end (weak: each is held by its own transport).
+    private weak var partner: Tunnel?
+    /// The partner whose chunk this tunnel is sending: held until it is given back.
+    private var lender: Tunnel?
+    /// This tunnel's read is outstanding: the partner's next chunk (or end) goes here.
+    private var wantsChunk = false
+    /// A write (or the shutdown) the partner was not ready for yet.
+    private var pendingLend: Chunk?
+    private var pendingEnd = false
+    /// The chunk lent now, and whether it must be released when given back (this tunnel closed
+    /// meanwhile: the partner's connection may still be sending from it).
+    private var lentOut: Chunk?
+    private var releaseWhenGivenBack = false
 
     private enum Tag: UInt32 { case receive = 1, write, readable, spliceIn }
 
@@ -83,6 +99,60 @@ public final class Tunnel: CompletionHandler {
         self.fd = fd
         Sockets.noDelay(fd)
         handle { $0.attach(&$1) }
+    }
+
+    /// Bridged: `other` (its stream answered) is this tunnel's socket, and this tunnel is its:
+    /// bytes move both ways. Too late (this tunnel's stream went meanwhile): the other is aborted.
+    public func join(_ other: Tunnel) {
+        guard !state.isFinished, case .connecting = state.phase, case .connecting = other.state.phase else {
+            other.abort()
+            return
+        }
+        state.bridged = true
+        other.state.bridged = true
+        state.partnerTakesPipes = other.pipes != nil
+        other.state.partnerTakesPipes = pipes != nil
+        partner = other
+        other.partner = self
+        other.handle { $0.attach(&$1) }
+        handle { $0.attach(&$1) }
+    }
+
+    /// Bridged: hands the partner what it waits for, if it waits.
+    private func lendIfWanted() {
+        guard let other = partner, other.wantsChunk, !other.finished else { return }
+        if let chunk = pendingLend {
+            pendingLend = nil
+            lentOut = chunk
+            other.wantsChunk = false
+            other.lender = self
+            other.handle { $0.lent(chunk, &$1) }
+        } else if pendingEnd {
+            pendingEnd = false
+            other.wantsChunk = false
+            other.handle { $0.lenderEnded(&$1) }
+        }
+    }
+
+    /// Bridged: the partner is done with the chunk this tunnel lent it.
+    private func givenBack(_ count: Int, complete: Bool) {
+        let chunk = lentOut
+        lentOut = nil
+        if state.isFinished {
+            // Closed meanwhile: the chunk stayed out of `closeSocket`'s release; it goes now.
+            if releaseWhenGivenBack, let chunk { release(chunk) }
+            releaseWhenGivenBack = false
+            return
+        }
+        if complete {
+            handle { $0.written(count, &$1) }
+        } else {
+            handle { $0.socketFailed(&$1) }
+        }
+    }
+
+    private func release(_ chunk: Chunk) {
+        if let pipe = chunk.pipe { pipes?.discard(pipe) } else { buffers.release(chunk.buffer) }
     }
 
     public func received(_ inbound: Inbound) {
@@ -200,6 +270,11 @@ public final class Tunnel: CompletionHandler {
         switch action {
         case .receive:
             if held.isOver { return state.noRoom(&actions) }
+            if state.bridged {
+                wantsChunk = true
+                partner?.lendIfWanted()
+                return
+            }
             reactor.receive(fd, handler: self, tag: Tag.receive.rawValue)
         case .pollReadable:
             if held.isOver { return state.noRoom(&actions) }
@@ -222,13 +297,29 @@ public final class Tunnel: CompletionHandler {
         case .resume:
             transport?.resume()
         case .write(let buffer, let start, let count):
+            if state.bridged {
+                pendingLend = Chunk(buffer: buffer, start: start, end: start + count)
+                return lendIfWanted()
+            }
             reactor.write(fd, from: buffers.pointer(buffer) + start, count: count, handler: self, tag: Tag.write.rawValue)
         case .splice(let pipe, let count):
+            if state.bridged {
+                pendingLend = Chunk(buffer: BufferPool.none, start: 0, end: count, pipe: pipe)
+                return lendIfWanted()
+            }
             reactor.splice(from: pipe.read, to: fd, count: count, socket: fd, handler: self, tag: Tag.write.rawValue)
         case .consume(let count):
             transport?.consume(count)
         case .shutdownWrite:
+            if state.bridged {
+                pendingEnd = true
+                return lendIfWanted()
+            }
             Sockets.shutdownWrite(fd)
+        case .giveBack(let count, let complete):
+            let other = lender
+            lender = nil
+            other?.givenBack(count, complete: complete)
         case .releaseBuffer(let buffer):
             buffers.release(buffer)
         case .givePipe(let pipe):
@@ -238,10 +329,30 @@ public final class Tunnel: CompletionHandler {
         case .resetStream:
             transport?.reset()
         case .resetSocket:
+            if state.bridged {
+                // The partner's stream is reset too.
+                let other = partner
+                partner = nil
+                other?.abort()
+                return
+            }
             Sockets.resetOnClose(fd)
-            let callback = onReset
-            onReset = nil
-            callback?()
+        case .closeSocket(let chunks) where state.bridged:
+            // The chunk lent now is released when it is given back; the rest at once.
+            for chunk in chunks {
+                if let lent = lentOut, lent.buffer == chunk.buffer, lent.start == chunk.start, lent.pipe?.read == chunk.pipe?.read {
+                    releaseWhenGivenBack = true
+                } else {
+                    release(chunk)
+                }
+            }
+            pendingLend = nil
+            wantsChunk = false
+            // A partner still reading sees the end of its "socket".
+            if let other = partner, !other.finished {
+                pendingEnd = true
+                lendIfWanted()
+            }
         case .closeSocket(let chunks):
             let closing = fd
             fd = -1

@@ -5,6 +5,9 @@ import Reactor
 public enum Holding {
     case buffer(BufferID)
     case pipe(Pipe)
+    /// A bridged tunnel's bytes are its partner's queued chunk, lent: sent from where they lie,
+    /// and given back (never released here) when they have left.
+    case lent(Chunk)
 }
 
 /// Bytes received for the stream and queued for the socket.
@@ -58,6 +61,8 @@ public enum TunnelAction {
     /// Open the stream's window by this many bytes: they have left for the socket (or were dropped).
     case consume(Int)
     case shutdownWrite
+    /// Bridged: the lent chunk is done with, `count` bytes of it sent (`complete`: all of them).
+    case giveBack(Int, complete: Bool)
     // resources
     case releaseBuffer(BufferID)
     /// An emptied pipe goes back to the pool.
@@ -191,6 +196,12 @@ public struct TunnelState {
     public static let smallRead = 16 * 1024
     /// The largest read of the socket so far (up to `bufferedReadsBelow`).
     private var largestRead = 0
+    /// A gateway's tunnel whose "socket" is another tunnel (`Tunnel.join`, before `attach`): a
+    /// read is a chunk lent by the partner (`lent`), never a receive or a splice.
+    public var bridged = false
+    /// Bridged: whether the partner's transport can send a pipe (a base64 WebSocket channel
+    /// cannot): if not, arriving DATA is not spliced into pipes.
+    public var partnerTakesPipes = true
 
     public init(splice: Bool, bufferedReadsBelow: Int = 0) {
         self.splice = splice
@@ -221,7 +232,7 @@ public struct TunnelState {
 
     /// Whether DATA may arrive spliced: the socket is there and bytes will be written to it.
     public var acceptsSplice: Bool {
-        splice && attached && down != .discarding && queue.pipes < Self.maxQueuedPipes
+        splice && attached && down != .discarding && queue.pipes < Self.maxQueuedPipes && (!bridged || partnerTakesPipes)
     }
 
     // MARK: events: the socket
@@ -236,7 +247,7 @@ public struct TunnelState {
 
     private mutating func readNext(_ out: inout [TunnelAction]) {
         guard case .open = phase, case .idle = up else { return }
-        if splice && largestRead >= bufferedReadsBelow {
+        if splice && largestRead >= bufferedReadsBelow && !bridged {
             up = .polling
             out.append(.pollReadable)
         } else {
@@ -305,6 +316,25 @@ public struct TunnelState {
         readNext(&out)
     }
 
+    /// Bridged: the partner lends `chunk` (what it would have written to its socket) as this
+    /// tunnel's next read.
+    public mutating func lent(_ chunk: Chunk, _ out: inout [TunnelAction]) {
+        guard case .receiving(nil) = up, case .open = phase else {
+            out.append(.giveBack(0, complete: false))
+            return
+        }
+        up = .sending(Outgoing(holding: .lent(chunk), count: chunk.count))
+        out.append(.hold(chunk.count))
+        out.append(.resume)
+    }
+
+    /// Bridged: the partner shut its side down (its peer's end): this tunnel's end of file.
+    public mutating func lenderEnded(_ out: inout [TunnelAction]) {
+        guard case .receiving(nil) = up else { return }
+        up = .ending
+        out.append(.resume)
+    }
+
     /// A read or a write on the socket failed.
     public mutating func socketFailed(_ out: inout [TunnelAction]) {
         abort(&out)
@@ -349,6 +379,7 @@ public struct TunnelState {
         switch outgoing.holding {
         case .buffer(let buffer): return .buffer(buffer, offset: offset)
         case .pipe(let pipe): return .pipe(pipe)
+        case .lent(let chunk): return chunk.pipe.map(Taken.pipe) ?? .buffer(chunk.buffer, offset: chunk.start + offset)
         }
     }
 
@@ -375,6 +406,8 @@ public struct TunnelState {
             out.append(emptied ? .givePipe(pipe) : .discardPipe(pipe))
         case .buffer(let buffer):
             out.append(.releaseBuffer(buffer))
+        case .lent:
+            out.append(.giveBack(outgoing.sent, complete: emptied))
         }
         up = isFinished ? .ended : .idle
         readNext(&out)
@@ -416,6 +449,7 @@ public struct TunnelState {
         switch outgoing.holding {
         case .pipe(let pipe): out.append(.discardPipe(pipe))
         case .buffer(let buffer): out.append(.releaseBuffer(buffer))
+        case .lent: out.append(.giveBack(outgoing.sent, complete: false))
         }
         up = .ended
     }
@@ -599,6 +633,7 @@ public struct TunnelState {
             switch outgoing.holding {
             case .buffer(let buffer): out.append(.releaseBuffer(buffer))
             case .pipe(let pipe): out.append(.discardPipe(pipe))
+            case .lent: out.append(.giveBack(outgoing.sent, complete: false))
             }
             up = .ended
         case .sending:
@@ -709,6 +744,7 @@ extension TunnelAction: CustomStringConvertible {
         case .splice(let pipe, let count): return "splice(\(name(pipe)),\(count))"
         case .consume(let count): return "consume(\(count))"
         case .shutdownWrite: return "shutdownWrite"
+        case .giveBack(let count, let complete): return "giveBack(\(count)\(complete ? "" : ",incomplete"))"
         case .releaseBuffer(let buffer): return "release(b\(buffer))"
         case .givePipe(let pipe): return "give(\(name(pipe)))"
         case .discardPipe(let pipe): return "discard(\(name(pipe)))"

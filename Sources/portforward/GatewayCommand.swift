@@ -32,9 +32,6 @@ struct GatewayCommand: ParsableCommand {
     @Option(help: "Seconds the streams open at SIGTERM may take to finish (after a GOAWAY to every client and node).")
     var shutdownTimeout: Double = 10
 
-    @Option(help: "Send buffer of each forwarded connection's socket pair, per direction, in bytes.")
-    var pairBuffer = GatewaySettings().pairBufferBytes
-
     @Option(help: "A bearer token sent to https:// node relays.")
     var nodeToken: String?
 
@@ -69,8 +66,8 @@ struct GatewayCommand: ParsableCommand {
         if (nodeClientCertificate == nil) != (nodeClientKey == nil) {
             throw ValidationError("--node-client-certificate and --node-client-key go together")
         }
-        guard refreshInterval >= 0.1, connectTimeout > 0, shutdownTimeout >= 0, pairBuffer >= 4096 else {
-            throw ValidationError("--refresh-interval must be at least 0.1, --connect-timeout above 0, --pair-buffer at least 4096")
+        guard refreshInterval >= 0.1, connectTimeout > 0, shutdownTimeout >= 0 else {
+            throw ValidationError("--refresh-interval must be at least 0.1, --connect-timeout above 0")
         }
     }
 
@@ -98,7 +95,6 @@ struct GatewayCommand: ParsableCommand {
             var settings = GatewaySettings()
             settings.refreshSeconds = refreshInterval
             settings.connectTimeoutSeconds = connectTimeout
-            settings.pairBufferBytes = pairBuffer
             settings.token = nodeToken
             settings.tls.certificateAuthorityFile = nodeCertificateAuthority
             settings.tls.clientCertificateFile = nodeClientCertificate

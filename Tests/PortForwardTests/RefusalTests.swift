@@ -13,6 +13,11 @@ private let table: [(Refusal, Int, String, String)] = [
      "unknown path \"/nope\": expected /portForward/<namespace>/<pod> or /proxy/nodes/<node>/portForward/<namespace>/<pod>"),
     (.nodeNotFound("othernode"), 404, "Not Found", "node \"othernode\" not found"),
     (.podNotFound(namespace: "default", name: "web"), 404, "Not Found", "pod \"default/web\" not found"),
+    (.podNotOnNode(namespace: "default", name: "web", node: "node-b"), 404, "Not Found", "pod \"default/web\" not found on node \"node-b\""),
+    (.podOnSeveralNodes(namespace: "default", name: "web", nodes: ["node-a", "node-b"]), 409, "Conflict",
+     "pod \"default/web\" is reported by 2 nodes (node-a, node-b): name one with /proxy/nodes/<node>/portForward/default/web"),
+    (.nodeUnavailable(node: "node-a", reason: "connection refused"), 503, "Service Unavailable", "node \"node-a\" is unreachable: connection refused"),
+    (.upstream(status: 502, text: "dial tcp: connection refused"), 502, "Bad Gateway", "dial tcp: connection refused"),
     (.badPort(HeadError("missing port header")), 400, "Bad Request", "missing port header"),
     (.tooManyStreams(limit: 32768), 503, "Service Unavailable", "the relay holds 32768 streams (--max-streams): try again later"),
     (.namespaceUnavailable(NamespaceProblem(description: "/run/netns/web does not exist")), 502, "Bad Gateway",
@@ -50,6 +55,10 @@ struct RefusalTests {
             case .unknownPath: "unknownPath"
             case .nodeNotFound: "nodeNotFound"
             case .podNotFound: "podNotFound"
+            case .podNotOnNode: "podNotOnNode"
+            case .podOnSeveralNodes: "podOnSeveralNodes"
+            case .nodeUnavailable: "nodeUnavailable"
+            case .upstream: "upstream"
             case .badPort: "badPort"
             case .tooManyStreams: "tooManyStreams"
             case .namespaceUnavailable: "namespaceUnavailable"
@@ -64,7 +73,7 @@ struct RefusalTests {
             case .headerFieldsTooLarge: "headerFieldsTooLarge"
             }
         }
-        #expect(Set(table.map { name($0.0) }).count == 17)
+        #expect(Set(table.map { name($0.0) }).count == 21)
     }
 
     @Test("Names from the peer are quoted at most a name's length")

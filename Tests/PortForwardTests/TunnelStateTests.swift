@@ -9,6 +9,8 @@ enum TunnelEvent: Sendable {
     case written(Int), pending(limit: Int), take(Int), sent(Int), dropped(Int), refill(Refill)
     case arrive(Int, buffer: UInt32), arrivePipe(Int, pipe: Int32), arriveMore(Int), text(String)
     case peerEnded, responded(Int), refused, closed(UInt32), abort, lost, acceptsSplice, unwindowed
+    /// Bridged (a gateway): join; the partner lends a buffer chunk or a pipe chunk; its end.
+    case bridge(partnerTakesPipes: Bool), lend(Int, buffer: UInt32, start: Int), lendPipe(Int, pipe: Int32), lenderEnded
 }
 
 struct TunnelScenario: Sendable, CustomTestStringConvertible {
@@ -67,6 +69,12 @@ private func apply(_ event: TunnelEvent, _ state: inout TunnelState) -> [String]
     case .lost: state.connectionLost(&out)
     case .acceptsSplice: return ["\(state.acceptsSplice)"]
     case .unwindowed: state.windowed = false
+    case .bridge(let takesPipes):
+        state.bridged = true
+        state.partnerTakesPipes = takesPipes
+    case .lend(let count, let buffer, let start): state.lent(Chunk(buffer: buffer, start: start, end: start + count), &out)
+    case .lendPipe(let count, let fd): state.lent(Chunk(buffer: BufferPool.none, start: 0, end: count, pipe: pipe(fd)), &out)
+    case .lenderEnded: state.lenderEnded(&out)
     }
     return out.map(\.description) + said
 }
@@ -74,6 +82,45 @@ private func apply(_ event: TunnelEvent, _ state: inout TunnelState) -> [String]
 @Suite("TunnelState: a stream's life as a value, events in, actions out")
 struct TunnelStateTests {
     static let scenarios: [TunnelScenario] = [
+        TunnelScenario(name: "bridged: a lent chunk is sent from where it lies and given back when it has left", splice: true, steps: [
+            (.bridge(partnerTakesPipes: true), []),
+            (.attach, ["receive"]),
+            (.lend(100, buffer: 4, start: 30), ["hold(100)", "resume"]),
+            (.take(60), ["buffer(b4+30)"]),
+            (.take(40), ["buffer(b4+90)"]),
+            (.sent(60), []),
+            (.sent(40), ["unhold(100)", "giveBack(100)", "receive"]),
+            (.lendPipe(500, pipe: 3), ["hold(500)", "resume"]),
+            (.take(500), ["pipe(p3)"]),
+            // Never refilled, never given to the pool: the pipe is the partner's.
+            (.sent(500), ["unhold(500)", "giveBack(500)", "receive"]),
+            (.lenderEnded, ["resume"]),
+            (.pending(limit: 100), ["pending(0,true)"]),
+        ]),
+        TunnelScenario(name: "bridged: a lent chunk whose frames are dropped goes back incomplete", steps: [
+            (.bridge(partnerTakesPipes: true), []), (.attach, ["receive"]),
+            (.lend(10, buffer: 4, start: 0), ["hold(10)", "resume"]),
+            (.take(10), ["buffer(b4+0)"]),
+            (.lost, ["resetSocket", "close[]", "finished"]),
+            (.dropped(10), ["unhold(10)", "giveBack(10,incomplete)"]),
+        ]),
+        TunnelScenario(name: "bridged: aborted with a lent chunk not taken, it goes back at once; a late lend too", steps: [
+            (.bridge(partnerTakesPipes: true), []), (.attach, ["receive"]),
+            (.lend(10, buffer: 4, start: 0), ["hold(10)", "resume"]),
+            (.abort, ["resetStream", "resetSocket", "close[]", "unhold(10)", "giveBack(0,incomplete)", "finished"]),
+            (.lend(5, buffer: 5, start: 0), ["giveBack(0,incomplete)"]),
+        ]),
+        TunnelScenario(name: "bridged: arriving DATA is not spliced into pipes the partner cannot send", splice: true, steps: [
+            (.bridge(partnerTakesPipes: false), []), (.attach, ["receive"]),
+            (.acceptsSplice, ["false"]),
+        ]),
+        TunnelScenario(name: "bridged: what arrives is lent (a write), the shutdown too", splice: true, steps: [
+            (.bridge(partnerTakesPipes: true), []), (.attach, ["receive"]),
+            (.acceptsSplice, ["true"]),
+            (.arrive(100, buffer: 9), ["hold(100)", "write(b9@0+100)"]),
+            (.peerEnded, []),
+            (.written(100), ["release(b9)", "unhold(100)", "consume(100)", "shutdownWrite"]),
+        ]),
         TunnelScenario(name: "buffers: a read goes out whole, then the next read", steps: [
             (.attach, ["receive"]),
             (.read(100, buffer: 1), ["hold(100)", "resume"]),
