@@ -355,7 +355,13 @@ public final class Forwarder: CompletionHandler {
 
     // MARK: the pod
 
-    private var podPath: String { "/api/v1/namespaces/\(options.target.namespace)/pods/\(options.target.pod)" }
+    /// The pod's read. With `--node`, a list selecting the pod by name and node: on a gateway
+    /// where two nodes report the name, a read by name alone is a 409.
+    private var podPath: String {
+        let namespace = "/api/v1/namespaces/\(options.target.namespace)/pods"
+        guard let node = options.target.node else { return "\(namespace)/\(options.target.pod)" }
+        return "\(namespace)?fieldSelector=metadata.name%3D\(options.target.pod)%2Cspec.nodeName%3D\(node)"
+    }
     private var podName: String { "\(options.target.namespace)/\(options.target.pod)" }
 
     /// GET the pod on the session (the relay answers API reads on its streams, over h2c and TLS),
@@ -399,7 +405,15 @@ public final class Forwarder: CompletionHandler {
         }
         if status == 200 {
             do {
-                let pod = try PodDescription(json: body)
+                let pod: PodDescription
+                if let node = options.target.node {
+                    guard let found = try PodDescription.list(json: body).first else {
+                        return podUnavailable("pod \"\(podName)\" not found on node \"\(node)\"", gone: true)
+                    }
+                    pod = found
+                } else {
+                    pod = try PodDescription(json: body)
+                }
                 if let problem = pod.notRunning { return podUnavailable(problem, gone: false) }
                 if speaking != .h2 { return upgradeToSPDY(then: pod) }
                 return podReady(pod)
@@ -410,6 +424,8 @@ public final class Forwarder: CompletionHandler {
         let message = Refusal.statusMessage(body) ?? "the relay answered \(status) to the read of pod \(podName)"
         switch status {
         case 404: podUnavailable(message, gone: true)
+        // Two nodes report the name (a gateway): waiting does not choose; --node does.
+        case 409: fatal("error: \(message)")
         case 401, 403:
             fatal("error: \(message)" + (options.credentialSource.map { " (credentials of \($0))" } ?? ""))
         default: podUnavailable(message, gone: false)

@@ -235,7 +235,7 @@ public struct KubernetesAPI: Sendable {
             let phase = phase(pod)
             return .object([
                 ("cells", .array([.string(pod.name), .string(phase == "Running" ? "1/1" : "0/1"), .string(phase), .string("0"),
-                                  .string("<unknown>"), .string("<none>"), .string(pod.node ?? node)])),
+                                  .string("<unknown>"), .string("<none>"), .string(pod.node ?? node), .string("<none>"), .string("<none>")])),
                 ("object", .object([
                     ("kind", .string("PartialObjectMetadata")), ("apiVersion", .string("meta.k8s.io/v1")),
                     ("metadata", .object([("name", .string(pod.name)), ("namespace", .string(pod.namespace)),
@@ -250,6 +250,8 @@ public struct KubernetesAPI: Sendable {
                 column("Name", "Name of the pod", format: "name"), column("Ready", "Containers ready of all containers"),
                 column("Status", "The pod's phase"), column("Restarts", "Container restarts"), column("Age", "Time since creation"),
                 column("IP", "The pod's IP address", priority: 1), column("Node", "The node the pod runs on", priority: 1),
+                column("Nominated Node", "The node the scheduler nominated", priority: 1),
+                column("Readiness Gates", "The pod's readiness gates", priority: 1),
             ])),
             ("rows", .array(rows)),
         ])

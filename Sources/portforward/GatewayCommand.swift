@@ -110,7 +110,7 @@ struct GatewayCommand: ParsableCommand {
             gateway.onReady = {
                 let reachable = gateway.links.filter(\.reachable).count
                 print("Gateway listening on \(relay.address)\(relay.tlsEnabled ? " (TLS)" : "") (\(entries.count) nodes, \(reachable) reachable, "
-                      + "\(relay.registry.pods.count) pods, io \(reactor.name), open files \(files.soft))")
+                      + "\(relay.registry.pods.count + relay.conflicts.values.map(\.count).reduce(0, +)) pods, io \(reactor.name), open files \(files.soft))")
                 fflush(stdout)
             }
             gateway.start()

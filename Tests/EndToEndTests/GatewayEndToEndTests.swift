@@ -319,14 +319,12 @@ struct GatewayEndToEndTests {
             for pod in cluster.nodes.flatMap(\.pods) {
                 #expect(wide.stdout.split(separator: "\n").contains { $0.hasPrefix(pod.name + " ") }, "\(pod.name) is not in kubectl get pods -o wide:\n\(wide.stdout)")
             }
-            // kubectl asks for a server-side Table (Accept: ...;as=Table;g=meta.k8s.io); answered
-            // a plain PodList, it prints NAME and AGE only: no NODE column to read.
-            withKnownIssue("no server-side Table: kubectl get pods -o wide shows NAME and AGE, no NODE") {
-                let nodesShown = cluster.nodes.flatMap(\.pods).allSatisfy { pod in
-                    wide.stdout.split(separator: "\n").first { $0.hasPrefix(pod.name + " ") }?.contains(" \(pod.node) ") == true
-                }
-                #expect(wide.stdout.contains(" NODE ") && nodesShown, "\(wide.stdout)")
+            // kubectl asks for a server-side Table (Accept: ...;as=Table;g=meta.k8s.io): -o wide
+            // shows each pod's node.
+            let nodesShown = cluster.nodes.flatMap(\.pods).allSatisfy { pod in
+                wide.stdout.split(separator: "\n").first { $0.hasPrefix(pod.name + " ") }?.contains(" \(pod.node) ") == true
             }
+            #expect(wide.stdout.contains(" NODE ") && nodesShown, "\(wide.stdout)")
 
             let node = try Kubectl.run(["get", "pod", "db-c", "-o", "jsonpath={.spec.nodeName} {.status.phase}"], relay: gateway, scene: cluster.scene)
             #expect(node.status == 0 && node.stdout == "node-c Running", "\(node)")
@@ -492,9 +490,7 @@ struct GatewayEndToEndTests {
             let text = String(decoding: seed.body, as: UTF8.self)
             // The gateway cannot know the pods of a node it never reached: a request naming that
             // node is "unreachable" (503), not "no such pod" (404, which ends our client for good).
-            withKnownIssue("the seed path to a node never reached answers 404 pod not found, not 503") {
-                #expect(seed.code == 503 && text.contains("node-c") && text.split(separator: "\n").count == 1, "\(seed.code) \(text.debugDescription)")
-            }
+            #expect(seed.code == 503 && text.contains("node-c") && text.split(separator: "\n").count == 1, "\(seed.code) \(text.debugDescription)")
 
             let listening = try cluster.startRelay(nodeC)
             var answer: (code: Int, body: [UInt8], stderr: String) = (0, [], "")
@@ -601,16 +597,14 @@ struct GatewayEndToEndTests {
             // upgrade), as kubectl ends, not after --pod-running-timeout.
             #expect(seconds < 1.9 && !alone.stderr.contains("Waiting up to"), "\(seconds) s: \(alone.stderr)")
 
-            // Our client naming the node should reach that twin; it reads the pod by name first
-            // (GET /api/v1/namespaces/default/pods/twin), which is the 409, and never forwards.
-            try withKnownIssue("the client reads the pod by name even with --node: a name on two nodes is 409 there") {
-                let forwarder = try cluster.forward(gateway.url, pod: "twin", ports: [identityPort, echoPort],
-                                                    extra: ["--node", "node-b", "--pod-running-timeout", "2s"])
-                #expect(try identity(try forwarder.local(identityPort)) == "twin on node-b\n")
-                let payload = Net.randomBytes(mebibyte)
-                let echoed = try Net.echo("127.0.0.1", try forwarder.local(echoPort), payload)
-                #expect(Net.same(echoed, payload), "\(Net.firstDifference(echoed, payload))")
-            }
+            // Our client naming the node reaches that twin: it reads the pod with a field selector
+            // on its name and node (a read by name alone is the 409).
+            let forwarder = try cluster.forward(gateway.url, pod: "twin", ports: [identityPort, echoPort],
+                                                extra: ["--node", "node-b", "--pod-running-timeout", "2s"])
+            #expect(try identity(try forwarder.local(identityPort)) == "twin on node-b\n")
+            let payload = Net.randomBytes(mebibyte)
+            let echoed = try Net.echo("127.0.0.1", try forwarder.local(echoPort), payload)
+            #expect(Net.same(echoed, payload), "\(Net.firstDifference(echoed, payload))")
             #expect(gateway.child.isRunning)
         }
     }
