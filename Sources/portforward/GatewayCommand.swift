@@ -49,14 +49,7 @@ struct GatewayCommand: ParsableCommand {
 
     @OptionGroup(title: "TLS") var tlsOptions: RelayTLSOptions
 
-    @Option(help: "Bearer tokens, kube-apiserver's --token-auth-file CSV: token,user,uid[,\"group1,group2\"].")
-    var tokenAuthFile: String?
-
-    @Option(help: "Who may port-forward to which pods, YAML (allow: [{user: alice, namespaces: [default], pods: [\"web-*\"]}]).")
-    var authorizationFile: String?
-
-    @Flag(help: "Listen beyond loopback without TLS and authentication anyway (prints a warning).")
-    var insecure = false
+    @OptionGroup(title: "Authentication and authorization") var accessOptions: ServerAccessOptions
 
     @OptionGroup(title: "Limits") var limitOptions: RelayLimitOptions
 
@@ -79,16 +72,7 @@ struct GatewayCommand: ParsableCommand {
             guard let address = parseListenAddress(listen) else {
                 throw ValidationError("invalid --listen \"\(listen)\": expected HOST:PORT")
             }
-            var access = AccessControl()
-            access.tokens = try tokenAuthFile.map(TokenFile.init(contentsOf:))
-            access.rules = try authorizationFile.map(AccessRules.init(contentsOf:))
-            access.clientCertificates = tlsOptions.clientCaFile != nil
-            switch ListenRule.check(listen: address, tls: tlsOptions.tlsCertFile != nil,
-                                    authenticates: access.authenticates, insecure: insecure) {
-            case .fine: break
-            case .warn(let line): standardError(line)
-            case .refuse(let line): fail(line)
-            }
+            let access = try accessOptions.makeAccess(listen: address, tls: tlsOptions)
             if nodeToken != nil && !entries.contains(where: \.secure) {
                 standardError("warning: --node-token is not sent: no node address is https:// (it would travel in plain text)")
             }

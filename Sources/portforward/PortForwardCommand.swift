@@ -421,6 +421,35 @@ struct RelayTLSOptions: ParsableArguments {
     }
 }
 
+/// Who may ask a listening server (relay, gateway): kube-apiserver's flag names.
+struct ServerAccessOptions: ParsableArguments {
+    @Option(help: "Bearer tokens, kube-apiserver's --token-auth-file CSV: token,user,uid[,\"group1,group2\"]. Requests without a known token are answered 401.")
+    var tokenAuthFile: String?
+
+    @Option(help: "Who may port-forward to which pods, YAML (allow: [{user: alice, namespaces: [default], pods: [\"web-*\"]}]); everything else is answered 403.")
+    var authorizationFile: String?
+
+    @Flag(help: "Listen beyond loopback without TLS and authentication anyway (prints a warning).")
+    var insecure = false
+
+    /// The access control, once the listen rule allows `listen`: beyond loopback without TLS
+    /// and authentication, one line and exit (or a warning with `--insecure`).
+    func makeAccess(listen: SocketAddress, tls: RelayTLSOptions) throws -> AccessControl {
+        var access = AccessControl()
+        access.tokens = try tokenAuthFile.map(TokenFile.init(contentsOf:))
+        access.rules = try authorizationFile.map(AccessRules.init(contentsOf:))
+        // A verified client certificate's CN and O are the caller (--client-ca-file).
+        access.clientCertificates = tls.clientCaFile != nil
+        // TLS with --tls-cert-file; client certificates authenticate too.
+        switch ListenRule.check(listen: listen, tls: tls.tlsCertFile != nil, authenticates: access.authenticates, insecure: insecure) {
+        case .fine: break
+        case .warn(let line): standardError(line)
+        case .refuse(let line): fail(line)
+        }
+        return access
+    }
+}
+
 struct RelayCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "relay",
@@ -443,14 +472,7 @@ struct RelayCommand: ParsableCommand {
 
     @OptionGroup(title: "TLS") var tlsOptions: RelayTLSOptions
 
-    @Option(help: "Bearer tokens, kube-apiserver's --token-auth-file CSV: token,user,uid[,\"group1,group2\"]. Requests without a known token are answered 401.")
-    var tokenAuthFile: String?
-
-    @Option(help: "Who may port-forward to which pods, YAML (allow: [{user: alice, namespaces: [default], pods: [\"web-*\"]}]); everything else is answered 403.")
-    var authorizationFile: String?
-
-    @Flag(help: "Listen beyond loopback without TLS and authentication anyway (prints a warning).")
-    var insecure = false
+    @OptionGroup(title: "Authentication and authorization") var accessOptions: ServerAccessOptions
 
     @OptionGroup(title: "Limits") var limitOptions: RelayLimitOptions
 
@@ -464,18 +486,7 @@ struct RelayCommand: ParsableCommand {
             guard let address = parseListenAddress(listen) else {
                 throw ValidationError("invalid --listen \"\(listen)\": expected HOST:PORT")
             }
-            var access = AccessControl()
-            access.tokens = try tokenAuthFile.map(TokenFile.init(contentsOf:))
-            access.rules = try authorizationFile.map(AccessRules.init(contentsOf:))
-            // A verified client certificate's CN and O are the caller (--client-ca-file).
-            access.clientCertificates = tlsOptions.clientCaFile != nil
-            // TLS with --tls-cert-file; client certificates authenticate too.
-            switch ListenRule.check(listen: address, tls: tlsOptions.tlsCertFile != nil,
-                                    authenticates: access.authenticates, insecure: insecure) {
-            case .fine: break
-            case .warn(let line): standardError(line)
-            case .refuse(let line): fail(line)
-            }
+            let access = try accessOptions.makeAccess(listen: address, tls: tlsOptions)
             let reactor = try io.makeReactor()
             let connectorObject: Connector = connector == .native
                 ? try NativeConnector(reactor: reactor, timeoutSeconds: connectTimeout)

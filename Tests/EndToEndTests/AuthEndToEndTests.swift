@@ -131,12 +131,7 @@ struct AuthEndToEndTests {
     @Test("The channel protocol (websocket-client) and the official Python client with configuration.api_key: allowed, 401, 403")
     func channels() throws {
         try Peers.require()
-        let check = try E2E.run([Peers.python, "-c", "import kubernetes"], timeout: 30)
-        guard check.status == 0 else {
-            let reason = "the kubernetes package is not in the venv: run `make venv`"
-            Issue.record(Comment(rawValue: "skipped: \(reason)"), severity: .warning)
-            try Test.cancel(Comment(rawValue: reason))
-        }
+        try Peers.requireKubernetesClient()
         try withScene { scene in
             let secured = try SecuredRelay.start(scene)
             let channelpeer = E2E.packageRoot + "/Tests/Peers/channelpeer.py"

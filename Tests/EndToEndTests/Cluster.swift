@@ -287,16 +287,7 @@ extension Cluster {
     /// `kubectl port-forward` (1.32) against `server`; returns it with the local port of the
     /// first forward. `environment` goes before kubectl (KUBECTL_PORT_FORWARD_WEBSOCKETS=false).
     func kubectlForward(_ server: RelayProcess, _ arguments: [String], environment: [String] = []) throws -> (child: Child, port: Int) {
-        let config = try Kubectl.config(server, in: scene.directory)
-        let child = try scene.start(["env", "HOME=\(scene.directory)", "KUBECONFIG=\(config)"] + environment
-                                    + [Kubectl.versioned, "--cache-dir", "\(scene.directory)/kube-cache", "port-forward"] + arguments,
-                                    name: "kubectl")
-        let port = try child.waitFor("kubectl's Forwarding line") { text -> Int? in
-            guard let range = text.range(of: "Forwarding from 127.0.0.1:") else { return nil }
-            let digits = text[range.upperBound...].prefix { $0.isNumber }
-            return text[range.upperBound...].dropFirst(digits.count).hasPrefix(" ->") ? Int(digits) : nil
-        }
-        return (child, port)
+        try Kubectl.portForward(arguments, environment: environment, server: server, scene: scene)
     }
 
     /// HTTP/2 with prior knowledge to `url` (a port-forward path), the `port` header, `body`

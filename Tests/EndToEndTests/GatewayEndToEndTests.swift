@@ -191,12 +191,7 @@ struct GatewayEndToEndTests {
     @Test("The official Python client through the gateway to a pod on each node: data intact, a refused port on its error channel, a 404")
     func pythonClient() throws {
         try Peers.require()
-        let check = try E2E.run([Peers.python, "-c", "import kubernetes"], timeout: 30)
-        guard check.status == 0 else {
-            let reason = "the kubernetes package is not in the venv: run `make venv`"
-            Issue.record(Comment(rawValue: "skipped: \(reason)"), severity: .warning)
-            try Test.cancel(Comment(rawValue: reason))
-        }
+        try Peers.requireKubernetesClient()
         let script = E2E.packageRoot + "/Tests/Peers/k8sclient.py"
         try withCluster { cluster in
             let gateway = try cluster.startGateway()

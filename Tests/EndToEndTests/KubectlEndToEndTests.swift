@@ -44,6 +44,22 @@ enum Kubectl {
     }
 
     /// Runs kubectl with its own kubeconfig, and its discovery cache in the scene's directory.
+    /// Starts `kubectl port-forward` (with `environment` before it) against `server` and returns
+    /// it with the local port it chose for the first forward.
+    static func portForward(_ arguments: [String], binary: String = versioned, environment: [String] = [],
+                            server: RelayProcess, scene: Scene) throws -> (child: Child, port: Int) {
+        let config = try config(server, in: scene.directory)
+        let child = try scene.start(["env", "HOME=\(scene.directory)", "KUBECONFIG=\(config)"] + environment
+                                    + [binary, "--cache-dir", "\(scene.directory)/kube-cache", "port-forward"] + arguments,
+                                    name: "kubectl")
+        let port = try child.waitFor("kubectl's Forwarding line") { text -> Int? in
+            guard let range = text.range(of: "Forwarding from 127.0.0.1:") else { return nil }
+            let digits = text[range.upperBound...].prefix { $0.isNumber }
+            return text[range.upperBound...].dropFirst(digits.count).hasPrefix(" ->") ? Int(digits) : nil
+        }
+        return (child, port)
+    }
+
     static func run(_ arguments: [String], binary: String = versioned, relay: RelayProcess, scene: Scene,
                     timeout: Double = 30) throws -> (status: Int32, stdout: String, stderr: String) {
         let config = try config(relay, in: scene.directory)
@@ -106,16 +122,7 @@ struct KubectlEndToEndTests {
     /// local port it chose for the first forward.
     private func startForward(_ arguments: [String], binary: String = Kubectl.versioned, environment: [String] = [],
                               relay: RelayProcess, scene: Scene) throws -> (child: Child, port: Int) {
-        let config = try Kubectl.config(relay, in: scene.directory)
-        let child = try scene.start(["env", "HOME=\(scene.directory)", "KUBECONFIG=\(config)"] + environment
-                                    + [binary, "--cache-dir", "\(scene.directory)/kube-cache", "port-forward"] + arguments,
-                                    name: "kubectl")
-        let port = try child.waitFor("kubectl's Forwarding line") { text -> Int? in
-            guard let range = text.range(of: "Forwarding from 127.0.0.1:") else { return nil }
-            let digits = text[range.upperBound...].prefix { $0.isNumber }
-            return text[range.upperBound...].dropFirst(digits.count).hasPrefix(" ->") ? Int(digits) : nil
-        }
-        return (child, port)
+        try Kubectl.portForward(arguments, binary: binary, environment: environment, server: relay, scene: scene)
     }
 
     /// Data both ways through a kubectl forward: one large echo, concurrent ones, and a
@@ -251,12 +258,7 @@ struct KubectlEndToEndTests {
         try withScene { scene in
             let relay = try relay(scene)
             let script = E2E.packageRoot + "/Tests/Peers/k8sclient.py"
-            let check = try E2E.run([Peers.python, "-c", "import kubernetes"], timeout: 30)
-            guard check.status == 0 else {
-                let reason = "the kubernetes package is not in the venv: run `make venv`"
-                Issue.record(Comment(rawValue: "skipped: \(reason)"), severity: .warning)
-                try Test.cancel(Comment(rawValue: reason))
-            }
+            try Peers.requireKubernetesClient()
             let good = try E2E.run([Peers.python, script, relay.url, "default", "web", "\(echoPort)", "\(8 << 20)"], timeout: 60)
             #expect(good.status == 0 && good.stdout.contains("phase Running") && good.stdout.contains("ok \(echoPort) \(8 << 20)"), "\(good)")
             let mixed = try E2E.run([Peers.python, script, relay.url, "default", "web", "\(echoPort),7999", "\(256 << 10)"], timeout: 60)

@@ -21,6 +21,16 @@ enum Peers {
         }
     }
 
+    /// Cancels the test (with a warning) when the venv has no `kubernetes` package.
+    static func requireKubernetesClient() throws {
+        let check = try E2E.run([python, "-c", "import kubernetes"], timeout: 30)
+        guard check.status == 0 else {
+            let reason = "the kubernetes package is not in the venv: run `make venv`"
+            Issue.record(Comment(rawValue: "skipped: \(reason)"), severity: .warning)
+            try Test.cancel(Comment(rawValue: reason))
+        }
+    }
+
     /// Runs an h2peer command against `relay` and returns its last line as JSON.
     static func h2(_ command: String, _ relay: RelayProcess, _ arguments: [String] = [], timeout: Double = 60,
                    prefix: [String] = []) throws -> [String: Any] {
