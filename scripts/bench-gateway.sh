@@ -26,6 +26,9 @@
 #              its open descriptors at the peak, and the churn rate (open, echo, close; 100 in
 #              flight) after.
 #
+# GW_HOLD=FILE: set up, write the rows' URLs, process ids and forward ports to FILE (shell
+# assignments), and wait until killed (TERM tears down): for profiling one process by hand.
+#
 # Needs root. Knobs: PORTFORWARD (binary), GW_ROUNDS (3), GW_SECONDS (3, per throughput run),
 # GW_RATE_SECONDS (2), GW_FANOUT (10000), GW_IO (epoll; the backend of every portforward
 # process), GW_PAIR_BUFFERS (bytes, space-separated: one gateway row each; default the
@@ -48,6 +51,7 @@ fail() { printf 'bench-gateway: %s\n' "$*" >&2; exit 1; }
 note() { printf 'bench-gateway: %s\n' "$*" >&2; }
 
 [ -x "$bin" ] || fail "$bin not found: run 'make build' first (or set PORTFORWARD)"
+[ -f "$bin" ] || fail "$bin is not a file"
 [ "$(id -u)" -eq 0 ] || fail "needs root: the nodes and pods are network namespaces"
 for tool in ip python3 timeout; do command -v "$tool" >/dev/null || fail "$tool is missing: run 'make deps'"; done
 
@@ -83,6 +87,11 @@ for _ in $(seq 50); do
 done
 [ -n "$subnet" ] || fail "no unused 10.213.x.0/24 found"
 gateway_ip=$subnet.1
+
+# A copy of the binary under another name: on a shared machine a `pkill -f "portforward gateway"`
+# meant for someone else's processes must not end this run's.
+cp "$bin" "$work/pf-gwbench"
+bin=$work/pf-gwbench
 
 CC=${CC:-$(command -v cc || command -v clang || echo "$(dirname "$(command -v swift)")/clang")}
 "$CC" -O2 -o "$work/connrate" Benchmarks/c/connrate.c || fail "$CC could not build Benchmarks/c/connrate.c"
@@ -161,6 +170,19 @@ for row in "${rows[@]}"; do
     done
 done
 
+if [ -n "${GW_HOLD:-}" ]; then
+    {
+        printf 'rows="%s"\nrelay_a_pid=%s\n' "${rows[*]}" "${relay_pid[a]}"
+        for row in "${rows[@]}"; do
+            printf '%s_server=%s\n%s_pid=%s\n%s_echo_port=%s\n' "${row//-/_}" "${server_of[$row]}" "${row//-/_}" "${pid_of[$row]}" \
+                "${row//-/_}" "${echo_at[$row]}"
+        done
+        printf 'connrate=%s\n' "$work/connrate"
+    } >"$GW_HOLD"
+    note "holding the cluster (GW_HOLD=$GW_HOLD); kill $$ to tear it down"
+    while :; do sleep 1; done
+fi
+
 # --- The figures -----------------------------------------------------------------------------------
 results=$work/results.tsv
 : >"$results"
@@ -168,8 +190,16 @@ record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$results"; }
 cpu_seconds() { awk -v tck="$(getconf CLK_TCK)" '{ print ($14 + $15) / tck }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 json_figure() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["results"].get(sys.argv[2], "nan"))' "$1" "$2" 2>/dev/null || echo nan; }
 
+# alive ROW: its gateway (or relay) still runs; else the figure is recorded as missing.
+alive() {
+    kill -0 "${pid_of[$1]}" 2>/dev/null && return 0
+    note "$1: process ${pid_of[$1]} is gone (see $1.log.err); its figures are left out"
+    return 1
+}
+
 run_throughput() {  # ROW DIRECTION ROUND
     local row=$1 direction=$2 round=$3 json=$work/tput-$1-$2-$3.json
+    alive "$row" || return 0
     local figure=${direction/upload/up}; figure=${figure/download/down}
     local gw_before=0 relay_before
     [ "$row" != node ] && gw_before=$(cpu_seconds "${pid_of[$row]}")
@@ -201,6 +231,7 @@ if gigabytes > 0:
 
 run_rate() {  # ROW ROUND
     local row=$1 round=$2 out=$work/rate-$1-$2.out
+    alive "$row" || return 0
     if timeout $((rate_seconds + 30)) "$work/connrate" 127.0.0.1 "${echo_at[$row]}" "$rate_seconds" 0.5 1 >"$out" 2>"$out.err"; then
         record "$row" rate "$round" "$(cut -d' ' -f1 "$out")"
         record "$row" rate_p50 "$round" "$(cut -d' ' -f2 "$out")"
@@ -212,6 +243,7 @@ run_rate() {  # ROW ROUND
 
 run_rr() {  # ROW ROUND
     local row=$1 round=$2 json=$work/rr-$1-$2.json
+    alive "$row" || return 0
     if timeout 40 "$bin" bench rr --server "${server_of[$row]}" --pod default/pod-a --port 7300 -t 2 --warmup 0.5 \
             --io "$io" -q --json "$json" >"$json.out" 2>&1; then
         record "$row" rr "$round" "$(json_figure "$json" round_trips_per_s)"
@@ -226,13 +258,14 @@ run_fanout() {  # ROW ROUND
     local row=$1 round=$2 json=$work/fanout-$1-$2.json pods=default/pod-a,default/pod-b,default/pod-c
     [ "$row" = node ] && pods=default/pod-a
     local pid=${pid_of[$row]}
+    alive "$row" || return 0
     # The held process's open descriptors, sampled while the run lasts (the bench reports its RSS).
     touch "$work/fanout-running"
     ( peak=0; while [ -e "$work/fanout-running" ]; do
-          n=$(ls "/proc/$pid/fd" 2>/dev/null | wc -l); [ "$n" -gt "$peak" ] && peak=$n; sleep 0.2
+          n=$(ls "/proc/$pid/fd" 2>/dev/null | wc -l || true); [ "$n" -gt "$peak" ] && peak=$n; sleep 0.2
       done; echo "$peak" >"$work/fds-$row-$round" ) &
     local sampler=$!
-    local fds_before; fds_before=$(ls "/proc/$pid/fd" | wc -l)
+    local fds_before; fds_before=$(ls "/proc/$pid/fd" 2>/dev/null | wc -l || true)
     timeout 180 "$bin" bench fanout --server "${server_of[$row]}" --pod "$pods" --port 7300 -s "$fanout_streams" -t 2 \
         --hold 0.5 --io "$io" --rss-pid "$pid" -q --json "$json" >"$json.out" 2>&1 || true
     rm -f "$work/fanout-running"; wait "$sampler" 2>/dev/null || true
