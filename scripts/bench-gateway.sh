@@ -144,14 +144,26 @@ declare -A server_of pid_of echo_at forward_pid
 rows=(node)
 server_of[node]=http://${node_ip[a]}:10250
 pid_of[node]=${relay_pid[a]}
+declare -A size_of port_of
+restarts=0
+start_gateway() {  # ROW: (re)starts the row's gateway, appending to its logs
+    local row=$1
+    "$bin" gateway --listen "$gateway_ip:${port_of[$row]}" --nodes "$work/nodes.yaml" --pair-buffer "${size_of[$row]}" \
+        --insecure --io "$io" >>"$work/$row.log" 2>>"$work/$row.log.err" &
+    pids+=($!); pid_of[$row]=$!
+    local ready; ready=$(grep -c "^Gateway listening on" "$work/$row.log" 2>/dev/null || true)
+    for _ in $(seq 150); do
+        [ "$(grep -c "^Gateway listening on" "$work/$row.log" 2>/dev/null || true)" -gt "${ready:-0}" ] && break
+        kill -0 "${pid_of[$row]}" 2>/dev/null || fail "the gateway ($row) exited: $(tail -n 3 "$work/$row.log.err")"
+        sleep 0.1
+    done
+    tail -n 1 "$work/$row.log" | grep -q "3 reachable" || fail "$row: not every node is reachable: $(tail -n 4 "$work/$row.log")"
+}
 port=6443
 for size in "${pair_buffers[@]}"; do
     row=gw-$size
-    "$bin" gateway --listen "$gateway_ip:$port" --nodes "$work/nodes.yaml" --pair-buffer "$size" --insecure --io "$io" \
-        >"$work/$row.log" 2>"$work/$row.log.err" &
-    pids+=($!); pid_of[$row]=$!
-    wait_line "$work/$row.log" "Gateway listening on" $! "the gateway ($row)"
-    grep -q "3 reachable" "$work/$row.log" || fail "$row: not every node is reachable: $(cat "$work/$row.log")"
+    size_of[$row]=$size; port_of[$row]=$port
+    start_gateway "$row"
     server_of[$row]=http://$gateway_ip:$port
     rows+=("$row")
     port=$((port + 1))
@@ -190,10 +202,19 @@ record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$results"; }
 cpu_seconds() { awk -v tck="$(getconf CLK_TCK)" '{ print ($14 + $15) / tck }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 json_figure() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["results"].get(sys.argv[2], "nan"))' "$1" "$2" 2>/dev/null || echo nan; }
 
-# alive ROW: its gateway (or relay) still runs; else the figure is recorded as missing.
+# alive ROW: its gateway (or relay) still runs. A gateway that is gone is started again (on a
+# shared machine another session's `pkill -f gateway` has ended ours mid-run; its log says
+# "Draining", the SIGTERM handler's line): a figure it was in the middle of is lost, not the run.
 alive() {
     kill -0 "${pid_of[$1]}" 2>/dev/null && return 0
-    note "$1: process ${pid_of[$1]} is gone (see $1.log.err); its figures are left out"
+    if [[ $1 == gw-* ]]; then
+        note "$1: the gateway (${pid_of[$1]}) is gone ($(tail -n 1 "$work/$1.log.err")): starting it again"
+        restarts=$((restarts + 1))
+        start_gateway "$1"
+        sleep 1
+        return 0
+    fi
+    note "$1: process ${pid_of[$1]} is gone; its figures are left out"
     return 1
 }
 
@@ -310,9 +331,9 @@ elapsed=$((SECONDS - started))
 mkdir -p "$out_dir"
 stamp=$(date -u +%Y%m%d-%H%M%S)
 python3 - "$results" "$out_dir/gateway-$stamp" "$rounds" "$seconds" "$rate_seconds" "$fanout_streams" "$io" "$elapsed" \
-    "$(IFS=';'; echo "${loads[*]}")" "${rows[*]}" <<'EOF'
+    "$(IFS=';'; echo "${loads[*]}")" "${rows[*]}" "$restarts" <<'EOF'
 import json, math, statistics, sys
-results, base, rounds, seconds, rate_seconds, fanout, io, elapsed, loads, rows = sys.argv[1:11]
+results, base, rounds, seconds, rate_seconds, fanout, io, elapsed, loads, rows, restarts = sys.argv[1:12]
 rows = rows.split()
 samples = {}
 for line in open(results):
@@ -378,6 +399,8 @@ out.append(f"medians (min-max) of {rounds} interleaved rounds; throughput {secon
            f"64-byte echoes on one stream; fan-out: `portforward bench fanout`, gateway rows round robin over pod-a/b/c "
            f"on three nodes, node row pod-a; RSS from VmRSS before and with the streams held; io {io}; {int(elapsed)} s")
 out.append("load average (1/5/15 min) at each round's start and at the end: " + "; ".join(loads.split(";")))
+if int(restarts):
+    out.append(f"gateways ended from outside and started again during the run: {restarts} (a figure in progress then is missing or partial)")
 text = "\n".join(out)
 print(text)
 open(base + ".txt", "w").write(text + "\n")
