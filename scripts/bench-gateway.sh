@@ -18,7 +18,7 @@
 #              cover the same time).
 #   rate       connections per second, serial, through `portforward forward` (a new TCP
 #              connection, so a new stream, each time; Benchmarks/c/connrate.c: connect, 4-byte
-#              echo, close), and its p50.
+#              echo, close), its p50, and the gateway's and node-a's relay's CPU per connection.
 #   rr         `portforward bench rr`: 64-byte round trips on one stream, per second, and p50.
 #   fanout     `portforward bench fanout`: GW_FANOUT streams held on one connection, through a
 #              gateway spread over the three nodes' pods (round robin), straight to node-a's pod
@@ -253,9 +253,24 @@ if gigabytes > 0:
 run_rate() {  # ROW ROUND
     local row=$1 round=$2 out=$work/rate-$1-$2.out
     alive "$row" || return 0
+    local gw_before=0 relay_before gw_after=0 relay_after
+    [ "$row" != node ] && gw_before=$(cpu_seconds "${pid_of[$row]}")
+    relay_before=$(cpu_seconds "${relay_pid[a]}")
     if timeout $((rate_seconds + 30)) "$work/connrate" 127.0.0.1 "${echo_at[$row]}" "$rate_seconds" 0.5 1 >"$out" 2>"$out.err"; then
+        [ "$row" != node ] && gw_after=$(cpu_seconds "${pid_of[$row]}")
+        relay_after=$(cpu_seconds "${relay_pid[a]}")
         record "$row" rate "$round" "$(cut -d' ' -f1 "$out")"
         record "$row" rate_p50 "$round" "$(cut -d' ' -f2 "$out")"
+        # CPU per connection: over the 0.5 s warm-up too, taken to run at the measured rate.
+        python3 -c '
+import sys
+row, rnd, rate, seconds, gb, ga, rb, ra = sys.argv[1:9]
+n = float(rate) * (float(seconds) + 0.5)
+if n > 0:
+    if row != "node":
+        print(f"{row}\trate_gw_us\t{rnd}\t{(float(ga) - float(gb)) / n * 1e6}")
+    print(f"{row}\trate_relay_us\t{rnd}\t{(float(ra) - float(rb)) / n * 1e6}")' \
+            "$row" "$round" "$(cut -d' ' -f1 "$out")" "$rate_seconds" "$gw_before" "$gw_after" "$relay_before" "$relay_after" >>"$results"
     else
         note "connrate through $row failed: $(tail -n 3 "$out" "$out.err" | tr '\n' ' ')"
         record "$row" rate "$round" nan
@@ -367,6 +382,7 @@ figures = [
     ("up_gw_cpu", "gateway CPU-s/GB up", 3), ("down_gw_cpu", "gateway CPU-s/GB down", 3),
     ("up_relay_cpu", "node relay CPU-s/GB up", 3), ("down_relay_cpu", "node relay CPU-s/GB down", 3),
     ("rate", "conn/s serial (forward)", None), ("rate_p50", "conn p50 us", None),
+    ("rate_gw_us", "gateway CPU us per conn", None), ("rate_relay_us", "node relay CPU us per conn", None),
     ("rr", "rr round trips/s", None), ("rr_p50", "rr p50 us", None),
     ("fanout_held", f"fan-out streams held (of {int(fanout):,})", None), ("fanout_rate", "fan-out opens/s", None),
     ("churn_rate", "churn streams/s", None), ("rss_per_stream", "RSS bytes per held stream", None),
