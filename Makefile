@@ -32,7 +32,7 @@ ASAN_OPTIONS ?= detect_leaks=0
 # of freed memory; code 2-3x slower): skipped there.
 ASAN_SKIP ?= heldBytesBound|memoryGivenBack
 
-.PHONY: deps build test demo bench bench-flood soak fuzz test-asan clean venv malloc-count
+.PHONY: deps build test demo bench bench-gateway bench-flood soak fuzz test-asan clean venv malloc-count
 
 deps:
 	@missing=""; \
@@ -95,6 +95,12 @@ bench: build
 	else \
 	    echo "scripts/bench.sh does not exist yet: nothing to benchmark (see issue 4)"; \
 	fi
+	PORTFORWARD=$(PORTFORWARD) scripts/bench-gateway.sh
+
+# The gateway beside the node relay it fronts: three node namespaces on a bridge (root;
+# docs/PERFORMANCE.md, "The gateway (issue 11)"). Also the last part of `make bench`.
+bench-gateway: build
+	PORTFORWARD=$(PORTFORWARD) scripts/bench-gateway.sh
 
 # A healthy client's stream-open time while other clients flood the relay (docs/PERFORMANCE.md).
 # Calls to malloc while a relay and a client move iperf3 traffic (root; an LD_PRELOAD counter).

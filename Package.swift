@@ -56,5 +56,6 @@ let package = Package(
         .testTarget(name: "SPDYTests", dependencies: ["SPDY", "CZlib"]),
         .testTarget(name: "PortForwardTests", dependencies: ["PortForward", "HTTP2", "Reactor"]),
         .testTarget(name: "EndToEndTests", dependencies: ["PortForward", "Reactor", "CLinuxShim", "TLS"]),
+        .testTarget(name: "BenchTests", dependencies: ["Bench", "PortForward"]),
     ]
 )

@@ -6,20 +6,53 @@ import Reactor
 @preconcurrency import Glibc
 #endif
 
-/// Where the bench's streams go: a relay, a pod path on it, and the pod's ports.
+/// Where the bench's streams go: a relay (or a gateway), one or more pod paths on it, and the
+/// pods' ports (the same on every pod).
 public struct RelayTarget: Sendable {
     public var server: ServerURL
-    public var path: ForwardPath
+    /// The pods, each possibly on another node behind a gateway: stream `slot` goes to
+    /// `paths[slot % paths.count]` (round robin; one pod: all streams to it).
+    public var paths: [ForwardPath]
     public var echoPort: Int
     public var discardPort: Int
     public var sourcePort: Int
 
+    /// The first pod (the only one, unless several were given).
+    public var path: ForwardPath { paths[0] }
+
     public init(server: ServerURL, path: ForwardPath, echoPort: Int, discardPort: Int? = nil, sourcePort: Int? = nil) {
+        self.init(server: server, paths: [path], echoPort: echoPort, discardPort: discardPort, sourcePort: sourcePort)
+    }
+
+    /// `paths` must not be empty.
+    public init(server: ServerURL, paths: [ForwardPath], echoPort: Int, discardPort: Int? = nil, sourcePort: Int? = nil) {
+        precondition(!paths.isEmpty, "a bench target needs at least one pod")
         self.server = server
-        self.path = path
+        self.paths = paths
         self.echoPort = echoPort
         self.discardPort = discardPort ?? echoPort
         self.sourcePort = sourcePort ?? echoPort
+    }
+
+    /// Which of `count` pods stream `slot` goes to.
+    public static func podIndex(slot: Int, pods count: Int) -> Int { count <= 1 ? 0 : slot % count }
+
+    /// The pod stream `slot` goes to.
+    public func path(forSlot slot: Int) -> ForwardPath { paths[Self.podIndex(slot: slot, pods: paths.count)] }
+
+    /// `--pod` values, each NAMESPACE/NAME or a comma list of them, in order; nil when one is
+    /// not NAMESPACE/NAME (or none is given). `node` goes into every path (the seed's
+    /// `/proxy/nodes/NODE/...`).
+    public static func pods(parsing values: [String], node: String? = nil) -> [ForwardPath]? {
+        var paths: [ForwardPath] = []
+        for value in values {
+            for item in value.split(separator: ",", omittingEmptySubsequences: false) {
+                let parts = String(item).trimmedSpaces.split(separator: "/", omittingEmptySubsequences: false)
+                guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else { return nil }
+                paths.append(ForwardPath(node: node, namespace: String(parts[0]), pod: String(parts[1])))
+            }
+        }
+        return paths.isEmpty ? nil : paths
     }
 }
 
@@ -182,7 +215,8 @@ final class BenchConnection: SessionDelegate, CompletionHandler {
     private var lastError = "cannot resolve"
     private let settings: SessionSettings
     private let authority: String
-    private let path: String
+    /// The request path of each pod (`RelayTarget.paths`), chosen per stream by its slot.
+    private let paths: [String]
     /// Called once connected (nil) or when the connection could not be made (the reason).
     var onConnect: ((String?) -> Void)?
     /// Called once when the connection is gone after it was made.
@@ -195,7 +229,7 @@ final class BenchConnection: SessionDelegate, CompletionHandler {
         self.index = index
         self.settings = settings
         authority = target.server.authority
-        path = target.path.path
+        paths = target.paths.map(\.path)
     }
 
     func connect() {
@@ -252,7 +286,7 @@ final class BenchConnection: SessionDelegate, CompletionHandler {
         stream.openedAt = Clock.nanoseconds()
         stream.id = try connection.session.submitRequest([
             (":method", "POST"), (":scheme", "http"), (":authority", authority),
-            (":path", path), ("port", String(port)),
+            (":path", paths[RelayTarget.podIndex(slot: stream.slot, pods: paths.count)]), ("port", String(port)),
         ], body: stream)
         streams[stream.id] = stream
         connection.flushSoon()

@@ -152,7 +152,7 @@ final class FanoutScenario: RelayScenario {
     }
 
     private func churnTimeUp() {
-        guard !finished else { return }
+        guard !finished, phase == .churn else { return }
         churnEnd = now()
         phase = .drain
         if churnInFlight == 0 { return report() }
@@ -250,7 +250,12 @@ final class FanoutScenario: RelayScenario {
                 }
                 noteError("churn: " + reason)
             }
-            if phase == .churn {
+            if phase == .churn && stream.status == 0 && errorCode == 7 {
+                // REFUSED_STREAM before any answer: the relay said GOAWAY. nghttp2 refuses every
+                // stream opened from here inside its send loop, and opening the next one from
+                // this callback would spin there forever: the churn ends.
+                churnTimeUp()
+            } else if phase == .churn {
                 churnOpen()
             } else if phase == .drain && churnInFlight == 0 {
                 report()

@@ -18,7 +18,10 @@ public enum TargetChoice: Sendable {
 
 /// Runs one bench scenario: sets up what it needs, runs it, prints the table on stdout and
 /// writes the JSON file. Returns the exit status (0: ran and every stream behaved).
-public func runBench(options: BenchOptions, target: TargetChoice, backend: IOBackendChoice, jsonPath: String?) throws -> Int32 {
+/// `residentPID`: a relay (or gateway) the bench did not start, whose resident memory the fanout
+/// report gives before the streams and while they are held (`--rss-pid`).
+public func runBench(options: BenchOptions, target: TargetChoice, backend: IOBackendChoice, jsonPath: String?,
+                     residentPID: Int32? = nil) throws -> Int32 {
     Process.ignoreBrokenPipes()
     let limits = Process.raiseOpenFileLimit()
     let reactor = try Reactors.make(backend)
@@ -34,7 +37,7 @@ public func runBench(options: BenchOptions, target: TargetChoice, backend: IOBac
     case .relay(let given):
         relayTarget = given
         setup.append(("relay", .string(given.server.authority)))
-        setup.append(("pod", .string("\(given.path.namespace)/\(given.path.pod)")))
+        setup.append(("pod", .string(given.paths.map { "\($0.namespace)/\($0.pod)" }.joined(separator: ","))))
         setup.append(("spawned", .bool(false)))
     case .spawn(let relayIO, let serverIO, let chosen, let copy):
         // Signals stay blocked from here on, so Ctrl-C during set-up still gets to clean up.
@@ -80,6 +83,7 @@ public func runBench(options: BenchOptions, target: TargetChoice, backend: IOBac
         default: scenario = RequestResponseScenario(reactor: reactor, target: relayTarget, options: options)
         }
         if let pod = spawned { scenario.relayResidentKiB = { pod.relayResidentKiB } }
+        if let residentPID { scenario.relayResidentKiB = { Child.residentKiB(pid: residentPID) } }
         result = try scenario.run()
     }
 

@@ -35,6 +35,7 @@ struct BenchCommand: ParsableCommand {
           portforward bench throughput -d both -s 8 -t 5
           portforward bench fanout --streams 10000 --json fanout.json
           portforward bench rr --server http://127.0.0.1:10250 --pod default/web --port 7
+          portforward bench fanout --server http://127.0.0.1:6443 --pod default/a,default/b --port 7 (round robin)
           portforward bench --serve echo --port 7000
         """)
 
@@ -48,8 +49,8 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "An existing relay's URL (then --pod and --port are needed).")
     var server: String?
 
-    @Option(help: "The pod on that relay, NAMESPACE/NAME.")
-    var pod: String?
+    @Option(help: "The pod on that relay, NAMESPACE/NAME; several (repeated, or a comma list): streams round robin over them.")
+    var pod: [String] = []
 
     @Option(help: "Go through the API server's path for this node (/proxy/nodes/NODE/portForward/...).")
     var node: String?
@@ -98,6 +99,9 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "fanout: seconds to hold the streams before echoing on each again.")
     var hold = 1.0
 
+    @Option(help: "fanout: report this process's resident memory (a relay or gateway the bench did not start).")
+    var rssPid: Int32?
+
     @Option(help: "Seconds a phase (opening, closing) may take before the run fails.")
     var timeout = 60.0
 
@@ -137,7 +141,7 @@ struct BenchCommand: ParsableCommand {
         }
         if server != nil {
             if spawnPod { throw ValidationError("--spawn-pod starts its own relay: leave out --server") }
-            guard let pod, pod.split(separator: "/").count == 2 else { throw ValidationError("--server needs --pod NAMESPACE/NAME") }
+            guard RelayTarget.pods(parsing: pod) != nil else { throw ValidationError("--server needs --pod NAMESPACE/NAME (one or more)") }
             guard let port, (1...65535).contains(port) else { throw ValidationError("--server needs --port N (the pod's echo port)") }
         }
     }
@@ -177,15 +181,14 @@ struct BenchCommand: ParsableCommand {
                 if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
                 choice = .plain(host: host, port: number)
             } else if let server {
-                let parts = pod!.split(separator: "/").map(String.init)
                 choice = .relay(RelayTarget(server: try ServerURL(parsing: server),
-                                            path: ForwardPath(node: node, namespace: parts[0], pod: parts[1]),
+                                            paths: RelayTarget.pods(parsing: pod, node: node)!,
                                             echoPort: port!, discardPort: discardPort, sourcePort: sourcePort))
             } else {
                 choice = .spawn(relayIO: relayIO ?? io.backend, serverIO: io.backend, connector: connector.rawValue,
                                 copy: io.copy.rawValue)
             }
-            let status = try runBench(options: options, target: choice, backend: io.backend, jsonPath: json)
+            let status = try runBench(options: options, target: choice, backend: io.backend, jsonPath: json, residentPID: rssPid)
             if status != 0 { throw ExitCode(status) }
         } catch let exit as ExitCode {
             throw exit
