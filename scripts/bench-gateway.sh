@@ -7,11 +7,11 @@
 # relay (`portforward relay --listen NODEIP:10250 --node node-X --insecure`) for one pod, a
 # network namespace of its own with the bench's target server (`portforward bench --serve all`:
 # echo 7100, discard 7101, source 7102) and the C echo server (Benchmarks/c/echo-server.c, 7300).
-# In the root namespace: one gateway per pair-buffer size asked for (`--pair-buffer`), each with
-# its ONE HTTP/2 connection to every node relay.
+# In the root namespace: the gateway, with its ONE HTTP/2 connection to every node relay (and,
+# with GW_BASELINE, a second gateway from another binary, e.g. an older commit's).
 #
-# Rows: "node" (straight to node-a's relay over the veth) and "gw-SIZE" (the same pod, pod-a,
-# through a gateway), with the same clients. Every round runs each figure on every row in turn:
+# Rows: "node" (straight to node-a's relay over the veth), "gw" (the same pod, pod-a, through the
+# gateway) and "gw-base" (through the baseline's gateway), with the same clients. Every round runs each figure on every row in turn:
 #   up, down   `portforward bench throughput -d upload|download`, one stream on one connection,
 #              Gbit/s; with the CPU (utime+stime from /proc/PID/stat before and after) of the
 #              gateway and of node-a's relay per GB moved (--warmup 0: the CPU and the bytes
@@ -31,8 +31,8 @@
 #
 # Needs root. Knobs: PORTFORWARD (binary), GW_ROUNDS (3), GW_SECONDS (3, per throughput run),
 # GW_RATE_SECONDS (2), GW_FANOUT (10000), GW_IO (epoll; the backend of every portforward
-# process), GW_PAIR_BUFFERS (bytes, space-separated: one gateway row each; default the
-# gateway's own default), GW_FIGURES (subset of: up down rate rr fanout). Writes
+# process), GW_BASELINE (another portforward binary: its gateway is the row gw-base; the
+# relays and load generators stay this binary's), GW_FIGURES (subset of: up down rate rr fanout). Writes
 # bench-results/gateway-<time>.{txt,json} and bench-results/gateway-latest.{txt,json}.
 set -euo pipefail
 
@@ -43,7 +43,8 @@ seconds=${GW_SECONDS:-3}
 rate_seconds=${GW_RATE_SECONDS:-2}
 fanout_streams=${GW_FANOUT:-10000}
 io=${GW_IO:-epoll}
-pair_buffers=(${GW_PAIR_BUFFERS:-262144})
+baseline=${GW_BASELINE:-}
+[ -z "$baseline" ] || baseline=$(realpath "$baseline")
 figures_wanted=${GW_FIGURES:-up down rate rr fanout}
 out_dir=bench-results
 
@@ -139,16 +140,16 @@ for node in a b c; do
     printf '  - {name: node-%s, address: "%s:10250"}\n' "$node" "${node_ip[$node]}" >>"$work/nodes.yaml"
 done
 
-# The rows: straight to node-a's relay, and one gateway per pair-buffer size.
+# The rows: straight to node-a's relay, the gateway, and the baseline's gateway.
 declare -A server_of pid_of echo_at forward_pid
 rows=(node)
 server_of[node]=http://${node_ip[a]}:10250
 pid_of[node]=${relay_pid[a]}
-declare -A size_of port_of
+declare -A binary_of port_of
 restarts=0
 start_gateway() {  # ROW: (re)starts the row's gateway, appending to its logs
     local row=$1
-    "$bin" gateway --listen "$gateway_ip:${port_of[$row]}" --nodes "$work/nodes.yaml" --pair-buffer "${size_of[$row]}" \
+    "${binary_of[$row]}" gateway --listen "$gateway_ip:${port_of[$row]}" --nodes "$work/nodes.yaml" \
         --insecure --io "$io" >>"$work/$row.log" 2>>"$work/$row.log.err" &
     pids+=($!); pid_of[$row]=$!
     local ready; ready=$(grep -c "^Gateway listening on" "$work/$row.log" 2>/dev/null || true)
@@ -160,9 +161,16 @@ start_gateway() {  # ROW: (re)starts the row's gateway, appending to its logs
     tail -n 1 "$work/$row.log" | grep -q "3 reachable" || fail "$row: not every node is reachable: $(tail -n 4 "$work/$row.log")"
 }
 port=6443
-for size in "${pair_buffers[@]}"; do
-    row=gw-$size
-    size_of[$row]=$size; port_of[$row]=$port
+gateway_rows=(gw)
+binary_of[gw]=$bin
+if [ -n "$baseline" ]; then
+    # A renamed copy, as for this binary (see above): its processes are told apart by name.
+    cp "$baseline" "$work/portforward-base"
+    binary_of[gw-base]=$work/portforward-base
+    gateway_rows+=(gw-base)
+fi
+for row in "${gateway_rows[@]}"; do
+    port_of[$row]=$port
     start_gateway "$row"
     server_of[$row]=http://$gateway_ip:$port
     rows+=("$row")
@@ -207,7 +215,7 @@ json_figure() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))
 # "Draining", the SIGTERM handler's line): a figure it was in the middle of is lost, not the run.
 alive() {
     kill -0 "${pid_of[$1]}" 2>/dev/null && return 0
-    if [[ $1 == gw-* ]]; then
+    if [[ $1 == gw* ]]; then
         note "$1: the gateway (${pid_of[$1]}) is gone ($(tail -n 1 "$work/$1.log.err")): starting it again"
         restarts=$((restarts + 1))
         start_gateway "$1"
