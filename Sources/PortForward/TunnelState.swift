@@ -183,6 +183,11 @@ public struct TunnelState {
     /// A stream whose socket does not read holds at most this many chunks in pipes (its later
     /// DATA waits in pooled buffers), so that a few stalled streams cannot take the pipe pool.
     public static let maxQueuedPipes = 2
+    /// The same for a bridged tunnel (a gateway): its head chunk stays queued, lent, until the
+    /// other connection has sent it, so two would leave one pipe receiving; with four, 10-14%
+    /// less gateway CPU per GB (docs/PERFORMANCE.md, "The gateway"). The stream window still
+    /// bounds the bytes.
+    public static let maxQueuedPipesBridged = 4
     /// How much of a refusal's body is kept as its reason.
     public static let maxRejectionText = 4096
 
@@ -232,7 +237,7 @@ public struct TunnelState {
 
     /// Whether DATA may arrive spliced: the socket is there and bytes will be written to it.
     public var acceptsSplice: Bool {
-        splice && attached && down != .discarding && queue.pipes < Self.maxQueuedPipes && (!bridged || partnerTakesPipes)
+        splice && attached && down != .discarding && queue.pipes < (bridged ? Self.maxQueuedPipesBridged : Self.maxQueuedPipes) && (!bridged || partnerTakesPipes)
     }
 
     // MARK: events: the socket
