@@ -407,7 +407,10 @@ public final class Forwarder: CompletionHandler {
             do {
                 let pod: PodDescription
                 if let node = options.target.node {
-                    guard let found = try PodDescription.list(json: body).first else {
+                    // A relay that does not know field selectors answers the whole namespace.
+                    guard let found = try PodDescription.list(json: body).first(where: {
+                        $0.name == options.target.pod && ($0.nodeName ?? node) == node
+                    }) else {
                         return podUnavailable("pod \"\(podName)\" not found on node \"\(node)\"", gone: true)
                     }
                     pod = found

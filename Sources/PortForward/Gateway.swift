@@ -218,8 +218,9 @@ final class UpstreamAttempt: ConnectAttempt, CompletionHandler {
     func complete(_ completion: Completion) {
         timerArmed = false
         guard waiting else { return }
+        let seconds = connector.gateway?.settings.connectTimeoutSeconds ?? 0
+        finish(.failed(.upstream(status: 504, text: "node \"\(node)\" did not answer the stream for port \(port) within \(seconds.formatted1) s")))
         upstream?.abort()
-        finish(.failed(.connectTimedOut(port: port, seconds: connector.gateway?.settings.connectTimeoutSeconds ?? 0)))
     }
 
     func finish(_ result: ConnectResult) {
@@ -273,6 +274,7 @@ public final class NodeLink: CompletionHandler {
     private var listStatus = 0
     private var listBody: [UInt8] = []
     private var listTooLarge = false
+    private var listStarted: UInt64 = 0
     private var refreshArmed = false
 
     private enum Tag: UInt32 { case redial = 1, refresh }
@@ -331,6 +333,7 @@ public final class NodeLink: CompletionHandler {
                 throw error
             }
             guard done.alpn == "h2" else {
+                Glibc.close(tcp)
                 throw ForwardError("the node relay did not agree to HTTP/2 over TLS (ALPN \(done.alpn ?? "none"))")
             }
             let pump = TLSConnection(established: done, reactor: reactor, peer: "\(entry.address)", deadlineSeconds: 2)
@@ -360,8 +363,7 @@ public final class NodeLink: CompletionHandler {
                 return
             }
             guard let tunnel = table[stream] else { return }
-            if let status = headers[":status"] {
-                let code = Int(status) ?? 0
+            if let status = headers[":status"], let code = Int(status), !(100..<200).contains(code) {
                 tunnel.responded(status: code)
                 if code == 200 { self.pending.removeValue(forKey: PendingKey(table: ObjectIdentifier(table), stream: stream))?.answered() }
             }
@@ -370,6 +372,7 @@ public final class NodeLink: CompletionHandler {
         table.onOtherData = { [unowned self, unowned connection] stream, data in
             guard connection === self.connection, stream == self.listStream else { return }
             if self.listBody.count + data.count > self.settings.maximumPodListBytes {
+                if !self.listTooLarge { connection.session.reset(stream) }
                 self.listTooLarge = true
             } else {
                 self.listBody.append(contentsOf: data)
@@ -397,6 +400,7 @@ public final class NodeLink: CompletionHandler {
         listStatus = 0
         listBody = []
         listTooLarge = false
+        listStarted = Clock.nanoseconds()
         do {
             listStream = try connection.session.submitRequest(headers, body: nil)
         } catch {
@@ -412,10 +416,10 @@ public final class NodeLink: CompletionHandler {
         guard let connection else { return }
         let problem: String?
         var found: [Pod] = []
-        if reset || listStatus == 0 {
-            problem = "the node relay reset the pod list"
-        } else if listTooLarge {
+        if listTooLarge {
             problem = "the pod list is larger than \(settings.maximumPodListBytes) bytes"
+        } else if reset || listStatus == 0 {
+            problem = "the node relay reset the pod list (or it took longer than \(settings.connectTimeoutSeconds.formatted1) s)"
         } else if listStatus != 200 {
             problem = "the node relay answered \(listStatus) to the pod list: \(Refusal.statusMessage(body) ?? Refusal.message(body: body))"
         } else {
@@ -431,9 +435,14 @@ public final class NodeLink: CompletionHandler {
             }
         }
         if let problem {
-            // A node whose pods cannot be known is not served: it is dialled again later.
-            connection.close(reason: problem)
-            return
+            guard reachable else {
+                // A node whose pods cannot be known is not served: it is dialled again later.
+                connection.close(reason: problem)
+                return
+            }
+            // A refresh failed: the streams on the connection go on, with the pods last listed.
+            gateway.relay.limitedLog("node \(entry.name): \(problem): keeping the pods listed before")
+            return armRefresh()
         }
         failures = 0
         let changed = found != pods || !reachable
@@ -516,7 +525,16 @@ public final class NodeLink: CompletionHandler {
             startDial()
         case .refresh:
             refreshArmed = false
-            if connection != nil { list() }
+            guard let connection else { return }
+            if let stream = listStream {
+                // A list that does not end is given up (reset: `listed` says so) at the connect timeout.
+                if Clock.nanoseconds() - listStarted >= UInt64(settings.connectTimeoutSeconds * 1e9) {
+                    connection.session.reset(stream)
+                    connection.flushSoon()
+                }
+                return armRefresh()
+            }
+            list()
         case nil:
             break
         }

@@ -31,7 +31,9 @@ public final class Tunnel: CompletionHandler {
     public private(set) var fd: FileDescriptor = -1
     let reactor: ReactorBackend
     private let pipes: PipePool?
-    private let held: HeldBytes
+    /// The bound this tunnel's bytes count against: its connection's; a gateway's node tunnel
+    /// counts against its client's connection (`join`).
+    private var held: HeldBytes
     private var buffers: BufferPool { reactor.buffers }
     /// The actions of the event being handled, performed in order; reused, so that the data path
     /// allocates nothing.
@@ -110,6 +112,10 @@ public final class Tunnel: CompletionHandler {
         }
         state.bridged = true
         other.state.bridged = true
+        // What the node stream holds for this client counts against the client's connection: a
+        // client that does not read pauses its own connection, never the node connection that
+        // every client of that node shares.
+        other.held = held
         state.partnerTakesPipes = other.pipes != nil
         other.state.partnerTakesPipes = pipes != nil
         partner = other
@@ -149,6 +155,13 @@ public final class Tunnel: CompletionHandler {
         } else {
             handle { $0.socketFailed(&$1) }
         }
+    }
+
+    /// Whether `queued` is the chunk lent as `lent`: the same pipe (a pipe chunk's start moves as
+    /// it is written), or the same buffer at the same start.
+    private static func same(_ lent: Chunk, _ queued: Chunk) -> Bool {
+        if let pipe = lent.pipe { return queued.pipe?.read == pipe.read }
+        return queued.pipe == nil && lent.buffer == queued.buffer && lent.start == queued.start
     }
 
     private func release(_ chunk: Chunk) {
@@ -271,8 +284,12 @@ public final class Tunnel: CompletionHandler {
         case .receive:
             if held.isOver { return state.noRoom(&actions) }
             if state.bridged {
+                guard let partner else {
+                    // The partner finished and went (its end was not taken): the end of file.
+                    return state.lenderEnded(&actions)
+                }
                 wantsChunk = true
-                partner?.lendIfWanted()
+                partner.lendIfWanted()
                 return
             }
             reactor.receive(fd, handler: self, tag: Tag.receive.rawValue)
@@ -340,7 +357,7 @@ public final class Tunnel: CompletionHandler {
         case .closeSocket(let chunks) where state.bridged:
             // The chunk lent now is released when it is given back; the rest at once.
             for chunk in chunks {
-                if let lent = lentOut, lent.buffer == chunk.buffer, lent.start == chunk.start, lent.pipe?.read == chunk.pipe?.read {
+                if let lent = lentOut, Self.same(lent, chunk) {
                     releaseWhenGivenBack = true
                 } else {
                     release(chunk)

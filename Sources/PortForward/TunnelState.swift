@@ -324,7 +324,7 @@ public struct TunnelState {
     /// Bridged: the partner lends `chunk` (what it would have written to its socket) as this
     /// tunnel's next read.
     public mutating func lent(_ chunk: Chunk, _ out: inout [TunnelAction]) {
-        guard case .receiving(nil) = up, case .open = phase else {
+        guard chunk.count > 0, case .receiving(nil) = up, case .open = phase else {
             out.append(.giveBack(0, complete: false))
             return
         }

@@ -64,3 +64,43 @@ struct GatewayTLSTests {
         }
     }
 }
+
+@Suite("End to end: a client that stalls does not stall the node connection it shares", .serialized)
+struct GatewaySharedConnectionTests {
+    @Test("One client's stalled streams pause its own connection (--max-held-bytes), not the node connection: another client's echo through the same node goes on")
+    func stalledClient() throws {
+        try withScene { scene in
+            let (_, relay) = try scene.echoPod(connector: .native)
+            // 4 MiB: two stalled streams' windows fill it.
+            let gateway = try scene.startGateway(nodes: [("node-a", relay.url)], extra: ["--max-held-bytes", "\(4 << 20)"])
+            let stalled = try scene.startForwarder(relay: gateway, pod: "web", remotePorts: [echoPort])
+            let healthy = try scene.startForwarder(relay: gateway, pod: "web", remotePorts: [echoPort])
+            // Six connections that write to the echo pod and never read, for 4 s: past the
+            // kernel's socket buffers and the client's windows, their echoes fill each node
+            // stream's window in the gateway (2 MiB each).
+            var sockets: [Int32] = []
+            defer { for fd in sockets { close(fd) } }
+            let chunk = [UInt8](repeating: 7, count: 1 << 16)
+            for _ in 0..<6 {
+                let fd = try Net.connect("127.0.0.1", try stalled.local(echoPort))
+                var small: Int32 = 64 << 10
+                setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+                sockets.append(fd)
+            }
+            let until = Date().addingTimeInterval(4)
+            while Date() < until {
+                var moved = false
+                for fd in sockets where chunk.withUnsafeBytes({ write(fd, $0.baseAddress!, $0.count) }) > 0 { moved = true }
+                if !moved { usleep(20_000) }
+            }
+            usleep(500_000)
+            let payload = Net.randomBytes(1 << 20)
+            let started = Date()
+            let echoed = try Net.echo("127.0.0.1", try healthy.local(echoPort), payload, timeout: 10)
+            #expect(Net.same(echoed, payload), "another client's echo through the same node")
+            #expect(Date().timeIntervalSince(started) < 5, "\(Date().timeIntervalSince(started)) s")
+            #expect(gateway.child.isRunning)
+        }
+    }
+}
