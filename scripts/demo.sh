@@ -178,9 +178,10 @@ page=$(curl -sS --noproxy "*" --max-time 5 "http://127.0.0.1:$local_port/") || {
 sed 's/^/    /' <<<"$page"
 grep -q 'Hello from pod default/demo' <<<"$page" || fail "the page did not come from the demo pod"
 
-# The forwarder prints its line per connection as it accepts it; give it a moment, and the
-# connection's close time to reach both processes (they must outlive it).
-handled() { grep -qs "^Handling connection for $pod_port\$" "$work/forward.out"; }
+# The forwarder prints its line per connection as it accepts it, naming the local port as
+# kubectl does; give it a moment, and the connection's close time to reach both processes (they
+# must outlive it).
+handled() { grep -qs "^Handling connection for $local_port\$" "$work/forward.out"; }
 timeout=2 wait_for "$forward_pid" handled || true
 sleep 0.3
 
@@ -190,7 +191,7 @@ if [ -s "$work/forward.err" ]; then
     echo "    (stderr)"
     sed 's/^/    /' "$work/forward.err"
 fi
-handled || fail "portforward forward did not print 'Handling connection for $pod_port'"
+handled || fail "portforward forward did not print 'Handling connection for $local_port'"
 still_running "$forward_pid" "portforward forward" /dev/null
 still_running "$relay_pid" "the relay" "$work/relay.log"
 
