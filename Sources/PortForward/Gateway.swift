@@ -275,6 +275,8 @@ public final class NodeLink: CompletionHandler {
     private var listBody: [UInt8] = []
     private var listTooLarge = false
     private var listStarted: UInt64 = 0
+    /// When the current connection was made.
+    private var connectedAt: UInt64 = 0
     private var refreshArmed = false
 
     private enum Tag: UInt32 { case redial = 1, refresh }
@@ -354,6 +356,7 @@ public final class NodeLink: CompletionHandler {
         let table = StreamTable()
         self.connection = connection
         self.table = table
+        connectedAt = Clock.nanoseconds()
         table.serve(connection, pipes: gateway.relay.pipes) { [unowned self, unowned connection] reason in
             self.lost(connection, reason: reason)
         }
@@ -486,8 +489,17 @@ public final class NodeLink: CompletionHandler {
         table = StreamTable()
         listStream = nil
         lastReason = "the node relay said GOAWAY"
-        startDial()
+        // A node relay that says GOAWAY soon after every connection is not re-dialled at round-trip
+        // speed: the backoff, as after a failure.
+        if Clock.nanoseconds() - connectedAt < Self.shortLivedNanoseconds {
+            scheduleRedial()
+        } else {
+            startDial()
+        }
     }
+
+    /// A connection that ends sooner than this after it was made counts as a failed dial.
+    static let shortLivedNanoseconds: UInt64 = 2_000_000_000
 
     private func lost(_ old: Connection, reason: String?) {
         if draining.removeValue(forKey: ObjectIdentifier(old)) != nil { return }
@@ -513,6 +525,12 @@ public final class NodeLink: CompletionHandler {
             reported = true
             gateway.nodeReported()
         }
+        scheduleRedial()
+    }
+
+    /// The next dial after a backoff: from `initialBackoff`, doubling with each failure up to
+    /// `maximumBackoff`, each wait drawn from [wait / 2, wait].
+    private func scheduleRedial() {
         let base = min(settings.initialBackoffSeconds * Double(1 << min(failures, 20)), settings.maximumBackoffSeconds)
         failures += 1
         let wait = base * (1 - 0.5 * Double.random(in: 0..<1))
