@@ -944,7 +944,7 @@ public final class Forwarder: CompletionHandler {
 
     /// Runs `action` on the loop after `seconds`.
     private func after(_ seconds: Double, _ action: @escaping () -> Void) {
-        _ = reactor.timer(nanoseconds: UInt64(max(seconds, 0.001) * 1e9), handler: Deferred(action), tag: 0)
+        _ = reactor.timer(nanoseconds: UInt64(max(seconds, 0.001) * 1e9), handler: Later(action), tag: 0)
     }
 
     // MARK: ending
@@ -961,14 +961,14 @@ public final class Forwarder: CompletionHandler {
         closeExchange()
         if let spdy, !spdy.isClosed {
             spdy.stop()
-            _ = reactor.timer(nanoseconds: 2_000_000_000, handler: StopTimer(reactor), tag: 0)
+            _ = reactor.timer(nanoseconds: 2_000_000_000, handler: Later { [reactor] in reactor.stop() }, tag: 0)
             return
         }
         guard let connection, !connection.isClosed else { return reactor.stop() }
         connection.session.terminate()
         connection.flushSoon()
         // Should the relay not read the GOAWAY, stop anyway.
-        _ = reactor.timer(nanoseconds: 2_000_000_000, handler: StopTimer(reactor), tag: 0)
+        _ = reactor.timer(nanoseconds: 2_000_000_000, handler: Later { [reactor] in reactor.stop() }, tag: 0)
     }
 
     /// The session dropped with local connections on it: their bytes cannot be replayed on the
@@ -1043,17 +1043,4 @@ extension ForwardError {
         let text = "\(error)"
         return text.hasPrefix("error:") ? text : "error: " + text
     }
-}
-
-/// Runs a closure when its timer fires.
-private final class Deferred: CompletionHandler {
-    let action: () -> Void
-    init(_ action: @escaping () -> Void) { self.action = action }
-    func complete(_ completion: Completion) { action() }
-}
-
-private final class StopTimer: CompletionHandler {
-    let reactor: ReactorBackend
-    init(_ reactor: ReactorBackend) { self.reactor = reactor }
-    func complete(_ completion: Completion) { reactor.stop() }
 }

@@ -620,9 +620,3 @@ struct DialFailure: Error {
     var reason: String
 }
 
-/// Runs a closure when its timer fires.
-final class Later: CompletionHandler {
-    let action: () -> Void
-    init(_ action: @escaping () -> Void) { self.action = action }
-    func complete(_ completion: Completion) { action() }
-}
