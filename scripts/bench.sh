@@ -6,7 +6,8 @@
 # interleaved (every round runs each figure on every row in turn, so machine drift hits all rows
 # alike), BENCH_ROUNDS rounds (3), and prints the medians with ratios to the reference design.
 #
-# Figures: iperf3 throughput with 1 and 8 connections; connection rate (connect, 4-byte echo,
+# Figures: iperf3 throughput with 1 and 8 connections (client -> server), and with 1 the other way
+# (down1: iperf3 -R, server -> client); connection rate (connect, 4-byte echo,
 # close) serial and 4 in parallel, measured by a minimal C client (Benchmarks/c/connrate.c,
 # blocking calls, one process per parallel connection; built here with cc) through the row's
 # local port (for portforward rows: through the `portforward forward` client, a new TCP
@@ -23,18 +24,23 @@
 #
 # Knobs: PORTFORWARD (binary), BENCH_ROUNDS (3), BENCH_SECONDS (3, per iperf3 run),
 # BENCH_RATE_SECONDS (2, per connection-rate run), BENCH_FANOUT (10000 streams),
-# BENCH_ROWS (space-separated subset of: direct socat reference ssh pf-epoll pf-uring pf-tls-epoll pf-tls-uring),
-# BENCH_FIGURES (space-separated subset of: tput1 tput8 rate1 rate4 fanout; all by default: the
+# BENCH_ROWS (space-separated subset of: direct socat reference ssh pf-epoll pf-uring pf-tls-epoll pf-tls-uring
+# kubectl-ws kubectl-spdy kubectl-ws-nsenter kubectl-spdy-nsenter),
+# BENCH_FIGURES (space-separated subset of: tput1 down1 tput8 rate1 rate4 fanout; all by default: the
 # others are left out, for quicker A/B runs of one figure),
 # BENCH_COPY (the relay's and client's --copy; default: their own default),
 # BENCH_BASELINE (another portforward binary, e.g. an older commit's: adds the rows base-epoll and
 # base-uring, its relay and client under the same loads in the same rounds; the load generators
 # stay this binary's).
 # BENCH_ROWS may name base-epoll, base-uring, base-tls-epoll and base-tls-uring (the baseline over TLS,
-# as pf-tls-*) only with BENCH_BASELINE. Rows not run by default:
-# kubectl-ws, kubectl-spdy (kubectl 1.32, BENCH_KUBECTL, port-forwarding through a relay in each
-# mode) and kubectl-ws-nsenter, kubectl-spdy-nsenter (the same with the relay's nsenter+socat
-# connector, the reference design's node side).
+# as pf-tls-*) only with BENCH_BASELINE.
+# kubectl-ws, kubectl-spdy (in the default rows): kubectl 1.32 (BENCH_KUBECTL) port-forwarding
+# through a relay (epoll, the same binary as pf-epoll's) in each of its modes, WebSocket tunnel and
+# plain SPDY; skipped with a reason when kubectl is not installed. Not run by default:
+# kubectl-ws-nsenter, kubectl-spdy-nsenter (the same with the relay's nsenter+socat connector, the
+# reference design's node side).
+# For rows with a relay and a client process (portforward's, kubectl's): their CPU per GB over the
+# one-connection runs and per connection over the serial connection-rate runs.
 # pf-tls-epoll, pf-tls-uring (in the default rows): portforward over TLS (certificates made for the
 # run with openssl; TLS 1.3 with TLS_AES_128_GCM_SHA256 only, to compare with ssh -L's
 # aes128-gcm); no fan-out figure (the load generator speaks h2c only).
@@ -46,9 +52,9 @@ rounds=${BENCH_ROUNDS:-3}
 seconds=${BENCH_SECONDS:-3}
 rate_seconds=${BENCH_RATE_SECONDS:-2}
 fanout_streams=${BENCH_FANOUT:-10000}
-figures_wanted=${BENCH_FIGURES:-tput1 tput8 rate1 rate4 fanout}
+figures_wanted=${BENCH_FIGURES:-tput1 down1 tput8 rate1 rate4 fanout}
 baseline=${BENCH_BASELINE:-}
-default_rows="direct socat reference ssh pf-epoll pf-uring pf-tls-epoll pf-tls-uring"
+default_rows="direct socat reference ssh pf-epoll pf-uring pf-tls-epoll pf-tls-uring kubectl-ws kubectl-spdy"
 [ -n "$baseline" ] && default_rows+=" base-epoll base-uring"
 rows=(${BENCH_ROWS:-$default_rows})
 copy_args=()
@@ -282,8 +288,10 @@ switches() {  # PID: voluntary + involuntary context switches so far (0 when the
     awk '/ctxt_switches/ { n += $2 } END { print n + 0 }' "/proc/$1/status" 2>/dev/null || echo 0
 }
 
-run_iperf() {  # ROW PARALLEL ROUND
-    local row=$1 parallel=$2 round=$3 json=$work/iperf-$1-$2-$3.json
+run_iperf() {  # ROW PARALLEL ROUND [down]: down (one connection) is iperf3 -R, server -> client
+    local row=$1 parallel=$2 round=$3 down=${4:-} json=$work/iperf-$1-$2-$3${4:-}.json
+    local figure=tput$parallel suffix="" reverse=()
+    [ -n "$down" ] && { figure=down1; suffix=_down; reverse=(-R); }
     # For rows with a relay and a client process (ours, or kubectl): their CPU over one-connection runs.
     local relay_pid=${pid_of[relay-$row]:-} client_pid=${pid_of[client-$row]:-}
     local relay_before=0 client_before=0 relay_switches=0 client_switches=0
@@ -292,8 +300,8 @@ run_iperf() {  # ROW PARALLEL ROUND
         relay_switches=$(switches "$relay_pid"); client_switches=$(switches "$client_pid")
     fi
     if client "$row" timeout $((seconds + 30)) iperf3 -c 127.0.0.1 -p "${iperf_at[$row]}" -P "$parallel" \
-            -t "$seconds" -O 1 -J >"$json" 2>"$json.err"; then
-        record "$row" "tput$parallel" "$round" "$(python3 -c '
+            -t "$seconds" -O 1 "${reverse[@]}" -J >"$json" 2>"$json.err"; then
+        record "$row" "$figure" "$round" "$(python3 -c '
 import json, sys
 d = json.load(open(sys.argv[1]))
 print(d["end"]["sum_received"]["bits_per_second"] / 1e9)' "$json")"
@@ -301,31 +309,44 @@ print(d["end"]["sum_received"]["bits_per_second"] / 1e9)' "$json")"
             # Bytes of every interval, the omitted first second included, as the CPU counts it.
             python3 -c '
 import json, sys
-path, row, rnd, rb, ra, cb, ca, rsb, rsa, csb, csa = sys.argv[1:12]
+path, row, rnd, sfx, rb, ra, cb, ca, rsb, rsa, csb, csa = sys.argv[1:13]
 intervals = json.load(open(path))["intervals"]
 gigabytes = sum(i["sum"]["bytes"] for i in intervals) / 1e9
 if gigabytes > 0:
-    print(f"{row}\trelay_cpu\t{rnd}\t{(float(ra) - float(rb)) / gigabytes}")
-    print(f"{row}\tclient_cpu\t{rnd}\t{(float(ca) - float(cb)) / gigabytes}")
-    print(f"{row}\trelay_switches\t{rnd}\t{(float(rsa) - float(rsb)) / gigabytes}")
-    print(f"{row}\tclient_switches\t{rnd}\t{(float(csa) - float(csb)) / gigabytes}")' \
-                "$json" "$row" "$round" "$relay_before" "$(cpu_seconds "$relay_pid")" \
+    print(f"{row}\trelay_cpu{sfx}\t{rnd}\t{(float(ra) - float(rb)) / gigabytes}")
+    print(f"{row}\tclient_cpu{sfx}\t{rnd}\t{(float(ca) - float(cb)) / gigabytes}")
+    print(f"{row}\trelay_switches{sfx}\t{rnd}\t{(float(rsa) - float(rsb)) / gigabytes}")
+    print(f"{row}\tclient_switches{sfx}\t{rnd}\t{(float(csa) - float(csb)) / gigabytes}")' \
+                "$json" "$row" "$round" "$suffix" "$relay_before" "$(cpu_seconds "$relay_pid")" \
                 "$client_before" "$(cpu_seconds "$client_pid")" \
                 "$relay_switches" "$(switches "$relay_pid")" "$client_switches" "$(switches "$client_pid")" >>"$results"
         fi
     else
-        note "iperf3 -P $parallel through $row failed: $(tail -n 3 "$json.err" "$json" 2>/dev/null | tr '\n' ' ' | cut -c1-200)"
-        record "$row" "tput$parallel" "$round" nan
+        note "iperf3 -P $parallel ${reverse[*]} through $row failed: $(tail -n 3 "$json.err" "$json" 2>/dev/null | tr '\n' ' ' | cut -c1-200)"
+        record "$row" "$figure" "$round" nan
     fi
     sleep 0.2
 }
 
 run_rate() {  # ROW PARALLEL ROUND
     local row=$1 parallel=$2 round=$3 out=$work/rate-$1-$2-$3.out
+    # Serial runs through a relay and a client process: their CPU per connection (warm-up included).
+    local relay_pid=${pid_of[relay-$row]:-} client_pid=${pid_of[client-$row]:-} relay_before=0 client_before=0
+    if [ "$parallel" = 1 ] && [ -n "$relay_pid" ]; then
+        relay_before=$(cpu_seconds "$relay_pid"); client_before=$(cpu_seconds "$client_pid")
+    fi
     if client "$row" timeout $((rate_seconds + 30)) "$work/connrate" 127.0.0.1 "${echo_at[$row]}" "$rate_seconds" 0.5 \
             "$parallel" >"$out" 2>"$out.err"; then
         record "$row" "rate$parallel" "$round" "$(cut -d' ' -f1 "$out")"
         record "$row" "p50_$parallel" "$round" "$(cut -d' ' -f2 "$out")"
+        if [ "$parallel" = 1 ] && [ -n "$relay_pid" ]; then
+            # connrate prints: connections/s, p50 us, connections made (warm-up included).
+            local made; made=$(cut -d' ' -f3 "$out")
+            if [ -n "$made" ] && [ "$made" -gt 0 ] 2>/dev/null; then
+                record "$row" relay_us_per_conn "$round" "$(awk -v a="$relay_before" -v b="$(cpu_seconds "$relay_pid")" -v n="$made" 'BEGIN { print (b - a) * 1e6 / n }')"
+                record "$row" client_us_per_conn "$round" "$(awk -v a="$client_before" -v b="$(cpu_seconds "$client_pid")" -v n="$made" 'BEGIN { print (b - a) * 1e6 / n }')"
+            fi
+        fi
     else
         note "connrate -P $parallel through $row failed: $(tail -n 3 "$out" "$out.err" | tr '\n' ' ')"
         record "$row" "rate$parallel" "$round" nan
@@ -356,6 +377,8 @@ for round in $(seq "$rounds"); do
     for parallel in 1 8; do
         wanted "tput$parallel" || continue
         for row in "${active[@]}"; do note "round $round/$rounds: throughput -P $parallel: $row"; run_iperf "$row" "$parallel" "$round"; done
+        [ "$parallel" = 1 ] && wanted down1 || continue
+        for row in "${active[@]}"; do note "round $round/$rounds: throughput -R: $row"; run_iperf "$row" 1 "$round" down; done
     done
     for parallel in 1 4; do
         wanted "rate$parallel" || continue
@@ -415,7 +438,7 @@ def median(row, figure):
     values = [v for v in samples.get((row, figure), []) if not math.isnan(v)]
     return statistics.median(values) if values else None
 
-figures = [("tput1", "Gbit/s, 1 conn"), ("tput8", "Gbit/s, 8 conn"), ("rate1", "conn/s serial"),
+figures = [("tput1", "Gbit/s, 1 conn"), ("down1", "Gbit/s down, 1 conn"), ("tput8", "Gbit/s, 8 conn"), ("rate1", "conn/s serial"),
            ("rate4", "conn/s x4"), ("fanout_rate", "fan-out streams/s")]
 rows = [r for r in rows_order if r in active.split()]
 ref = {f: median("reference", f) for f, _ in figures}
@@ -456,10 +479,24 @@ for io in ("epoll", "uring", "tls-epoll", "tls-uring"):
                  for f, t in figures]
         out.append(f"this build / baseline, {io}: " + "; ".join(parts))
 for r in rows:
-    relay_cpu, client_cpu = median(r, "relay_cpu"), median(r, "client_cpu")
-    if relay_cpu is not None:
-        out.append(f"{r}: CPU-s per GB, one connection: relay {relay_cpu:.3f}, client {client_cpu or 0:.3f}; "
-                   f"context switches per GB: relay {median(r, 'relay_switches') or 0:,.0f}, client {median(r, 'client_switches') or 0:,.0f}")
+    for sfx, way in (("", "up"), ("_down", "down")):
+        relay_cpu, client_cpu = median(r, "relay_cpu" + sfx), median(r, "client_cpu" + sfx)
+        if relay_cpu is not None:
+            out.append(f"{r}: CPU-s per GB, one connection {way}: relay {relay_cpu:.3f}, client {client_cpu or 0:.3f}; "
+                       f"context switches per GB: relay {median(r, 'relay_switches' + sfx) or 0:,.0f}, "
+                       f"client {median(r, 'client_switches' + sfx) or 0:,.0f}")
+    relay_us, client_us = median(r, "relay_us_per_conn"), median(r, "client_us_per_conn")
+    if relay_us is not None:
+        out.append(f"{r}: CPU per connection (serial): relay {relay_us:.0f} us, client {client_us or 0:.0f} us")
+# Issue 12's goal: our client against kubectl's, through the same relay.
+for r in ("pf-epoll", "pf-uring"):
+    for k in ("kubectl-ws", "kubectl-spdy"):
+        if r in rows and k in rows:
+            parts = [f"{t} {median(r, f) / median(k, f):.2f}x" for f, t in
+                     (("tput1", "1-conn up"), ("down1", "1-conn down"), ("rate1", "serial conn/s"))
+                     if median(r, f) and median(k, f)]
+            if parts:
+                out.append(f"{r} / {k}: " + "; ".join(parts))
 # Issue 13's anchors: the same figures as fractions of direct loopback (and of ssh -L), with the
 # spread of the rounds, and the serial connection's median latency.
 def spread(row, figure):
@@ -492,7 +529,8 @@ try:
 except Exception:
     pass
 notes = [
-    f"medians of {rounds} interleaved rounds; iperf3 {seconds} s per run (+1 s omitted), client -> server;",
+    f"medians of {rounds} interleaved rounds; iperf3 {seconds} s per run (+1 s omitted), client -> server",
+    "(down: server -> client, iperf3 -R);",
     f"connection rate: connect, 4-byte echo, close ({rate_seconds} s per run); ratios vs the reference design",
     "(fan-out: vs its serial connection rate). Fan-out: portforward bench fanout, "
     f"{int(fanout_streams):,} streams on one connection, 100 opening at a time.",
@@ -510,13 +548,14 @@ doc = {
     "fanout_streams": int(fanout_streams), "elapsed_s": int(elapsed),
     "rows": {r: {"label": labels[r],
                  "medians": {f: median(r, f) for f in
-                             ["tput1", "tput8", "rate1", "rate4", "fanout_rate", "fanout_held", "churn_rate", "fanout_ttfb_p99"]
+                             ["tput1", "down1", "tput8", "rate1", "rate4", "fanout_rate", "fanout_held", "churn_rate", "fanout_ttfb_p99",
+                              "relay_us_per_conn", "client_us_per_conn"]
                              if (r, f) in samples},
                  "samples": {f: samples[(r, f)] for (rr, f) in samples if rr == r},
                  "ratio_to_reference": {f: (median(r, f) / ref[f]) if median(r, f) is not None and ref[f] else None
                                         for f, _ in figures}}
              for r in rows},
-    "units": {"tput1": "Gbit/s", "tput8": "Gbit/s", "rate1": "connections/s", "rate4": "connections/s",
+    "units": {"tput1": "Gbit/s", "down1": "Gbit/s", "tput8": "Gbit/s", "relay_us_per_conn": "us", "client_us_per_conn": "us", "rate1": "connections/s", "rate4": "connections/s",
               "fanout_rate": "streams/s", "fanout_held": "streams", "churn_rate": "streams/s",
               "fanout_ttfb_p99": "us"},
     "skipped": {s.split("=", 1)[0]: s.split("=", 1)[1] for s in skipped.strip().split("\n") if "=" in s},

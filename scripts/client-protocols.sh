@@ -42,8 +42,9 @@ for round in $(seq "$ROUNDS"); do
         for _ in $(seq 50); do grep -q "Forwarding from 127.0.0.1" "$work/forward.log" && break; sleep 0.1; done
         relay0=$(cpu "$relay"); client0=$(cpu "$forwarder")
         up=$(iperf3 -c 127.0.0.1 -p "$local_port" -n 1G -J | gbits)
-        sleep 0.3  # iperf3's server takes a moment to be free for the next test
+        sleep 0.3  # iperf3's server reopens its listener after each test
         down=$(iperf3 -c 127.0.0.1 -p "$local_port" -n 1G -R -J | gbits)
+        sleep 0.3  # and again before the next protocol's upload (else: connection refused, now and then)
         relay1=$(cpu "$relay"); client1=$(cpu "$forwarder")
         kill "$forwarder"; wait "$forwarder" 2>/dev/null || true
         printf 'round %s %-9s up %s Gbit/s, down %s Gbit/s, CPU-s for 2 GiB: relay %.2f, client %.2f\n' \

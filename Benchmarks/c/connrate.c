@@ -2,7 +2,7 @@
 // in a loop: connect, write a 4-byte message, read its echo, close; counted for SECONDS after
 // WARMUP seconds. Blocking calls, no event loop: as little client work per connection as there
 // can be, so the figure is the path's, not the client's.
-// Usage: connrate HOST PORT SECONDS WARMUP PARALLEL; prints "connections_per_s p50_us".
+// Usage: connrate HOST PORT SECONDS WARMUP PARALLEL; prints "connections_per_s p50_us connections_made".
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -35,7 +35,7 @@ int main(int argc, char **argv) {
     if (pipe(results) != 0) return 1;
     for (int p = 0; p < parallel; p++) {
         if (fork() != 0) continue;
-        size_t capacity = 1 << 20, count = 0, failures = 0;
+        size_t capacity = 1 << 20, count = 0, failures = 0, made = 0;
         float *latencies = malloc(capacity * sizeof *latencies);
         double start = now(), measure = start + warmup, end = measure + seconds;
         for (double t = start; t < end; t = now()) {
@@ -50,27 +50,30 @@ int main(int argc, char **argv) {
             setsockopt(fd, SOL_SOCKET, SO_LINGER, &abort, sizeof abort);
             close(fd);
             double done = now();
+            made++;
             if (got != 4 || memcmp(message, echo, 4) != 0) { failures++; continue; }
             if (t >= measure && count < capacity) latencies[count++] = (float)((done - t) * 1e6);
         }
         qsort(latencies, count, sizeof *latencies, compare);
         char line[128];
-        int length = snprintf(line, sizeof line, "%zu %zu %.1f\n", count, failures, count ? latencies[count / 2] : 0.0f);
+        int length = snprintf(line, sizeof line, "%zu %zu %.1f %zu\n", count, failures, count ? latencies[count / 2] : 0.0f, made);
         if (write(results[1], line, length) != length) return 1;
         return 0;
     }
     close(results[1]);
     FILE *in = fdopen(results[0], "r");
-    size_t total = 0, failed = 0;
+    size_t total = 0, failed = 0, all = 0;
     double p50 = 0;
     for (int p = 0; p < parallel; p++) {
-        size_t count = 0, failures = 0;
+        size_t count = 0, failures = 0, made = 0;
         float median = 0;
-        if (fscanf(in, "%zu %zu %f", &count, &failures, &median) != 3) { fprintf(stderr, "connrate: a worker failed\n"); return 1; }
-        total += count; failed += failures; p50 += median / parallel;
+        if (fscanf(in, "%zu %zu %f %zu", &count, &failures, &median, &made) != 4) { fprintf(stderr, "connrate: a worker failed\n"); return 1; }
+        total += count; failed += failures; p50 += median / parallel; all += made;
     }
     while (wait(NULL) > 0) {}
-    printf("%.0f %.1f\n", total / seconds, p50);
+    // Connections/s measured, their median latency (us), and every connection made (warm-up
+    // and failures included: what the CPU a relay spent over the whole run is divided by).
+    printf("%.0f %.1f %zu\n", total / seconds, p50, all);
     if (failed) fprintf(stderr, "connrate: %zu connections failed\n", failed);
     return total == 0;
 }

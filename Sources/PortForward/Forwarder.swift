@@ -184,8 +184,12 @@ public final class Forwarder: CompletionHandler {
     public let reactor: ReactorBackend
     private let server: ServerURL
     private var connection: Connection?
-    /// The protocol of the session of the moment (`--protocol auto` decides at each dial).
+    /// The protocol of the session of the moment (`--protocol auto` decides at the first dial).
     public private(set) var speaking = WireProtocol.h2
+    /// `--protocol auto`: what the server agreed to last time. Re-dials ask for it first, without
+    /// the probes before it (two round trips each against a server that speaks only SPDY); a
+    /// server that refuses it is probed in full again.
+    private var settled: WireProtocol?
     /// The SPDY session (plain or in a WebSocket), when that is what the relay speaks.
     private var spdy: SPDYClientSession?
     /// Before a SPDY session: the HTTP/1.1 connection the pod read and the upgrade go on.
@@ -293,11 +297,13 @@ public final class Forwarder: CompletionHandler {
         tls = nil
         tlsFailure = nil
         generation += 1
-        let wanted = options.wireProtocol
+        let auto = options.wireProtocol == .auto
+        let wanted = auto ? settled ?? .auto : options.wireProtocol
         if server.secure {
             // TLS; ALPN h2: HTTP/2 with prior knowledge, each stream naming the pod. Otherwise
             // HTTP/1.1 and an upgrade to SPDY.
-            let offer = wanted == .h2 ? ["h2"] : wanted == .auto ? ["h2", "http/1.1"] : ["http/1.1"]
+            // ALPN costs no round trip: auto offers both while h2 is what the server last agreed to.
+            let offer = wanted == .h2 && !auto ? ["h2"] : wanted == .h2 || wanted == .auto ? ["h2", "http/1.1"] : ["http/1.1"]
             let (fd, alpn) = try secureDial(offering: offer)
             if alpn == "h2" {
                 return try startH2(fd, session: Session(role: .client, settings: settings), leftover: [])
@@ -311,9 +317,10 @@ public final class Forwarder: CompletionHandler {
                 let (leftover, _) = try upgrade(fd, settings: settings)
                 try session.upgrade(settingsPayload: HTTPText.settingsPayload(settings))
                 return try startH2(fd, session: session, leftover: leftover)
-            } catch let error as ForwardError where wanted == .auto && error.allowsFallback {
+            } catch let error as ForwardError where auto && error.allowsFallback {
                 // Not a relay of ours (an API server, a kubelet): kubectl's protocols.
                 log?("h2c upgrade refused (\(error)): trying SPDY in a WebSocket")
+                settled = nil
             }
         }
         return startHTTP1(try dial(), speaking: wanted == .spdy ? .spdy : .websocket)
@@ -322,6 +329,7 @@ public final class Forwarder: CompletionHandler {
     /// The HTTP/2 connection on `fd`, after the h2c upgrade or TLS with ALPN h2.
     private func startH2(_ fd: FileDescriptor, session: Session, leftover: [UInt8]) throws {
         speaking = .h2
+        if options.wireProtocol == .auto { settled = .h2 }
         log?("session to \(options.server): \(speaking.name)")
         let connection = Connection(fd: fd, session: session, reactor: reactor)
         self.connection = connection
@@ -731,8 +739,13 @@ public final class Forwarder: CompletionHandler {
                     ? head.status == 101 && head.header("sec-websocket-accept") == WebSocketHandshake.acceptKey(for: key)
                         && head.header("sec-websocket-protocol") == TunnelSubprotocol.spdy
                     : head.status == 101 && head.fields.lists("upgrade", "spdy/3.1")
-                if upgraded { return self.startSPDY(exchange.fd, initial: rest, pod: pod) }
+                if upgraded {
+                    if self.options.wireProtocol == .auto { self.settled = self.speaking }
+                    return self.startSPDY(exchange.fd, initial: rest, pod: pod)
+                }
                 self.closeExchange()
+                // The server no longer agrees to what it did: the next dial probes in full.
+                self.settled = nil
                 if self.speaking == .websocket && self.options.wireProtocol == .auto {
                     // kubectl's fallback (client-go fallback_dialer.go): anything but the tunnel's
                     // 101 means plain SPDY, on a new connection.

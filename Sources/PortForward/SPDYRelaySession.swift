@@ -17,9 +17,10 @@ final class SPDYRelaySession: SPDYConnection, OpenQueue {
     var inOpenScheduler = false
     private var pairTimer: TimerID = 0
     private var pairTimerDeadline: UInt64 = 0
-    /// The most payload of one DATA frame to kubectl: spdystream reads any length SPDY allows,
-    /// but what it has been measured with is this.
-    static let maxFramePayload = 256 * 1024
+    /// The most payload of one DATA frame to a client: a pipe's worth, as an h2 frame's
+    /// (`SessionSettings.maxFrameSize`). spdystream (kubectl) reads any length SPDY allows, and
+    /// in the WebSocket tunnel each frame is one message, which client-go reads as a stream.
+    static let maxFramePayload = 1 << 20
 
     init(fd: FileDescriptor, peer: String, pod: Pod, relay: Relay, overWebSocket: Bool = false) throws {
         self.pod = pod

@@ -270,4 +270,35 @@ struct ClientProtocolTests {
             #expect(refused.status != 0 && lines.count == 1 && lines[0].contains("answered 400 to the upgrade"), "\(refused)")
         }
     }
+
+    @Test("auto remembers what the server agreed to: after the SPDY-only server restarts, the re-dial asks for plain SPDY at once, without the h2c and WebSocket probes")
+    func autoRemembers() throws {
+        try Peers.require()
+        try withScene { scene in
+            let script = E2E.packageRoot + "/Tests/Peers/spdyserver.py"
+            func startServer(_ listen: Int) throws -> (Child, Int) {
+                let child = try scene.start([Peers.python, script, "echo:\(echoPort)", "\(listen)"], name: "spdyserver")
+                let port = try child.waitFor("the line \"listening PORT\"") { text in
+                    text.split(separator: "\n").first { $0.hasPrefix("listening ") }.flatMap { Int($0.dropFirst("listening ".count)) }
+                }
+                return (child, port)
+            }
+            let (first, port) = try startServer(0)
+            let server = RelayProcess(child: first, host: "127.0.0.1", port: port)
+            let forwarder = try scene.startForwarder(relay: server, pod: "web", remotePorts: [echoPort], extra: ["--protocol", "auto", "-v"])
+            let payload = Net.randomBytes(64 * 1024)
+            #expect(try Net.echo("127.0.0.1", try forwarder.local(echoPort), payload, halfClose: true) == payload)
+            // The first dial probed: h2c refused, then the WebSocket tunnel refused, then SPDY.
+            #expect(first.stderr.contains(": h2c refused") && first.stderr.contains(": websocket refused"), "\(first.stderr)")
+            first.kill()
+            let (second, _) = try startServer(port)
+            _ = try forwarder.child.waitFor("the line saying the session is back", timeout: 20) { text in
+                text.contains("Reconnected to relay at") ? true : nil
+            }
+            #expect(try Net.echo("127.0.0.1", try forwarder.local(echoPort), payload, halfClose: true) == payload)
+            #expect(second.stderr.contains(": SPDY/3.1"), "\(second.stderr)")
+            #expect(!second.stderr.contains("refused"), "the re-dial probed again: \(second.stderr)")
+            forwarder.child.kill()
+        }
+    }
 }

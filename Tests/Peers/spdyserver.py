@@ -9,8 +9,9 @@ for our client's --protocol spdy, and for --protocol auto's fallback, which must
   (by requestid) is joined to TARGET_HOST:port; a refused port is "connection refused" on the
   error stream. PINGs are echoed. Each upgrade, each refusal and each pair is one line on stderr.
 
-Usage: spdyserver.py TARGET; prints "listening PORT" once ready. TARGET is a host whose ports the
-pairs are joined to, or echo:PORT: that port echoes in this process, every other port is refused."""
+Usage: spdyserver.py TARGET [LISTEN_PORT]; prints "listening PORT" once ready (LISTEN_PORT, default
+a free one: a restarted server can take its predecessor's). TARGET is a host whose ports the pairs
+are joined to, or echo:PORT: that port echoes in this process, every other port is refused."""
 import asyncio
 import json
 import os
@@ -23,6 +24,7 @@ from spdypeer import DICTIONARY, GOAWAY, PING, RST_STREAM, SYN_REPLY, SYN_STREAM
 
 TARGET = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
 ECHO_PORT = int(TARGET[5:]) if TARGET.startswith("echo:") else None
+LISTEN_PORT = int(sys.argv[2]) if len(sys.argv) > 2 else 0
 
 
 def log(line):
@@ -214,7 +216,7 @@ async def handle(reader, writer):
 
 
 async def main():
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(handle, "127.0.0.1", LISTEN_PORT, reuse_address=True)
     print("listening", server.sockets[0].getsockname()[1], flush=True)
     await server.serve_forever()
 
