@@ -34,7 +34,8 @@
 # stay this binary's).
 # BENCH_ROWS may name base-epoll, base-uring, base-tls-epoll and base-tls-uring (the baseline over TLS,
 # as pf-tls-*) only with BENCH_BASELINE.
-# kubectl-ws, kubectl-spdy (in the default rows): kubectl 1.32 (BENCH_KUBECTL) port-forwarding
+# kubectl-ws, kubectl-spdy (in the default rows): kubectl (BENCH_KUBECTL; default: the machine's
+# 1.32, /usr/lib/google-cloud-sdk/bin/kubectl.1.32, else the venv's from `make venv`, else the PATH's) port-forwarding
 # through a relay (epoll, the same binary as pf-epoll's) in each of its modes, WebSocket tunnel and
 # plain SPDY; skipped with a reason when kubectl is not installed. Not run by default:
 # kubectl-ws-nsenter, kubectl-spdy-nsenter (the same with the relay's nsenter+socat connector, the
@@ -103,7 +104,14 @@ printf 'pods:\n  - {namespace: bench, name: target, netns: /run/netns/%s}\n' "$n
 
 # Per row: where the client runs ("ns" or "host"), and its local ports for iperf3 and echo.
 declare -A where iperf_at echo_at relay_at skip_reason pid_of
-kubectl_bin=${BENCH_KUBECTL:-/usr/lib/google-cloud-sdk/bin/kubectl.1.32}
+kubectl_bin=${BENCH_KUBECTL:-}
+if [ -z "$kubectl_bin" ]; then
+    for candidate in /usr/lib/google-cloud-sdk/bin/kubectl.1.32 .venv/bin/kubectl "$(command -v kubectl || true)"; do
+        [ -n "$candidate" ] && [ -x "$candidate" ] && { kubectl_bin=$(realpath "$candidate"); break; }
+    done
+fi
+kubectl_version=$([ -x "$kubectl_bin" ] && "$kubectl_bin" version --client -o json 2>/dev/null \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])' 2>/dev/null || echo kubectl)
 
 # direct: no relay, inside the namespace.
 where[direct]=ns; iperf_at[direct]=$iperf_port; echo_at[direct]=$echo_port
@@ -184,12 +192,12 @@ EOF
     return 1
 }
 
-# kubectl port-forward through a relay (epoll): MODE ws (kubectl 1.32's default, SPDY inside a
+# kubectl port-forward through a relay (epoll): MODE ws (kubectl 1.31+'s default, SPDY inside a
 # WebSocket) or spdy (plain SPDY/3.1), CONNECTOR native or nsenter (the reference design's node
 # side: nsenter + socat per connection).
 start_kubectl() {  # ROW MODE CONNECTOR
     local row=$1 mode=$2 connector=$3
-    [ -x "$kubectl_bin" ] || { skip_reason[$row]="$kubectl_bin is not installed"; return 1; }
+    [ -x "$kubectl_bin" ] || { skip_reason[$row]="no kubectl is installed (BENCH_KUBECTL)"; return 1; }
     local relay_port; relay_port=$(free_port)
     "$bin" relay --listen "127.0.0.1:$relay_port" --node bench --pods "$work/pods.yaml" --io epoll \
         --connector "$connector" "${copy_args[@]}" >"$work/relay-$row.log" 2>&1 &
@@ -408,7 +416,7 @@ for path in sorted(glob.glob(sys.argv[1] + "/rate-*.json")):
         pass
 else:
     print("{}")' "$work")
-python3 - "$results" "$out_dir/bench-$stamp" "$rounds" "$seconds" "$rate_seconds" "$fanout_streams" "$elapsed" \
+KUBECTL_VERSION=$kubectl_version python3 - "$results" "$out_dir/bench-$stamp" "$rounds" "$seconds" "$rate_seconds" "$fanout_streams" "$elapsed" \
     "$env_json" "$skipped" "${copy_args[*]:-}" "${active[*]}" <<'EOF'
 import json, math, os, platform, subprocess, sys, statistics
 (results, base, rounds, seconds, rate_seconds, fanout_streams, elapsed,
@@ -422,9 +430,11 @@ labels = {"direct": "direct loopback (no relay)", "socat": "socat relay",
           "pf-tls-epoll": "portforward TLS (aes128-gcm), epoll", "pf-tls-uring": "portforward TLS (aes128-gcm), io_uring",
           "base-epoll": "baseline binary, epoll", "base-uring": "baseline binary, io_uring",
           "base-tls-epoll": "baseline binary TLS, epoll", "base-tls-uring": "baseline binary TLS, io_uring",
-          "kubectl-ws": "kubectl 1.32 (WebSocket) -> our relay", "kubectl-spdy": "kubectl 1.32 (SPDY) -> our relay",
-          "kubectl-ws-nsenter": "kubectl 1.32 (WebSocket) -> relay, nsenter+socat",
-          "kubectl-spdy-nsenter": "kubectl 1.32 (SPDY) -> relay, nsenter+socat"}
+          "kubectl-ws": "KUBECTL (WebSocket) -> our relay", "kubectl-spdy": "KUBECTL (SPDY) -> our relay",
+          "kubectl-ws-nsenter": "KUBECTL (WebSocket) -> relay, nsenter+socat",
+          "kubectl-spdy-nsenter": "KUBECTL (SPDY) -> relay, nsenter+socat"}
+labels = {row: label.replace("KUBECTL", "kubectl " + os.environ.get("KUBECTL_VERSION", "")) .replace("  ", " ")
+          for row, label in labels.items()}
 samples = {}
 for line in open(results):
     row, figure, rnd, value = line.rstrip("\n").split("\t")
@@ -515,7 +525,8 @@ for r in rows:
 if "direct" in rows:
     out.append(f"direct: serial conn/s {spread('direct', 'rate1')} over rounds, p50 {fmt(median('direct', 'p50_1'))} us")
 held = [f"{r}: {fmt(median(r, 'fanout_held'))}/{int(fanout_streams):,} held, churn {fmt(median(r, 'churn_rate'))} streams/s, "
-        f"open TTFB p99 {fmt((median(r, 'fanout_ttfb_p99') or 0) / 1000)} ms" for r in rows if r.startswith(("pf-", "base-")) and not r.startswith(("pf-tls-", "base-tls-"))]
+        f"open TTFB p99 {fmt((median(r, 'fanout_ttfb_p99') or 0) / 1000)} ms" for r in rows if r.startswith(("pf-", "base-")) and not r.startswith(("pf-tls-", "base-tls-"))
+        and median(r, "fanout_held") is not None]
 env = json.loads(env_json or "{}")
 def version(cmd):
     try:
