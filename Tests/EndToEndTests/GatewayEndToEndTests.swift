@@ -27,6 +27,22 @@ struct GatewayEndToEndTests {
         #expect(Net.same(answer, half), "\(what), half-closed: \(Net.firstDifference(answer, half))")
     }
 
+    /// A refused pod port through `forwarder`: that connection closes, one line says why, and the
+    /// rest goes on (the pod's identity port still answers).
+    private func expectRefused(_ forwarder: ForwarderProcess, pod: ClusterPod) throws {
+        let fd = try Net.connect("127.0.0.1", try forwarder.local(refusedPort))
+        let closed = Net.readUntilClosed(fd, timeout: 15)
+        close(fd)
+        #expect(["eof", "reset"].contains(closed.outcome) && closed.bytes == 0, "refused port: \(closed)")
+        let prefix = "error: forwarding port \(refusedPort) to pod default/\(pod.name)"
+        let line = try forwarder.child.waitFor("the line \"\(prefix): ...\"", timeout: 10) { text in
+            text.split(separator: "\n").first { $0.contains(prefix) }.map(String.init)
+        }
+        #expect(line.lowercased().contains("refused"), "\(line)")
+        #expect(try identity(try forwarder.local(identityPort)) == pod.identity, "after the refused port")
+        #expect(forwarder.child.isRunning, "\(forwarder.child.output)")
+    }
+
     /// Every "Forwarding from 127.0.0.1:LOCAL -> REMOTE" of kubectl's output, remote -> local.
     private func kubectlPorts(_ child: Child, _ remotes: [Int]) throws -> [Int: Int] {
         try child.waitFor("kubectl's Forwarding lines for \(remotes)") { text -> [Int: Int]? in
@@ -93,18 +109,7 @@ struct GatewayEndToEndTests {
                 #expect(try identity(try plain.local(identityPort)) == pod.identity, "node path to \(pod.name)")
                 try expectEcho(try plain.local(echoPort), size: index == 0 ? 64 * mebibyte : 4 * mebibyte, "node path to \(pod.name)")
 
-                // A refused pod port: that connection closes, one line says why, the rest goes on.
-                let fd = try Net.connect("127.0.0.1", try plain.local(refusedPort))
-                let closed = Net.readUntilClosed(fd, timeout: 15)
-                close(fd)
-                #expect(["eof", "reset"].contains(closed.outcome) && closed.bytes == 0, "refused port: \(closed)")
-                let prefix = "error: forwarding port \(refusedPort) to pod default/\(pod.name)"
-                let line = try plain.child.waitFor("the line \"\(prefix): ...\"", timeout: 10) { text in
-                    text.split(separator: "\n").first { $0.contains(prefix) }.map(String.init)
-                }
-                #expect(line.lowercased().contains("refused"), "\(line)")
-                #expect(try identity(try plain.local(identityPort)) == pod.identity, "after the refused port")
-                #expect(plain.child.isRunning, "\(plain.child.output)")
+                try expectRefused(plain, pod: pod)
                 plain.child.kill()
 
                 // The seed path, naming the node.
@@ -125,6 +130,25 @@ struct GatewayEndToEndTests {
             #expect(unknown.status != 0, "\(unknown)")
             #expect((unknown.stdout + unknown.stderr).contains("pod \"default/nosuchpod\" not found"), "\(unknown)")
             #expect(!unknown.stdout.contains("Forwarding from"), "\(unknown)")
+            #expect(gateway.child.isRunning)
+        }
+    }
+
+    @Test("Our client through the gateway in kubectl's protocols, forced with --protocol: the WebSocket tunnel on the seed path, plain SPDY on the Kubernetes path; 16 MiB, half-close, a refused port")
+    func ownClientInKubectlProtocols() throws {
+        try withCluster { cluster in
+            let gateway = try cluster.startGateway()
+            for (index, (wire, path, name)) in [("websocket", ["--node", cluster.nodes[0].name], "SPDY/3.1 in a WebSocket"),
+                                                ("spdy", ["--api-path"], "SPDY/3.1")].enumerated() {
+                let pod = cluster.nodes[index].pods[1]
+                let forwarder = try cluster.forward(gateway.url, pod: pod.name, ports: [echoPort, identityPort, refusedPort],
+                                                    extra: ["--protocol", wire, "-v"] + path)
+                #expect(forwarder.child.stderr.contains("session to \(gateway.url): \(name)\n"), "\(forwarder.child.stderr)")
+                #expect(try identity(try forwarder.local(identityPort)) == pod.identity, "\(wire) to \(pod.name)")
+                try expectEcho(try forwarder.local(echoPort), size: 16 * mebibyte, "\(wire) to \(pod.name)")
+                try expectRefused(forwarder, pod: pod)
+                forwarder.child.kill()
+            }
             #expect(gateway.child.isRunning)
         }
     }
