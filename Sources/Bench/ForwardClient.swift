@@ -49,10 +49,9 @@ public struct ForwardRequest: Sendable {
 /// its `-v` session line, and its last lines when it fails. Stopped with SIGTERM, then SIGKILL.
 final class ForwardClient {
     let request: ForwardRequest
-    let pid: pid_t
+    /// The process (no pipes: its output goes to `logPath`).
+    private let child: Child
     private let logPath: String
-    private var reaped = false
-    private var exitStatus = ""
     /// The local ports, by the pod's port's role.
     private(set) var ports = StreamPorts(echo: 0, discard: 0, source: 0)
 
@@ -67,7 +66,8 @@ final class ForwardClient {
         let arguments = [executablePath(), "forward"] + request.arguments
             + ["--io", io.rawValue, "--copy", copy, "--address", "127.0.0.1", "-v", request.pod]
             + request.remotePorts.map { ":\($0)" }
-        pid = try ChildProcess.spawn(arguments, stdout: log, stderr: log)
+        child = Child(pid: try ChildProcess.spawn(arguments, stdout: log, stderr: log), name: "portforward forward",
+                      output: -1, input: -1)
         do {
             try waitForListeners(timeout: timeout)
         } catch {
@@ -93,7 +93,7 @@ final class ForwardClient {
                                     source: local[request.sourcePort]!)
                 return
             }
-            if !isRunning { throw BenchError("portforward forward exited (\(exitStatus)) before it listened") }
+            if !child.isRunning { throw BenchError("portforward forward exited (\(child.reap(block: false))) before it listened") }
             if Self.stopSignalPending() { throw BenchError("interrupted") }
             if now() > deadline {
                 throw BenchError("portforward forward did not listen within \(timeout.fixed(0)) s (--timeout)")
@@ -125,33 +125,12 @@ final class ForwardClient {
         output().split(separator: "\n").first { $0.hasPrefix("io: ") }.map { String($0.dropFirst(4)) }
     }
 
-    var isRunning: Bool {
-        if reaped { return false }
-        var status: Int32 = 0
-        let result = waitpid(pid, &status, WNOHANG)
-        if result == 0 { return true }
-        reaped = true
-        exitStatus = result < 0 ? "gone" : ((status & 0x7f) == 0 ? "exit status \((status >> 8) & 0xff)" : "killed by signal \(status & 0x7f)")
-        return false
-    }
-
-    /// SIGTERM, then SIGKILL after `grace` seconds; the log file goes.
-    func stop(grace: Double = 3) {
-        if isRunning {
-            kill(pid, SIGTERM)
-            let deadline = now() + grace
-            while isRunning && now() < deadline { usleep(10_000) }
-            if isRunning {
-                kill(pid, SIGKILL)
-                var status: Int32 = 0
-                waitpid(pid, &status, 0)
-                reaped = true
-                exitStatus = "killed by signal \(SIGKILL)"
-            }
-        }
+    /// SIGTERM, then SIGKILL after a grace period; the log file goes.
+    func stop() {
+        child.stop()
         unlink(logPath)
     }
 
     /// "exit status 1" once it ended, nil while it runs.
-    var ended: String? { isRunning ? nil : exitStatus }
+    var ended: String? { child.isRunning ? nil : child.reap(block: false) }
 }
