@@ -124,8 +124,9 @@ public func runBench(options: BenchOptions, target: TargetChoice, backend: IOBac
     fflush(stdout)
 
     if let jsonPath {
-        var parameters: [(String, JSON)] = [
-            ("connections", .integer(options.connections)),
+        // Through a forward client each stream is a TCP connection of its own: no shared ones.
+        var parameters: [(String, JSON)] = client == nil ? [("connections", .integer(options.connections))] : []
+        parameters += [
             ("streams", .integer(options.streamCount)),
             ("duration_s", .number(options.duration)),
             ("warmup_s", .number(options.warmup)),

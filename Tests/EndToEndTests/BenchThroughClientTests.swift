@@ -154,3 +154,24 @@ struct BenchThroughClientTests {
         }
     }
 }
+
+@Suite("portforward bench: its client paths are not mixed")
+struct BenchPathArgumentTests {
+    @Test("A pod argument with the h2c or --spawn-pod options, or client options without a pod: one line, status 64",
+          arguments: [
+              (["web", "--server", "http://127.0.0.1:1", "--pod", "default/web", "--port", "7"], "--pod NAMESPACE/NAME is a pod on a relay"),
+              (["--spawn-pod", "--kubeconfig", "/nonexistent"], "--spawn-pod starts its own relay and speaks h2c to it: leave out --kubeconfig"),
+              (["web", "--spawn-pod", "--port", "7"], "--spawn-pod starts its own relay and speaks h2c to it: leave out a pod argument"),
+              (["pod/web"], "a pod argument needs --port N (the pod's echo port)"),
+              (["web", "--port", "7", "-c", "2"], "--connections counts HTTP/2 connections to a relay"),
+              (["--protocol", "spdy", "--port", "7"], "--protocol goes with a pod argument (NAME or pod/NAME)"),
+              (["--pod", "default/web", "--port", "7"], "--pod NAMESPACE/NAME needs --server URL"),
+          ])
+    func mixed(_ arguments: [String], _ message: String) throws {
+        try E2E.requireBinary()
+        let run = try E2E.run([E2E.binary, "bench", "throughput"] + arguments, timeout: 10)
+        #expect(run.status == 64, "\(run.stderr)")
+        let line = run.stderr.split(separator: "\n").first.map(String.init) ?? ""
+        #expect(line.hasPrefix("Error: \(message)"), "\(run.stderr)")
+    }
+}
