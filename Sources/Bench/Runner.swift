@@ -170,12 +170,13 @@ private enum ForwardReport {
         // "https://127.0.0.1:6443: SPDY/3.1 in a WebSocket"
         var server = request.server
         var spoken: String?
-        if let first = sessions.first, let split = first.range(of: ": ", options: .backwards) {
-            server = String(first[..<split.lowerBound])
-            spoken = String(first[split.upperBound...])
+        var measured: WireProtocol?
+        if let first = sessions.first, let found = WireProtocol.allCases.first(where: { first.hasSuffix(": " + $0.name) }) {
+            server = String(first.dropLast(found.name.count + 2))
+            spoken = found.name
+            measured = found
         }
         let asked = request.wireProtocol
-        let measured = asked != .auto ? asked : WireProtocol.allCases.first { $0 != .auto && $0.name == spoken }
         var text = "portforward forward --protocol \(asked.rawValue)"
         if let spoken { text += " (\(spoken))" }
         text += " to \(server)"
