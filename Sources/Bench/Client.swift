@@ -56,6 +56,27 @@ public struct RelayTarget: Sendable {
     }
 }
 
+/// What carries a run's streams to the pod: HTTP/2 connections to a relay (`BenchConnection`,
+/// one stream per request), or plain TCP connections to a `portforward forward` child's local
+/// ports (`LocalConnections`, one connection per stream). The scenarios see only this and
+/// `StreamEvents`.
+protocol StreamCarrier: AnyObject {
+    /// Called once ready to open streams (nil) or when it cannot be (the reason).
+    var onConnect: ((String?) -> Void)? { get set }
+    /// Called once when it is gone after it was ready.
+    var onClose: ((String?) -> Void)? { get set }
+    var openStreams: Int { get }
+    func connect()
+    /// Opens `stream` to `port`; its body is the stream itself (a `DataSource`).
+    func open(_ stream: BenchStream, port: Int) throws
+    /// The stream has more to send.
+    func resume(_ stream: BenchStream)
+    /// Abandons the stream (RST_STREAM CANCEL; a TCP reset); `closed` follows.
+    func reset(_ stream: BenchStream)
+    /// Ends everything: gracefully, or at once with `now`.
+    func close(now: Bool)
+}
+
 /// What the scenario hears about a stream.
 protocol StreamEvents: AnyObject {
     func responded(_ stream: BenchStream, status: Int)
@@ -85,12 +106,14 @@ final class BenchStream: DataSource {
     }
 
     static let connectionLost: UInt32 = .max
+    /// The error code of a TCP stream closed by an error (`closeReason` says which).
+    static let socketFailed: UInt32 = .max - 1
 
     var id: StreamID = -1
     /// The scenario's index for this stream.
     let slot: Int
     let body: Body
-    unowned let connection: BenchConnection
+    unowned let connection: any StreamCarrier
     unowned let events: StreamEvents
     let counters: Counters
 
@@ -99,6 +122,10 @@ final class BenchStream: DataSource {
     /// The body of an error answer (the relay's one line), and whether the scenario was told.
     var errorBody: [UInt8] = []
     var refusalSeen = false
+    /// Why a TCP stream closed, in words (nil for HTTP/2: the error code says it).
+    var closeReason: String?
+    /// The TCP connection carrying the stream through a forward client (nil over HTTP/2).
+    var socket: StreamSocket?
     /// When the request was submitted, and when its current message was.
     var openedAt: UInt64 = 0
     var messageAt: UInt64 = 0
@@ -117,7 +144,7 @@ final class BenchStream: DataSource {
     private(set) var mismatched = false
     var scratch = 0
 
-    init(slot: Int, body: Body, connection: BenchConnection, events: StreamEvents, counters: Counters) {
+    init(slot: Int, body: Body, connection: any StreamCarrier, events: StreamEvents, counters: Counters) {
         self.slot = slot
         self.body = body
         self.connection = connection
@@ -147,16 +174,14 @@ final class BenchStream: DataSource {
     }
 
     private func resume() {
-        guard id >= 0, !isClosed else { return }
-        connection.session?.resume(id)
-        connection.connection?.flushSoon()
+        guard !isClosed else { return }
+        connection.resume(self)
     }
 
-    /// Resets the stream (RST_STREAM CANCEL).
+    /// Resets the stream (RST_STREAM CANCEL; a TCP reset).
     func reset() {
-        guard id >= 0, !isClosed else { return }
-        connection.session?.reset(id)
-        connection.connection?.flushSoon()
+        guard !isClosed else { return }
+        connection.reset(self)
     }
 
     /// Checks echoed bytes against what was sent; returns how many of them complete the current
@@ -203,7 +228,7 @@ final class BenchStream: DataSource {
 }
 
 /// One HTTP/2 connection to the relay (prior-knowledge h2c), and the streams on it.
-final class BenchConnection: SessionDelegate, CompletionHandler {
+final class BenchConnection: StreamCarrier, SessionDelegate, CompletionHandler {
     let reactor: ReactorBackend
     let target: RelayTarget
     let index: Int
@@ -290,6 +315,18 @@ final class BenchConnection: SessionDelegate, CompletionHandler {
         ], body: stream)
         streams[stream.id] = stream
         connection.flushSoon()
+    }
+
+    func resume(_ stream: BenchStream) {
+        guard stream.id >= 0 else { return }
+        session?.resume(stream.id)
+        connection?.flushSoon()
+    }
+
+    func reset(_ stream: BenchStream) {
+        guard stream.id >= 0 else { return }
+        session?.reset(stream.id)
+        connection?.flushSoon()
     }
 
     /// GOAWAY, then the socket closes once it is written (or at once with `now`).

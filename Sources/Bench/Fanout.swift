@@ -34,13 +34,13 @@ final class FanoutScenario: RelayScenario {
     private var lastCount = 0, lastTime = 0.0
     private var phaseTimer: TimerID = 0
 
-    init(reactor: ReactorBackend, target: RelayTarget, options: BenchOptions) {
+    init(reactor: ReactorBackend, route: StreamRoute, options: BenchOptions) {
         total = options.streamCount
         window = max(1, options.concurrency ?? 100)
         size = max(1, options.messageSize)
-        let title = "fanout: \(total.grouped) streams over \(options.connections) connection\(options.connections == 1 ? "" : "s"), "
+        let title = "fanout: \(total.grouped) streams \(route.carriers(options)), "
             + "\(min(window, total)) opening at a time, \(size)-byte echoes; then \(options.duration.fixed(1)) s of churn"
-        super.init(reactor: reactor, target: target, options: options, title: title)
+        super.init(reactor: reactor, route: route, options: options, title: title)
     }
 
     // MARK: open
@@ -79,7 +79,7 @@ final class FanoutScenario: RelayScenario {
         opened += 1
         let stream = BenchStream(slot: slot, body: .messages, connection: connection(for: slot), events: self, counters: counters)
         streams.append(stream)
-        open(stream, port: target.echoPort)
+        open(stream, port: ports.echo)
         stream.send(count: size)
     }
 
@@ -147,7 +147,7 @@ final class FanoutScenario: RelayScenario {
         churnInFlight += 1
         let stream = BenchStream(slot: slot, body: .messages, connection: connection(for: slot), events: self, counters: counters)
         stream.scratch = 10
-        open(stream, port: target.echoPort)
+        open(stream, port: ports.echo)
         stream.send(count: size, end: true)
     }
 

@@ -13,20 +13,20 @@ final class RequestResponseScenario: RelayScenario {
     private var startTime = 0.0
     private var lastCount = 0, lastTime = 0.0
 
-    init(reactor: ReactorBackend, target: RelayTarget, options: BenchOptions) {
+    init(reactor: ReactorBackend, route: StreamRoute, options: BenchOptions) {
         size = max(1, options.messageSize)
         let count = options.streamCount
-        let title = "rr: \(size)-byte request/response on \(count) stream\(count == 1 ? "" : "s") over "
-            + "\(options.connections) connection\(options.connections == 1 ? "" : "s"), "
+        let title = "rr: \(size)-byte request/response on \(count) stream\(count == 1 ? "" : "s") "
+            + "\(route.carriers(options)), "
             + "\(options.duration.fixed(1)) s after \(options.warmup.fixed(1)) s warm-up"
-        super.init(reactor: reactor, target: target, options: options, title: title)
+        super.init(reactor: reactor, route: route, options: options, title: title)
     }
 
     override func begin() {
         for slot in 0..<options.streamCount {
             let stream = BenchStream(slot: slot, body: .messages, connection: connection(for: slot), events: self, counters: counters)
             streams.append(stream)
-            open(stream, port: target.echoPort)
+            open(stream, port: ports.echo)
         }
         lastTime = now()
         reactor.after(options.phaseTimeout) { [weak self] in

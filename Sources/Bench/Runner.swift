@@ -14,6 +14,9 @@ public enum TargetChoice: Sendable {
     case spawn(relayIO: IOBackendChoice, serverIO: IOBackendChoice, connector: String, copy: String)
     /// connrate: any TCP echo server.
     case plain(host: String, port: Int)
+    /// A pod as a user reaches it: through a `portforward forward` child (any server it can
+    /// reach, any protocol), plain TCP to its local ports.
+    case forward(ForwardRequest)
 }
 
 /// Runs one bench scenario: sets up what it needs, runs it, prints the table on stdout and
@@ -27,6 +30,8 @@ public func runBench(options: BenchOptions, target: TargetChoice, backend: IOBac
     let reactor = try Reactors.make(backend)
     var spawned: SpawnedPod?
     defer { spawned?.stop() }
+    var client: ForwardClient?
+    defer { client?.stop() }
 
     var relayTarget: RelayTarget?
     var setup: [(String, JSON)] = []
@@ -40,9 +45,7 @@ public func runBench(options: BenchOptions, target: TargetChoice, backend: IOBac
         setup.append(("pod", .string(given.paths.map { "\($0.namespace)/\($0.pod)" }.joined(separator: ","))))
         setup.append(("spawned", .bool(false)))
     case .spawn(let relayIO, let serverIO, let chosen, let copy):
-        // Signals stay blocked from here on, so Ctrl-C during set-up still gets to clean up.
-        var blocked: [Int32] = [SIGINT, SIGTERM, SIGHUP]
-        _ = pf_block_signals(&blocked, Int32(blocked.count))
+        blockStopSignals()
         if !options.quiet { standardError("bench: starting a pod (target server) and a relay ...") }
         let pod = try SpawnedPod(relayIO: relayIO, serverIO: serverIO, connector: chosen, copy: copy,
                                  verbose: options.verbose)
@@ -62,40 +65,68 @@ public func runBench(options: BenchOptions, target: TargetChoice, backend: IOBac
         setup.append(("network_namespace", pod.namespace.map { .string($0) } ?? .null))
     case .plain(let host, let port):
         setup.append(("target", .string("\(host):\(port)")))
+    case .forward(let request):
+        blockStopSignals()
+        if !options.quiet { standardError("bench: starting portforward forward \(request.pod) (\(request.remotePorts.map { ":\($0)" }.joined(separator: " "))) ...") }
+        client = try ForwardClient(request, io: backend, copy: request.copy, timeout: options.phaseTimeout)
+        setup.append(("client", .string("portforward forward")))
+        setup.append(("pod", .string(request.pod)))
+        setup.append(("spawned", .bool(false)))
     }
     if options.streamCount > Int(limits.soft) - 64 && options.scenario == .fanout {
         standardError("bench: warning: \(options.streamCount) streams with an open-file limit of \(limits.soft)")
     }
 
-    let result: BenchResult
+    var result: BenchResult
     switch options.scenario {
     case .connrate:
-        guard case .plain(let host, let port) = target, let address = SocketAddress.resolve(host, port: port).first else {
-            throw BenchError("connrate needs --target HOST:PORT (an echo server)")
+        let echo: (host: String, port: Int)?
+        switch target {
+        case .plain(let host, let port): echo = (host, port)
+        case .forward: echo = client.map { ($0.ports.host, $0.ports.echo) }
+        default: echo = nil
+        }
+        guard let echo, let address = SocketAddress.resolve(echo.host, port: echo.port).first else {
+            throw BenchError("connrate needs --target HOST:PORT (an echo server) or a pod")
         }
         result = try ConnectionRateScenario(reactor: reactor, address: address, options: options).run()
     case .throughput, .fanout, .rr:
-        guard let relayTarget else { throw BenchError("\(options.scenario.rawValue) needs a relay: --server URL --pod NS/NAME --port N, or --spawn-pod") }
+        let route: StreamRoute
+        if let client {
+            route = .local(client.ports)
+        } else if let relayTarget {
+            route = .relay(relayTarget)
+        } else {
+            throw BenchError("\(options.scenario.rawValue) needs a relay: --server URL --pod NS/NAME --port N, or --spawn-pod")
+        }
         let scenario: RelayScenario
         switch options.scenario {
-        case .throughput: scenario = ThroughputScenario(reactor: reactor, target: relayTarget, options: options)
-        case .fanout: scenario = FanoutScenario(reactor: reactor, target: relayTarget, options: options)
-        default: scenario = RequestResponseScenario(reactor: reactor, target: relayTarget, options: options)
+        case .throughput: scenario = ThroughputScenario(reactor: reactor, route: route, options: options)
+        case .fanout: scenario = FanoutScenario(reactor: reactor, route: route, options: options)
+        default: scenario = RequestResponseScenario(reactor: reactor, route: route, options: options)
         }
         if let pod = spawned { scenario.relayResidentKiB = { pod.relayResidentKiB } }
         if let residentPID { scenario.relayResidentKiB = { Child.residentKiB(pid: residentPID) } }
         result = try scenario.run()
     }
 
+    var through = ""
+    if let client {
+        let path = ForwardReport.describe(client)
+        through = "through \(path.text), "
+        setup += path.setup
+        if let ended = client.ended { result.problems.append("portforward forward exited during the run (\(ended))") }
+    }
     var table = result.table
-    table += "\n  (bench io \(reactor.name)" + (relayBackend.map { ", relay io \($0)" } ?? "")
+    table += "\n  (\(through)bench io \(reactor.name)" + (relayBackend.map { ", relay io \($0)" } ?? "")
         + (connector.map { ", connector \($0)" } ?? "") + (relayCopy.map { ", copy \($0)" } ?? "") + ", kernel \(BenchEnvironment.kernel), \(BenchEnvironment.cores) cores)"
     print(table)
     fflush(stdout)
 
     if let jsonPath {
-        var parameters: [(String, JSON)] = [
-            ("connections", .integer(options.connections)),
+        // Through a forward client each stream is a TCP connection of its own: no shared ones.
+        var parameters: [(String, JSON)] = client == nil ? [("connections", .integer(options.connections))] : []
+        parameters += [
             ("streams", .integer(options.streamCount)),
             ("duration_s", .number(options.duration)),
             ("warmup_s", .number(options.warmup)),
@@ -121,6 +152,48 @@ public func runBench(options: BenchOptions, target: TargetChoice, backend: IOBac
         try writeFile(jsonPath, document.serialized() + "\n")
     }
     return result.problems.isEmpty ? 0 : 2
+}
+
+/// Blocks the bench's stop signals from here on, so that Ctrl-C during set-up still gets to
+/// clean up (the scenario's signalfd takes them).
+private func blockStopSignals() {
+    var blocked = benchStopSignals
+    _ = pf_block_signals(&blocked, Int32(blocked.count))
+}
+
+/// What the report says about the forward client: the protocol asked for and the one its
+/// session speaks, the server, and its backend.
+private enum ForwardReport {
+    static func describe(_ client: ForwardClient) -> (text: String, setup: [(String, JSON)]) {
+        let request = client.request
+        let sessions = client.sessions()
+        // "https://127.0.0.1:6443: SPDY/3.1 in a WebSocket"
+        var server = request.server
+        var spoken: String?
+        var measured: WireProtocol?
+        if let first = sessions.first, let found = WireProtocol.allCases.first(where: { first.hasSuffix(": " + $0.name) }) {
+            server = String(first.dropLast(found.name.count + 2))
+            spoken = found.name
+            measured = found
+        }
+        let asked = request.wireProtocol
+        var text = "portforward forward --protocol \(asked.rawValue)"
+        if let spoken { text += " (\(spoken))" }
+        text += " to \(server)"
+        var setup: [(String, JSON)] = [
+            ("path", .string(text)),
+            ("server", .string(server)),
+            ("protocol", .string(measured?.rawValue ?? asked.rawValue)),
+            ("protocol_asked", .string(asked.rawValue)),
+            ("forward_sessions", .integer(sessions.count)),
+        ]
+        if let spoken { setup.append(("protocol_spoken", .string(spoken))) }
+        if let backend = client.backend() {
+            text += ", forward io \(backend)"
+            setup.append(("forward_io", .string(backend)))
+        }
+        return (text, setup)
+    }
 }
 
 /// `Relay listening on ... io io_uring, ...` -> "io_uring".

@@ -40,13 +40,54 @@ public struct BenchOptions: Sendable {
     var messageSize: Int { size ?? (scenario == .connrate ? 4 : (scenario == .fanout ? 16 : 64)) }
 }
 
-/// What every scenario over a relay shares: the reactor, the connections, a progress line, a
-/// watchdog, Ctrl-C, and how it ends.
+/// How a run's streams reach the pod.
+public enum StreamRoute: Sendable {
+    /// h2c streams on `--connections` HTTP/2 connections to a relay (or gateway).
+    case relay(RelayTarget)
+    /// Plain TCP connections, one per stream, to local ports (a `portforward forward` child's,
+    /// each forwarding to the pod's port of the same role).
+    case local(StreamPorts)
+
+    /// The ports streams are opened to, by role.
+    var ports: StreamPorts {
+        switch self {
+        case .relay(let target): StreamPorts(echo: target.echoPort, discard: target.discardPort, source: target.sourcePort)
+        case .local(let ports): ports
+        }
+    }
+
+    /// "over 2 connections", for a title.
+    func carriers(_ options: BenchOptions) -> String {
+        switch self {
+        case .relay: "over \(options.connections) connection\(options.connections == 1 ? "" : "s")"
+        case .local: "over TCP (a connection each) through the forward client"
+        }
+    }
+}
+
+/// The ports a run opens streams to: the pod's (h2c to a relay), or the local ports a forward
+/// client listens on for them.
+public struct StreamPorts: Sendable {
+    public var echo: Int
+    public var discard: Int
+    public var source: Int
+    public var host = "127.0.0.1"
+
+    public init(echo: Int, discard: Int, source: Int) {
+        self.echo = echo
+        self.discard = discard
+        self.source = source
+    }
+}
+
+/// What every scenario over a relay or a forward client shares: the reactor, the connections, a
+/// progress line, a watchdog, Ctrl-C, and how it ends.
 class RelayScenario: StreamEvents {
     let reactor: ReactorBackend
-    let target: RelayTarget
+    let route: StreamRoute
+    let ports: StreamPorts
     let options: BenchOptions
-    var connections: [BenchConnection] = []
+    var connections: [any StreamCarrier] = []
     let counters = Counters()
     var progress: ProgressLine!
     var result: BenchResult
@@ -58,9 +99,10 @@ class RelayScenario: StreamEvents {
     /// Set by the runner when it spawned the relay: its resident memory, for the report.
     var relayResidentKiB: () -> Int? = { nil }
 
-    init(reactor: ReactorBackend, target: RelayTarget, options: BenchOptions, title: String) {
+    init(reactor: ReactorBackend, route: StreamRoute, options: BenchOptions, title: String) {
         self.reactor = reactor
-        self.target = target
+        self.route = route
+        ports = route.ports
         self.options = options
         result = BenchResult(scenario: options.scenario.rawValue, title: title)
         progress = ProgressLine(reactor: reactor, quiet: options.quiet) { [unowned self] in self.progressText() }
@@ -71,9 +113,15 @@ class RelayScenario: StreamEvents {
         signals = try SignalWatcher(benchStopSignals, reactor: reactor) { [unowned self] _ in
             self.fail("interrupted")
         }
-        var pending = options.connections
-        for index in 0..<options.connections {
-            let connection = BenchConnection(reactor: reactor, target: target, index: index)
+        var carriers: [any StreamCarrier] = []
+        switch route {
+        case .relay(let target):
+            for index in 0..<options.connections { carriers.append(BenchConnection(reactor: reactor, target: target, index: index)) }
+        case .local(let ports):
+            carriers.append(LocalConnections(reactor: reactor, host: ports.host))
+        }
+        var pending = carriers.count
+        for (index, connection) in carriers.enumerated() {
             connection.onConnect = { [unowned self] error in
                 if let error { return self.fail(error) }
                 pending -= 1
@@ -119,7 +167,7 @@ class RelayScenario: StreamEvents {
     }
 
     /// The connection for stream `slot`: round robin.
-    func connection(for slot: Int) -> BenchConnection { connections[slot % connections.count] }
+    func connection(for slot: Int) -> any StreamCarrier { connections[slot % connections.count] }
 
     func open(_ stream: BenchStream, port: Int) {
         do { try stream.connection.open(stream, port: port) } catch { fail("cannot open a stream: \(error)") }
@@ -160,6 +208,7 @@ class RelayScenario: StreamEvents {
 
     /// Words for a stream's end.
     func describeClose(_ stream: BenchStream, errorCode: UInt32) -> String {
+        if let reason = stream.closeReason { return reason }
         if stream.status != 200 && stream.status != 0 { return refusal(stream) }
         if errorCode == BenchStream.connectionLost { return "connection to the relay lost" }
         if errorCode == 0 { return "stream ended early" }

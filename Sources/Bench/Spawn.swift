@@ -13,7 +13,8 @@ final class Child {
     /// The write end of the child's standard input (a pipe): closing it tells a `--serve` child
     /// to go away.
     let input: FileDescriptor
-    private var reaped = false
+    /// How it ended, once reaped.
+    private var ending: String?
     private var pending: [UInt8] = []
 
     init(pid: pid_t, name: String, output: FileDescriptor, input: FileDescriptor) {
@@ -69,35 +70,36 @@ final class Child {
         }
     }
 
-    /// The exit status as words; nil while still running (non-blocking).
+    /// The exit status as words ("exit status 1"), "running" while it runs (with `block`: waits).
     @discardableResult
     func reap(block: Bool) -> String {
-        if reaped { return "reaped" }
+        if let ending { return ending }
         var status: Int32 = 0
         let result = waitpid(pid, &status, block ? 0 : WNOHANG)
         if result == 0 { return "running" }
-        reaped = true
-        if result < 0 { return "gone" }
         let signal = status & 0x7f
-        if signal == 0 { return "exit status \((status >> 8) & 0xff)" }
-        return "killed by signal \(signal)"
+        let words = result < 0 ? "gone" : (signal == 0 ? "exit status \((status >> 8) & 0xff)" : "killed by signal \(signal)")
+        ending = words
+        return words
     }
 
     var isRunning: Bool { reap(block: false) == "running" }
 
     /// SIGTERM, then SIGKILL after `grace` seconds.
     func stop(grace: Double = 3) {
-        close(input)
-        if reaped { return }
+        if input >= 0 { close(input) }
+        if ending != nil { return }
         kill(pid, SIGTERM)
         let deadline = now() + grace
         while now() < deadline {
-            if !isRunning { close(output); return }
+            if !isRunning { break }
             usleep(10_000)
         }
-        kill(pid, SIGKILL)
-        reap(block: true)
-        close(output)
+        if isRunning {
+            kill(pid, SIGKILL)
+            reap(block: true)
+        }
+        if output >= 0 { close(output) }
     }
 
     /// Resident memory in KiB (VmRSS), nil once gone.

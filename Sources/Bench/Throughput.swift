@@ -12,20 +12,20 @@ final class ThroughputScenario: RelayScenario {
     private var samples: [Double] = []
     private var sampleSent: UInt64 = 0, sampleReceived: UInt64 = 0, sampleTime = 0.0
 
-    init(reactor: ReactorBackend, target: RelayTarget, options: BenchOptions) {
+    init(reactor: ReactorBackend, route: StreamRoute, options: BenchOptions) {
         let count = options.streamCount
-        let title = "throughput: \(options.direction.rawValue), \(count) stream\(count == 1 ? "" : "s") over "
-            + "\(options.connections) connection\(options.connections == 1 ? "" : "s"), "
+        let title = "throughput: \(options.direction.rawValue), \(count) stream\(count == 1 ? "" : "s") "
+            + "\(route.carriers(options)), "
             + "\(options.duration.fixed(1)) s after \(options.warmup.fixed(1)) s warm-up"
-        super.init(reactor: reactor, target: target, options: options, title: title)
+        super.init(reactor: reactor, route: route, options: options, title: title)
     }
 
     override func begin() {
         let port: Int
         switch options.direction {
-        case .upload: port = target.discardPort
-        case .download: port = target.sourcePort
-        case .both: port = target.echoPort
+        case .upload: port = ports.discard
+        case .download: port = ports.source
+        case .both: port = ports.echo
         }
         for slot in 0..<options.streamCount {
             let body: BenchStream.Body = options.direction == .download ? .messages : .endless

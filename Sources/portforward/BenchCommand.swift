@@ -13,7 +13,7 @@ extension TargetMode: ExpressibleByArgument {}
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
-        abstract: "Measure a relay's throughput, stream fan-out and latency, speaking its protocol directly.",
+        abstract: "Measure the port-forward path: a relay spoken to directly, or any server through portforward forward.",
         discussion: """
         Scenarios:
           throughput  S streams (default 1) moving bulk data for T seconds: upload (to the pod's discard \
@@ -21,18 +21,28 @@ struct BenchCommand: ParsableCommand {
           fanout      K streams (default 10,000) opened W at a time (default 100), each verified by an \
         echo, held, echoed again, closed; then T seconds of churn (open, echo, close; W in flight).
           rr          request/response of --size bytes on S streams: round trips/s and latency.
-          connrate    plain TCP to --target HOST:PORT (any echo server, e.g. a `portforward forward` \
-        port): connect, echo, close, --concurrency at a time.
+          connrate    connect, echo, close, --concurrency at a time: through a pod argument's forward \
+        client, or plain TCP to --target HOST:PORT (any echo server).
 
-        Where the streams go: with --spawn-pod (the default without --server), the bench starts its \
-        own target server (echo, discard and source) in a new network namespace (root; the host \
-        network otherwise) and a relay that knows it as pod bench/target. With --server URL \
-        --pod NS/NAME --port N it uses an existing relay and any echo server the pod runs.
+        Where the streams go:
+          POD (NAME or pod/NAME, as kubectl and `portforward forward` take it) with --port N: the \
+        bench starts `portforward forward` (this executable) with the same kubeconfig, server, \
+        credential, TLS and --protocol options, listening on free ports of 127.0.0.1, and runs the \
+        scenario as plain TCP connections through it (a stream is a connection). That measures the \
+        whole path a user's forward takes: our client (a process of its own, on another core) and \
+        the API server and kubelet, or our relay or gateway, over h2, websocket or spdy.
+          --server URL --pod NS/NAME --port N: an existing relay, spoken to directly over h2c (no \
+        client in between: the relay alone).
+          --spawn-pod (the default without either): the bench starts its own target server (echo, \
+        discard and source) in a new network namespace (root; the host network otherwise) and a \
+        relay that knows it as pod bench/target, and speaks h2c to it.
 
         The table goes to stdout, a live progress line to stderr; --json FILE writes every figure \
-        with the environment. Exit status 0 when every stream behaved, 2 when some did not, 1 on \
-        errors. Examples:
+        with the environment (and, through a forward client, the protocol and server measured). \
+        Exit status 0 when every stream behaved, 2 when some did not, 1 on errors. Examples:
           portforward bench throughput -d both -s 8 -t 5
+          portforward bench throughput pod/web --port 7 --kubeconfig ~/.kube/config --protocol websocket
+          portforward bench rr web -n default --port 7 --protocol spdy
           portforward bench fanout --streams 10000 --json fanout.json
           portforward bench rr --server http://127.0.0.1:10250 --pod default/web --port 7
           portforward bench fanout --server http://127.0.0.1:6443 --pod default/a,default/b --port 7 (round robin)
@@ -42,18 +52,19 @@ struct BenchCommand: ParsableCommand {
     @Argument(help: "throughput, fanout, rr or connrate.")
     var scenario: ScenarioKind?
 
+    @Argument(help: ArgumentHelp("The pod, NAME or pod/NAME: the streams go through a portforward forward the bench starts.",
+                                 valueName: "pod"))
+    var podArgument: String?
+
     // Where to.
     @Flag(help: "Start a target server in a new network namespace and a relay for it (default without --server).")
     var spawnPod = false
 
-    @Option(help: "An existing relay's URL (then --pod and --port are needed).")
-    var server: String?
-
-    @Option(help: "The pod on that relay, NAMESPACE/NAME; several (repeated, or a comma list): streams round robin over them.")
+    @Option(help: "Without a pod argument: the pod on the --server relay, NAMESPACE/NAME, spoken to over h2c; several (repeated, or a comma list): streams round robin over them.")
     var pod: [String] = []
 
-    @Option(help: "Go through the API server's path for this node (/proxy/nodes/NODE/portForward/...).")
-    var node: String?
+    @OptionGroup(title: "Server, credentials, TLS, protocol (with a pod argument: for portforward forward)")
+    var kube: ClusterOptions
 
     @Option(help: "The pod's echo port (with --serve: the port to listen on, 0 for a free one).")
     var port: Int?
@@ -135,12 +146,37 @@ struct BenchCommand: ParsableCommand {
         if duration < 0 || warmup < 0 || hold < 0 { throw ValidationError("durations cannot be negative") }
         if let size, !(1...(256 * 1024)).contains(size) { throw ValidationError("--size must be from 1 to 262144") }
         if let concurrency, concurrency < 1 { throw ValidationError("--concurrency must be at least 1") }
-        if scenario == .connrate {
-            if target == nil { throw ValidationError("connrate needs --target HOST:PORT (an echo server)") }
+        if spawnPod && (podArgument != nil || !kube.clientOnlyFlags.isEmpty || kube.server != nil) {
+            let given = (podArgument != nil ? ["a pod argument"] : []) + kube.clientOnlyFlags + (kube.server != nil ? ["--server"] : [])
+            throw ValidationError("--spawn-pod starts its own relay and speaks h2c to it: leave out \(given.joined(separator: ", "))")
+        }
+        for (name, value) in [("--port", port), ("--discard-port", discardPort), ("--source-port", sourcePort)] {
+            if let value, !(1...65535).contains(value) { throw ValidationError("\(name) must be from 1 to 65535") }
+        }
+        if let podArgument {
+            do { _ = try PodArgument.name(podArgument) } catch { throw ValidationError("\(error)") }
+            if !pod.isEmpty {
+                throw ValidationError("--pod NAMESPACE/NAME is a pod on a relay spoken to over h2c, a pod argument one reached through portforward forward: give one")
+            }
+            if target != nil { throw ValidationError("--target and a pod argument name two echo servers: give one") }
+            if connections != 1 {
+                throw ValidationError("--connections counts HTTP/2 connections to a relay: through portforward forward each stream is a TCP connection of its own")
+            }
+            if relayIO != nil { throw ValidationError("--relay-io is for --spawn-pod's relay") }
+            if port == nil { throw ValidationError("a pod argument needs --port N (the pod's echo port)") }
             return
         }
-        if server != nil {
-            if spawnPod { throw ValidationError("--spawn-pod starts its own relay: leave out --server") }
+        if !pod.isEmpty && kube.server == nil {
+            throw ValidationError("--pod NAMESPACE/NAME needs --server URL (a relay spoken to over h2c); for a pod through portforward forward, give it as an argument")
+        }
+        if !kube.clientOnlyFlags.isEmpty {
+            throw ValidationError("\(kube.clientOnlyFlags.joined(separator: ", ")) go\(kube.clientOnlyFlags.count == 1 ? "es" : "") with a pod argument (NAME or pod/NAME): the bench then runs portforward forward with \(kube.clientOnlyFlags.count == 1 ? "it" : "them")")
+        }
+        if scenario == .connrate {
+            if target == nil { throw ValidationError("connrate needs --target HOST:PORT (an echo server) or a pod argument") }
+            return
+        }
+        if kube.server != nil {
             guard RelayTarget.pods(parsing: pod) != nil else { throw ValidationError("--server needs --pod NAMESPACE/NAME (one or more)") }
             guard let port, (1...65535).contains(port) else { throw ValidationError("--server needs --port N (the pod's echo port)") }
         }
@@ -172,7 +208,14 @@ struct BenchCommand: ParsableCommand {
 
         let choice: TargetChoice
         do {
-            if scenario == .connrate {
+            if let podArgument {
+                // For the report: where the forward client goes, as it will resolve it.
+                let selection = try? kube.selection()
+                choice = .forward(ForwardRequest(arguments: kube.arguments, pod: podArgument, echoPort: port!,
+                                                 discardPort: discardPort, sourcePort: sourcePort,
+                                                 wireProtocol: kube.wireProtocol, server: kube.serverURL(selection ?? nil),
+                                                 copy: io.copy.rawValue))
+            } else if scenario == .connrate {
                 let text = target!
                 guard let colon = text.lastIndex(of: ":"), let number = Int(text[text.index(after: colon)...]) else {
                     throw ValidationError("invalid --target \"\(text)\": expected HOST:PORT")
@@ -180,9 +223,9 @@ struct BenchCommand: ParsableCommand {
                 var host = String(text[..<colon])
                 if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
                 choice = .plain(host: host, port: number)
-            } else if let server {
+            } else if let server = kube.server {
                 choice = .relay(RelayTarget(server: try ServerURL(parsing: server),
-                                            paths: RelayTarget.pods(parsing: pod, node: node)!,
+                                            paths: RelayTarget.pods(parsing: pod, node: kube.node)!,
                                             echoPort: port!, discardPort: discardPort, sourcePort: sourcePort))
             } else {
                 choice = .spawn(relayIO: relayIO ?? io.backend, serverIO: io.backend, connector: connector.rawValue,

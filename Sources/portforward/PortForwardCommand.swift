@@ -154,29 +154,7 @@ struct Forward: ParsableCommand {
         drops, the listeners stay open and the client reconnects (--no-reconnect: it exits).
         """)
 
-    @Option(help: "The relay's or API server's URL (overrides the kubeconfig's; default: $PORTFORWARD_SERVER, then the kubeconfig's cluster, then http://127.0.0.1:10250).")
-    var server: String?
-
-    @Option(help: "The kubeconfig file (default: $KUBECONFIG, merged, then ~/.kube/config).")
-    var kubeconfig: String?
-
-    @Option(help: "The kubeconfig context (default: its current-context).")
-    var context: String?
-
-    @Option(help: "The kubeconfig cluster to use instead of the context's.")
-    var cluster: String?
-
-    @Option(help: "The kubeconfig user to use instead of the context's.")
-    var user: String?
-
-    @Option(help: "Go through the API server's path for this node (/proxy/nodes/NODE/portForward/...).")
-    var node: String?
-
-    @Flag(help: "Ask on the pod's Kubernetes API URL (/api/v1/namespaces/NAMESPACE/pods/POD/portforward), as kubectl does.")
-    var apiPath = false
-
-    @Option(name: [.customShort("n"), .long], help: "The pod's namespace (default: the context's, then default).")
-    var namespace: String?
+    @OptionGroup var kube: ClusterOptions
 
     @Option(help: "Addresses to listen on, comma-separated: localhost (127.0.0.1 and ::1) or IP addresses.")
     var address = "localhost"
@@ -189,23 +167,6 @@ struct Forward: ParsableCommand {
 
     @Option(help: "Seconds a local connection accepted while there is no session waits for the next one.")
     var sessionWaitTimeout: Double = 10
-
-    @Option(help: "What to speak to the server: h2 (our HTTP/2 protocol), websocket (SPDY/3.1 in a WebSocket, kubectl 1.31+'s), spdy (plain SPDY/3.1, kubectl 1.30's), or auto: h2 when the server offers it, else websocket, else spdy.")
-    var `protocol` = WireProtocol.auto
-
-    @Option(help: "Seconds the whole upgrade exchange with the relay may take.")
-    var upgradeTimeout: Double = 10
-
-    @Option(help: "Seconds of silence from the relay before a PING (0: no keepalive).")
-    var keepaliveInterval: Double = 10
-
-    @Option(help: "Seconds to wait for the PING's answer before giving up on the relay.")
-    var keepaliveTimeout: Double = 10
-
-    @OptionGroup(title: "TLS (an https:// server)") var tls: ClientTLSOptions
-
-    @Option(help: "A bearer token, sent only over https:// (as kubectl: never in plain text); overrides the kubeconfig's.")
-    var token: String?
 
     @OptionGroup var io: IOOptions
 
@@ -234,10 +195,6 @@ struct Forward: ParsableCommand {
             throw ValidationError("\(error)")
         }
         if address.split(separator: ",").isEmpty { throw ValidationError("--address needs at least one address") }
-        if apiPath && node != nil { throw ValidationError("--api-path and --node name different URLs: give one") }
-        if !(upgradeTimeout > 0) || !(keepaliveTimeout > 0) || !(keepaliveInterval >= 0) {
-            throw ValidationError("--upgrade-timeout and --keepalive-timeout must be greater than 0, --keepalive-interval 0 or more")
-        }
         if !(sessionWaitTimeout >= 0) { throw ValidationError("--session-wait-timeout must be 0 or more") }
         if GoDuration.seconds(podRunningTimeout) == nil {
             throw ValidationError("invalid --pod-running-timeout \"\(podRunningTimeout)\": expected a duration such as 1m0s, 30s or 45")
@@ -250,57 +207,45 @@ struct Forward: ParsableCommand {
         let podName: String
         do { podName = try PodArgument.name(pod) } catch { fail("\(error)") }
         let requests = try ports.map(PortRequest.init(parsing:))
-        var environment: [String: String] = [:]
-        for name in ["KUBECONFIG", "HOME"] {
-            if let value = getenv(name) { environment[name] = String(cString: value) }
-        }
-        let serverFromEnvironment = getenv("PORTFORWARD_SERVER").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
         // The kubeconfig, as kubectl reads it; none at all is fine when --server or
         // $PORTFORWARD_SERVER says where to go.
         var selection: Kubeconfig.Selection?
-        do {
-            let config = try Kubeconfig.load(explicit: kubeconfig, environment: environment)
-            let asked = context != nil || cluster != nil || user != nil || kubeconfig != nil
-            if asked || config.currentContext != nil {
-                selection = try config.select(.init(context: context, cluster: cluster, user: user, namespace: namespace))
-            }
-        } catch {
-            fail("\(error)")
-        }
-        let serverURL = server ?? serverFromEnvironment ?? selection?.cluster.server ?? "http://127.0.0.1:10250"
-        let resolvedNamespace = namespace ?? selection?.namespace ?? "default"
+        do { selection = try kube.selection() } catch { fail("\(error)") }
+        let serverURL = kube.serverURL(selection)
+        let resolvedNamespace = kube.namespace ?? selection?.namespace ?? "default"
         var options = ForwardOptions(
             server: serverURL,
             // A kubeconfig's server is an API server: ask on the pod's API URL, as kubectl does.
-            target: ForwardPath(node: node, namespace: resolvedNamespace, pod: podName, subresource: apiPath || (selection != nil && node == nil)),
+            target: ForwardPath(node: kube.node, namespace: resolvedNamespace, pod: podName,
+                                subresource: kube.apiPath || (selection != nil && kube.node == nil)),
             ports: [],
             addresses: address.split(separator: ",").map { String($0).trimmed })
         options.requests = requests
         options.podRunningTimeoutSeconds = GoDuration.seconds(podRunningTimeout) ?? 60
         options.reconnect.enabled = !noReconnect
         options.reconnect.sessionWaitSeconds = sessionWaitTimeout
-        options.upgradeTimeoutSeconds = upgradeTimeout
-        options.wireProtocol = `protocol`
-        options.keepalive = keepaliveInterval > 0 ? Keepalive(interval: keepaliveInterval, timeout: keepaliveTimeout) : nil
-        options.tls = tls.options
-        options.token = token
+        options.upgradeTimeoutSeconds = kube.upgradeTimeout
+        options.wireProtocol = kube.wireProtocol
+        options.keepalive = kube.keepaliveInterval > 0 ? Keepalive(interval: kube.keepaliveInterval, timeout: kube.keepaliveTimeout) : nil
+        options.tls = kube.tls.options
+        options.token = kube.token
         var plugin: ExecPlugin?
         if let selection {
             // The flags win over the kubeconfig, field by field, as kubectl's overrides do.
             let cluster = selection.cluster, user = selection.user
-            if tls.certificateAuthority == nil {
+            if kube.tls.certificateAuthority == nil {
                 options.tls.certificateAuthorityFile = cluster.certificateAuthority
                 options.tls.certificateAuthorityData = cluster.certificateAuthorityData
             }
-            if !tls.insecureSkipTlsVerify { options.tls.insecureSkipVerify = cluster.insecureSkipTLSVerify }
-            if tls.tlsServerName == nil { options.tls.serverName = cluster.tlsServerName }
-            if tls.clientCertificate == nil {
+            if !kube.tls.insecureSkipTlsVerify { options.tls.insecureSkipVerify = cluster.insecureSkipTLSVerify }
+            if kube.tls.tlsServerName == nil { options.tls.serverName = cluster.tlsServerName }
+            if kube.tls.clientCertificate == nil {
                 options.tls.clientCertificateFile = user.clientCertificate
                 options.tls.clientKeyFile = user.clientKey
                 options.tls.clientCertificateData = user.clientCertificateData
                 options.tls.clientKeyData = user.clientKeyData
             }
-            if token == nil {
+            if kube.token == nil {
                 options.token = user.token
                 if user.token == nil { options.tokenFile = user.tokenFile }
                 if user.token == nil && user.tokenFile == nil, let exec = user.exec {
@@ -315,8 +260,8 @@ struct Forward: ParsableCommand {
         let hasCredentials = options.token != nil || options.tokenFile != nil || plugin != nil
             || options.tls.clientCertificateFile != nil || options.tls.clientCertificateData != nil
         if hasCredentials && !options.sendsCredentials {
-            let whose = token != nil ? "--token is" : options.credentialSource.map { "the credentials of \($0) are" } ?? "the credentials are"
-            standardError("warning: \(whose) not sent to \(options.server): \(token != nil ? "it" : "they") would travel in plain text (use an https:// server)")
+            let whose = kube.token != nil ? "--token is" : options.credentialSource.map { "the credentials of \($0) are" } ?? "the credentials are"
+            standardError("warning: \(whose) not sent to \(options.server): \(kube.token != nil ? "it" : "they") would travel in plain text (use an https:// server)")
             plugin = nil
         }
         do {

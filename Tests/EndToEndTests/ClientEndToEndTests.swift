@@ -26,13 +26,14 @@ extension Scene {
         return ForwarderProcess(child: child, localPorts: ports, lines: lines)
     }
 
-    /// `portforward forward` expected to end by itself: its status, standard error and seconds.
-    func runClient(_ arguments: [String], environment: [String: String] = [:], timeout: Double = 30) throws
-        -> (status: Int32, stderr: String, seconds: Double) {
+    /// `portforward forward` (or another `subcommand`) expected to end by itself: its status,
+    /// standard error and seconds.
+    func runClient(_ arguments: [String], environment: [String: String] = [:], timeout: Double = 30,
+                   subcommand: String = "forward") throws -> (status: Int32, stderr: String, seconds: Double) {
         let env = ["env", "-u", "KUBECONFIG", "-u", "PORTFORWARD_SERVER", "HOME=\(directory)"]
             + environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
         let started = Date()
-        let result = try E2E.run(env + [E2E.binary, "forward", "--io", E2E.io] + arguments, timeout: timeout, directory: directory)
+        let result = try E2E.run(env + [E2E.binary, subcommand, "--io", E2E.io] + arguments, timeout: timeout, directory: directory)
         return (result.status, result.stderr, Date().timeIntervalSince(started))
     }
 
