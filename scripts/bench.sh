@@ -382,11 +382,16 @@ note "rows: ${active[*]}; $rounds rounds; iperf3 ${seconds}s (+1s omitted), conn
 started=$SECONDS
 wanted() { [[ " $figures_wanted " == *" $1 "* ]]; }
 for round in $(seq "$rounds"); do
-    for parallel in 1 8; do
-        wanted "tput$parallel" || continue
-        for row in "${active[@]}"; do note "round $round/$rounds: throughput -P $parallel: $row"; run_iperf "$row" "$parallel" "$round"; done
-        [ "$parallel" = 1 ] && wanted down1 || continue
-        for row in "${active[@]}"; do note "round $round/$rounds: throughput -R: $row"; run_iperf "$row" 1 "$round" down; done
+    for figure in tput1 down1 tput8; do
+        wanted "$figure" || continue
+        for row in "${active[@]}"; do
+            note "round $round/$rounds: $figure: $row"
+            case $figure in
+                tput1) run_iperf "$row" 1 "$round" ;;
+                down1) run_iperf "$row" 1 "$round" down ;;
+                tput8) run_iperf "$row" 8 "$round" ;;
+            esac
+        done
     done
     for parallel in 1 4; do
         wanted "rate$parallel" || continue
