@@ -99,8 +99,10 @@ public final class TLSConnection: CompletionHandler {
     private var innerReceiving = false
     /// The socket's receive side said end of file.
     private var outerEndOfFile = false
-    /// No more plaintext from the peer (close_notify or end of file): the inner write side is shut.
+    /// No more plaintext from the peer (close_notify or end of file).
     private var outerReadEnded = false
+    /// The inner write side is shut: the plaintext that came before the end is all written.
+    private var innerWriteShut = false
     /// The inner end said end of file: close_notify is to be sent.
     private var innerReadEnded = false
     /// close_notify is in the output.
@@ -303,6 +305,13 @@ public final class TLSConnection: CompletionHandler {
         decrypt()
         guard phase == .open else { return }
         if !innerWriting && !innerQueue.isEmpty { issueInnerWrite() }
+        if outerReadEnded && innerQueue.isEmpty && !innerWriteShut {
+            // Only after the last plaintext is written: on io_uring a queued write reaches the
+            // kernel at the end of the turn, after a shutdown made now, and the inner end would
+            // read its end of file first (the peer's last answer lost, the write failing EPIPE).
+            innerWriteShut = true
+            Sockets.shutdownWrite(inner)
+        }
         encrypt()
         guard phase == .open else { return }
         flushOuter()
@@ -458,10 +467,10 @@ public final class TLSConnection: CompletionHandler {
         span.pointee.input = nil
     }
 
+    /// No more plaintext will come; the inner write side is shut once what came is written
+    /// (`advance`).
     private func endOuterRead() {
-        guard !outerReadEnded else { return }
         outerReadEnded = true
-        Sockets.shutdownWrite(inner)
     }
 
     private func receiveOuter() {
