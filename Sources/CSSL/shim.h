@@ -26,10 +26,13 @@ static inline size_t pf_bio_pending(BIO *bio) {
     return BIO_ctrl_pending(bio);
 }
 
-/* The server's ALPN choice: h2 when the client offers it, else http/1.1 when offered; a client
-   that offers neither (or no ALPN at all) goes on without ALPN, and the relay's first-request
-   detection decides (kubectl's upgrade connections offer none). */
-static const unsigned char pf_alpn_server_protocols[] = "\x02h2\x08http/1.1";
+/* The server's ALPN choice: portforward-h2 (our client's name for HTTP/2 carrying our
+   port-forward protocol, which only our relay and gateway speak: a Kubernetes API server agrees
+   to h2 for its API but port-forwards only after an HTTP/1.1 upgrade) when the client offers it,
+   else h2, else http/1.1; a client that offers none of them (or no ALPN at all) goes on without
+   ALPN, and the relay's first-request detection decides (kubectl's upgrade connections offer
+   none). */
+static const unsigned char pf_alpn_server_protocols[] = "\x0eportforward-h2\x02h2\x08http/1.1";
 
 static inline int pf_alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                                  const unsigned char *in, unsigned int inlen, void *arg) {

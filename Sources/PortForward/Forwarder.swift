@@ -131,7 +131,8 @@ public struct ForwardError: Error, CustomStringConvertible, Sendable {
     public var status: Int?
     /// `--protocol auto` tries the next protocol after this refusal: an answer that says the
     /// server does not speak what was asked, not that the pod or the caller is wrong.
-    var allowsFallback: Bool { status.map { ![401, 403, 404].contains($0) } ?? false }
+    var allowsFallback: Bool { status.map(Self.allowsFallback) ?? false }
+    static func allowsFallback(_ status: Int) -> Bool { ![401, 403, 404].contains(status) }
     public init(_ description: String, status: Int? = nil) {
         self.description = description
         self.status = status
@@ -300,12 +301,16 @@ public final class Forwarder: CompletionHandler {
         let auto = options.wireProtocol == .auto
         let wanted = auto ? settled ?? .auto : options.wireProtocol
         if server.secure {
-            // TLS; ALPN h2: HTTP/2 with prior knowledge, each stream naming the pod. Otherwise
-            // HTTP/1.1 and an upgrade to SPDY.
-            // ALPN costs no round trip: auto offers both while h2 is what the server last agreed to.
-            let offer = wanted == .h2 && !auto ? ["h2"] : wanted == .h2 || wanted == .auto ? ["h2", "http/1.1"] : ["http/1.1"]
+            // TLS; ALPN portforward-h2: HTTP/2 with prior knowledge, each stream naming the pod.
+            // Otherwise HTTP/1.1 and an upgrade to SPDY. auto never offers plain h2: a Kubernetes
+            // API server agrees to it (for its API) and would then refuse every stream, since it
+            // port-forwards only after an HTTP/1.1 upgrade. A forced h2 offers it too, for a relay
+            // older than the name. ALPN costs no round trip: auto offers both while h2 is what
+            // the server last agreed to.
+            let offer = wanted == .h2 && !auto ? [Self.alpnH2, "h2"]
+                : wanted == .h2 || wanted == .auto ? [Self.alpnH2, "http/1.1"] : ["http/1.1"]
             let (fd, alpn) = try secureDial(offering: offer)
-            if alpn == "h2" {
+            if alpn == Self.alpnH2 || alpn == "h2" {
                 return try startH2(fd, session: Session(role: .client, settings: settings), leftover: [])
             }
             return startHTTP1(fd, speaking: wanted == .spdy ? .spdy : .websocket)
@@ -326,7 +331,10 @@ public final class Forwarder: CompletionHandler {
         return startHTTP1(try dial(), speaking: wanted == .spdy ? .spdy : .websocket)
     }
 
-    /// The HTTP/2 connection on `fd`, after the h2c upgrade or TLS with ALPN h2.
+    /// The ALPN name of our protocol over TLS: HTTP/2, each stream a forwarded connection.
+    public static let alpnH2 = "portforward-h2"
+
+    /// The HTTP/2 connection on `fd`, after the h2c upgrade or TLS with ALPN portforward-h2 (or h2).
     private func startH2(_ fd: FileDescriptor, session: Session, leftover: [UInt8]) throws {
         speaking = .h2
         if options.wireProtocol == .auto { settled = .h2 }
@@ -530,7 +538,7 @@ public final class Forwarder: CompletionHandler {
                                                              timeoutSeconds: options.upgradeTimeoutSeconds)
             // A server without ALPN speaks HTTP/1.1 (kubectl's upgrade connections offer none).
             guard let alpn = established.alpn ?? (offering.contains("http/1.1") ? "http/1.1" : nil), offering.contains(alpn) else {
-                throw ForwardError(offering == ["h2"]
+                throw ForwardError(!offering.contains("http/1.1")
                     ? "the relay did not agree to HTTP/2 over TLS (ALPN \(established.alpn ?? "none")): is it a portforward relay?"
                     : "the relay did not agree to \(offering.joined(separator: " or ")) over TLS (ALPN \(established.alpn ?? "none"))")
             }
@@ -744,8 +752,9 @@ public final class Forwarder: CompletionHandler {
                     return self.startSPDY(exchange.fd, initial: rest, pod: pod)
                 }
                 self.closeExchange()
-                // The server no longer agrees to what it did: the next dial probes in full.
-                self.settled = nil
+                // The server no longer agrees to what it did (not a 401, 403 or 404, which are
+                // about the caller or the pod): the next dial probes in full.
+                if head.status == 101 || ForwardError.allowsFallback(head.status) { self.settled = nil }
                 if self.speaking == .websocket && self.options.wireProtocol == .auto {
                     // kubectl's fallback (client-go fallback_dialer.go): anything but the tunnel's
                     // 101 means plain SPDY, on a new connection.

@@ -122,7 +122,7 @@ struct ClientProtocolTests {
         }
     }
 
-    @Test("auto speaks h2 to our relay: over http (the h2c upgrade accepted), over https (ALPN h2)")
+    @Test("auto speaks h2 to our relay: over http (the h2c upgrade accepted), over https (ALPN portforward-h2)")
     func autoChoosesH2() throws {
         try withScene { scene in
             let namespace = try scene.makeNamespace()
@@ -142,7 +142,7 @@ struct ClientProtocolTests {
             echoed = try Net.echo("127.0.0.1", try secure.local(echoPort), payload)
             #expect(Net.same(payload, echoed))
             #expect(secure.child.stderr.contains("session to \(tlsRelay.url): HTTP/2\n"), "\(secure.child.stderr)")
-            #expect(tlsRelay.child.stderr.contains("ALPN h2"), "\(tlsRelay.child.stderr)")
+            #expect(tlsRelay.child.stderr.contains("ALPN portforward-h2"), "\(tlsRelay.child.stderr)")
         }
     }
 
@@ -271,19 +271,65 @@ struct ClientProtocolTests {
         }
     }
 
+    /// Tests/Peers/spdyserver.py (plain SPDY only; port 7000 echoes in its process), on `listen`
+    /// (0: a free port), over TLS with `files`' server certificate when given; and its port.
+    private func startSPDYServer(_ scene: Scene, listen: Int = 0, tls files: TLSFiles? = nil) throws -> (Child, Int) {
+        let environment = files.map { ["env", "SPDYSERVER_CERT=\($0.serverCertificate)", "SPDYSERVER_KEY=\($0.serverKey)"] } ?? []
+        let child = try scene.start(environment + [Peers.python, E2E.packageRoot + "/Tests/Peers/spdyserver.py", "echo:\(echoPort)", "\(listen)"],
+                                    name: "spdyserver")
+        let port = try child.waitFor("the line \"listening PORT\"") { text in
+            text.split(separator: "\n").first { $0.hasPrefix("listening ") }.flatMap { Int($0.dropFirst("listening ".count)) }
+        }
+        return (child, port)
+    }
+
+    @Test("auto over https to a server that picks h2 for its API but port-forwards only after an HTTP/1.1 upgrade, as a Kubernetes API server: the client never offers plain h2, and ends on plain SPDY")
+    func autoOverTLSToAnAPIServer() throws {
+        try Peers.require()
+        try withScene { scene in
+            let files = try TLSFiles(in: scene.directory)
+            let (server, port) = try startSPDYServer(scene, tls: files)
+            let forwarder = try scene.startForwarder(relay: RelayProcess(child: server, host: "127.0.0.1", port: port, scheme: "https"),
+                                                     pod: "web", remotePorts: [echoPort],
+                                                     extra: ["--protocol", "auto", "--certificate-authority", files.ca, "-v"])
+            let payload = Net.randomBytes(mebibyte)
+            #expect(try Net.echo("127.0.0.1", try forwarder.local(echoPort), payload, halfClose: true) == payload)
+            #expect(forwarder.child.stderr.contains("session to https://127.0.0.1:\(port): SPDY/3.1\n"), "\(forwarder.child.stderr)")
+            #expect(server.stderr.contains("ALPN http/1.1"), "\(server.stderr)")
+            #expect(!server.stderr.contains("ALPN h2"), "the client offered plain h2: \(server.stderr)")
+            forwarder.child.kill()
+        }
+    }
+
+    @Test("auto forgets a protocol the server no longer agrees to: h2 with our relay, then a SPDY-only server on its port: the re-dial falls back through the WebSocket tunnel to plain SPDY")
+    func autoForgets() throws {
+        try Peers.require()
+        try withScene { scene in
+            let namespace = try scene.makeNamespace()
+            try scene.serve(in: namespace, port: echoPort)
+            let relay = try scene.startRelay(pods: ["web": namespace], connector: .native)
+            let forwarder = try scene.startForwarder(relay: relay, pod: "web", remotePorts: [echoPort], extra: ["--protocol", "auto", "-v"])
+            let payload = Net.randomBytes(64 * 1024)
+            #expect(try Net.echo("127.0.0.1", try forwarder.local(echoPort), payload, halfClose: true) == payload)
+            #expect(forwarder.child.stderr.contains("session to \(relay.url): HTTP/2\n"), "\(forwarder.child.stderr)")
+            relay.child.kill()
+            let (server, _) = try startSPDYServer(scene, listen: relay.port)
+            _ = try forwarder.child.waitFor("the line saying the session is back", timeout: 20) { text in
+                text.contains("Reconnected to relay at") ? true : nil
+            }
+            #expect(try Net.echo("127.0.0.1", try forwarder.local(echoPort), payload, halfClose: true) == payload)
+            #expect(server.stderr.contains(": h2c refused") && server.stderr.contains(": websocket refused")
+                    && server.stderr.contains(": SPDY/3.1"), "\(server.stderr)")
+            #expect(forwarder.child.stderr.contains("session to \(relay.url): SPDY/3.1\n"), "\(forwarder.child.stderr)")
+            forwarder.child.kill()
+        }
+    }
+
     @Test("auto remembers what the server agreed to: after the SPDY-only server restarts, the re-dial asks for plain SPDY at once, without the h2c and WebSocket probes")
     func autoRemembers() throws {
         try Peers.require()
         try withScene { scene in
-            let script = E2E.packageRoot + "/Tests/Peers/spdyserver.py"
-            func startServer(_ listen: Int) throws -> (Child, Int) {
-                let child = try scene.start([Peers.python, script, "echo:\(echoPort)", "\(listen)"], name: "spdyserver")
-                let port = try child.waitFor("the line \"listening PORT\"") { text in
-                    text.split(separator: "\n").first { $0.hasPrefix("listening ") }.flatMap { Int($0.dropFirst("listening ".count)) }
-                }
-                return (child, port)
-            }
-            let (first, port) = try startServer(0)
+            let (first, port) = try startSPDYServer(scene)
             let server = RelayProcess(child: first, host: "127.0.0.1", port: port)
             let forwarder = try scene.startForwarder(relay: server, pod: "web", remotePorts: [echoPort], extra: ["--protocol", "auto", "-v"])
             let payload = Net.randomBytes(64 * 1024)
@@ -291,7 +337,7 @@ struct ClientProtocolTests {
             // The first dial probed: h2c refused, then the WebSocket tunnel refused, then SPDY.
             #expect(first.stderr.contains(": h2c refused") && first.stderr.contains(": websocket refused"), "\(first.stderr)")
             first.kill()
-            let (second, _) = try startServer(port)
+            let (second, _) = try startSPDYServer(scene, listen: port)
             _ = try forwarder.child.waitFor("the line saying the session is back", timeout: 20) { text in
                 text.contains("Reconnected to relay at") ? true : nil
             }

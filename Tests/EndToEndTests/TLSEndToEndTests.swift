@@ -206,7 +206,7 @@ struct TLSEndToEndTests {
                 "--certificate-authority", files.ca, "--client-certificate", files.clientCertificate, "--client-key", files.clientKey])
             let payload = Net.randomBytes(1 << 20)
             #expect(Net.same(try Net.echo("127.0.0.1", try forwarder.local(echoPort), payload), payload))
-            #expect(relay.child.stderr.contains("TLS from 127.0.0.1: ALPN h2, client certificate of \"alice\""), "\(relay.child.stderr)")
+            #expect(relay.child.stderr.contains("TLS from 127.0.0.1: ALPN portforward-h2, client certificate of \"alice\""), "\(relay.child.stderr)")
 
             for credentials in [["--client-certificate", files.otherClientCertificate, "--client-key", files.otherClientKey],
                                 ["--client-certificate", files.expiredClientCertificate, "--client-key", files.expiredClientKey], []] {

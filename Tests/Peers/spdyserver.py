@@ -11,10 +11,14 @@ for our client's --protocol spdy, and for --protocol auto's fallback, which must
 
 Usage: spdyserver.py TARGET [LISTEN_PORT]; prints "listening PORT" once ready (LISTEN_PORT, default
 a free one: a restarted server can take its predecessor's). TARGET is a host whose ports the pairs
-are joined to, or echo:PORT: that port echoes in this process, every other port is refused."""
+are joined to, or echo:PORT: that port echoes in this process, every other port is refused.
+With SPDYSERVER_CERT and SPDYSERVER_KEY (PEM files) it serves TLS and picks ALPN as a Go API
+server does, h2 first, then http/1.1 (one "ALPN X" line per connection); it still speaks only
+HTTP/1.1, so a client that took h2 fails."""
 import asyncio
 import json
 import os
+import ssl
 import struct
 import sys
 import zlib
@@ -178,6 +182,9 @@ class Echo:
 
 
 async def handle(reader, writer):
+    tls = writer.get_extra_info("ssl_object")
+    if tls is not None:
+        log(f"ALPN {tls.selected_alpn_protocol() or 'none'}")
     buffer = b""
     while True:
         while b"\r\n\r\n" not in buffer:
@@ -216,7 +223,12 @@ async def handle(reader, writer):
 
 
 async def main():
-    server = await asyncio.start_server(handle, "127.0.0.1", LISTEN_PORT, reuse_address=True)
+    context = None
+    if os.environ.get("SPDYSERVER_CERT"):
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(os.environ["SPDYSERVER_CERT"], os.environ["SPDYSERVER_KEY"])
+        context.set_alpn_protocols(["h2", "http/1.1"])
+    server = await asyncio.start_server(handle, "127.0.0.1", LISTEN_PORT, reuse_address=True, ssl=context)
     print("listening", server.sockets[0].getsockname()[1], flush=True)
     await server.serve_forever()
 
