@@ -292,8 +292,8 @@ client() {  # client ROW COMMAND...: runs where the row's client runs
 cpu_seconds() {  # PID: utime+stime in seconds (0 when the process is gone)
     awk -v tck="$(getconf CLK_TCK)" '{ print ($14 + $15) / tck }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
-switches() {  # PID: voluntary + involuntary context switches so far (0 when the process is gone)
-    awk '/ctxt_switches/ { n += $2 } END { print n + 0 }' "/proc/$1/status" 2>/dev/null || echo 0
+switches() {  # PID: voluntary + involuntary context switches so far, all its threads (0 when the process is gone)
+    cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { n += $2 } END { print n + 0 }'
 }
 
 run_iperf() {  # ROW PARALLEL ROUND [down]: down (one connection) is iperf3 -R, server -> client
