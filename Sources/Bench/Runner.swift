@@ -77,45 +77,59 @@ public func runBench(options: BenchOptions, target: TargetChoice, backend: IOBac
         standardError("bench: warning: \(options.streamCount) streams with an open-file limit of \(limits.soft)")
     }
 
-    var result: BenchResult
-    switch options.scenario {
-    case .connrate:
-        let echo: (host: String, port: Int)?
-        switch target {
-        case .plain(let host, let port): echo = (host, port)
-        case .forward: echo = client.map { ($0.ports.host, $0.ports.echo) }
-        default: echo = nil
-        }
-        guard let echo, let address = SocketAddress.resolve(echo.host, port: echo.port).first else {
-            throw BenchError("connrate needs --target HOST:PORT (an echo server) or a pod")
-        }
-        result = try ConnectionRateScenario(reactor: reactor, address: address, options: options).run()
-    case .throughput, .fanout, .rr:
-        let route: StreamRoute
-        if let client {
-            route = .local(client.ports)
-        } else if let relayTarget {
-            route = .relay(relayTarget)
-        } else {
-            throw BenchError("\(options.scenario.rawValue) needs a relay: --server URL --pod NS/NAME --port N, or --spawn-pod")
-        }
-        let scenario: RelayScenario
+    /// The scenario, run.
+    func measure() throws -> BenchResult {
         switch options.scenario {
-        case .throughput: scenario = ThroughputScenario(reactor: reactor, route: route, options: options)
-        case .fanout: scenario = FanoutScenario(reactor: reactor, route: route, options: options)
-        default: scenario = RequestResponseScenario(reactor: reactor, route: route, options: options)
+        case .connrate:
+            let echo: (host: String, port: Int)?
+            switch target {
+            case .plain(let host, let port): echo = (host, port)
+            case .forward: echo = client.map { ($0.ports.host, $0.ports.echo) }
+            default: echo = nil
+            }
+            guard let echo, let address = SocketAddress.resolve(echo.host, port: echo.port).first else {
+                throw BenchError("connrate needs --target HOST:PORT (an echo server) or a pod")
+            }
+            return try ConnectionRateScenario(reactor: reactor, address: address, options: options).run()
+        case .throughput, .fanout, .rr:
+            let route: StreamRoute
+            if let client {
+                route = .local(client.ports)
+            } else if let relayTarget {
+                route = .relay(relayTarget)
+            } else {
+                throw BenchError("\(options.scenario.rawValue) needs a relay: --server URL --pod NS/NAME --port N, or --spawn-pod")
+            }
+            let scenario: RelayScenario
+            switch options.scenario {
+            case .throughput: scenario = ThroughputScenario(reactor: reactor, route: route, options: options)
+            case .fanout: scenario = FanoutScenario(reactor: reactor, route: route, options: options)
+            default: scenario = RequestResponseScenario(reactor: reactor, route: route, options: options)
+            }
+            if let pod = spawned { scenario.relayResidentKiB = { pod.relayResidentKiB } }
+            if let residentPID { scenario.relayResidentKiB = { Child.residentKiB(pid: residentPID) } }
+            return try scenario.run()
         }
-        if let pod = spawned { scenario.relayResidentKiB = { pod.relayResidentKiB } }
-        if let residentPID { scenario.relayResidentKiB = { Child.residentKiB(pid: residentPID) } }
-        result = try scenario.run()
     }
 
+    var result: BenchResult
+    do {
+        result = try measure()
+    } catch let error as BenchError where error.description == "interrupted" {
+        throw error
+    } catch {
+        // The child's side of it (a lost session, its exit) is in its log, which stop() would
+        // delete: fold it into the one line, and keep the log.
+        guard let client else { throw error }
+        throw BenchError("\(error); \(client.explainFailure())")
+    }
     var through = ""
     if let client {
         let path = ForwardReport.describe(client)
         through = "through \(path.text), "
         setup += path.setup
         if let ended = client.ended { result.problems.append("portforward forward exited during the run (\(ended))") }
+        if !result.problems.isEmpty { result.problems.append(client.explainFailure(mentioningExit: false)) }
     }
     var table = result.table
     table += "\n  (\(through)bench io \(reactor.name)" + (relayBackend.map { ", relay io \($0)" } ?? "")

@@ -16,6 +16,7 @@ final class Child {
     /// How it ended, once reaped.
     private var ending: String?
     private var pending: [UInt8] = []
+    private var pipesClosed = false
 
     init(pid: pid_t, name: String, output: FileDescriptor, input: FileDescriptor) {
         self.pid = pid
@@ -85,9 +86,15 @@ final class Child {
 
     var isRunning: Bool { reap(block: false) == "running" }
 
-    /// SIGTERM, then SIGKILL after `grace` seconds.
+    /// SIGTERM, then SIGKILL after `grace` seconds. Its standard input closes first (a
+    /// `--watch-stdin` child goes away at that), its output once it has ended: on every path,
+    /// once.
     func stop(grace: Double = 3) {
-        if input >= 0 { close(input) }
+        if !pipesClosed && input >= 0 { close(input) }
+        defer {
+            if !pipesClosed && output >= 0 { close(output) }
+            pipesClosed = true
+        }
         if ending != nil { return }
         kill(pid, SIGTERM)
         let deadline = now() + grace
@@ -99,7 +106,6 @@ final class Child {
             kill(pid, SIGKILL)
             reap(block: true)
         }
-        if output >= 0 { close(output) }
     }
 
     /// Resident memory in KiB (VmRSS), nil once gone.

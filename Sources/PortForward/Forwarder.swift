@@ -52,8 +52,8 @@ public struct ForwardOptions: Sendable {
     /// A bearer token (`--token`), sent as `authorization: Bearer TOKEN` on every stream's
     /// HEADERS, and only to an `https://` server (`sendsCredentials`): as kubectl, never in plain text.
     public var token: String?
-    /// A kubeconfig user's `tokenFile`, read again at each dial (as client-go rereads it), sent
-    /// as `token` is; `token` wins.
+    /// A kubeconfig user's `tokenFile` (or `--token-file`), read again at each dial (as client-go
+    /// rereads it), sent as `token` is; `token` wins.
     public var tokenFile: String?
     /// Named ports (`http`, `8080:http`), resolved from the pod's spec at the first read; empty:
     /// `ports` as given.
@@ -291,7 +291,7 @@ public final class Forwarder: CompletionHandler {
             do {
                 tokenFromFile = try ConfigFile.read(path, kind: "token file", maximumSize: 1 << 20).trimmed
             } catch {
-                throw ForwardError("cannot read the kubeconfig's tokenFile: \(error)")
+                throw ForwardError("\(error)")  // "cannot read token file PATH: ..."
             }
         }
         let settings = SessionSettings()

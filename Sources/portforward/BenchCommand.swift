@@ -211,7 +211,7 @@ struct BenchCommand: ParsableCommand {
             if let podArgument {
                 // For the report: where the forward client goes, as it will resolve it.
                 let selection = try? kube.selection()
-                choice = .forward(ForwardRequest(arguments: kube.arguments, pod: podArgument, echoPort: port!,
+                choice = .forward(ForwardRequest(arguments: kube.arguments, token: kube.token, pod: podArgument, echoPort: port!,
                                                  discardPort: discardPort, sourcePort: sourcePort,
                                                  wireProtocol: kube.wireProtocol, server: kube.serverURL(selection ?? nil),
                                                  copy: io.copy.rawValue))

@@ -168,6 +168,11 @@ struct Forward: ParsableCommand {
     @Option(help: "Seconds a local connection accepted while there is no session waits for the next one.")
     var sessionWaitTimeout: Double = 10
 
+    /// The bench's child: it ends (SIGTERM, as Ctrl-C) when the process that started it does,
+    /// even when that one is killed with SIGKILL, instead of living on as an orphan.
+    @Option(help: ArgumentHelp("End when process PID, this one's parent, ends.", visibility: .hidden))
+    var exitWithParent: Int32?
+
     @OptionGroup var io: IOOptions
 
     @Argument(help: "The pod: NAME or pod/NAME.")
@@ -202,6 +207,11 @@ struct Forward: ParsableCommand {
     }
 
     func run() throws {
+        if let parent = exitWithParent {
+            // Asked for first, then checked: a parent that died before the prctl sends nothing.
+            if pf_set_parent_death_signal(SIGTERM) != 0 { fail("prctl(PR_SET_PDEATHSIG): \(String(cString: strerror(pf_errno())))") }
+            if getppid() != parent { fail("process \(parent), which started this one, has ended (--exit-with-parent)") }
+        }
         Process.ignoreBrokenPipes()
         Process.raiseOpenFileLimit()
         let podName: String
@@ -224,11 +234,14 @@ struct Forward: ParsableCommand {
         options.podRunningTimeoutSeconds = GoDuration.seconds(podRunningTimeout) ?? 60
         options.reconnect.enabled = !noReconnect
         options.reconnect.sessionWaitSeconds = sessionWaitTimeout
-        options.upgradeTimeoutSeconds = kube.upgradeTimeout
+        options.upgradeTimeoutSeconds = kube.upgradeSeconds
         options.wireProtocol = kube.wireProtocol
-        options.keepalive = kube.keepaliveInterval > 0 ? Keepalive(interval: kube.keepaliveInterval, timeout: kube.keepaliveTimeout) : nil
+        options.keepalive = kube.keepalive
         options.tls = kube.tls.options
+        // --token or --token-file (one of them) wins over the kubeconfig's credentials.
         options.token = kube.token
+        options.tokenFile = kube.tokenFile
+        let tokenFlag = kube.token != nil ? "--token" : kube.tokenFile != nil ? "--token-file" : nil
         var plugin: ExecPlugin?
         if let selection {
             // The flags win over the kubeconfig, field by field, as kubectl's overrides do.
@@ -245,7 +258,7 @@ struct Forward: ParsableCommand {
                 options.tls.clientCertificateData = user.clientCertificateData
                 options.tls.clientKeyData = user.clientKeyData
             }
-            if kube.token == nil {
+            if tokenFlag == nil {
                 options.token = user.token
                 if user.token == nil { options.tokenFile = user.tokenFile }
                 if user.token == nil && user.tokenFile == nil, let exec = user.exec {
@@ -260,8 +273,8 @@ struct Forward: ParsableCommand {
         let hasCredentials = options.token != nil || options.tokenFile != nil || plugin != nil
             || options.tls.clientCertificateFile != nil || options.tls.clientCertificateData != nil
         if hasCredentials && !options.sendsCredentials {
-            let whose = kube.token != nil ? "--token is" : options.credentialSource.map { "the credentials of \($0) are" } ?? "the credentials are"
-            standardError("warning: \(whose) not sent to \(options.server): \(kube.token != nil ? "it" : "they") would travel in plain text (use an https:// server)")
+            let whose = tokenFlag.map { "\($0) is" } ?? options.credentialSource.map { "the credentials of \($0) are" } ?? "the credentials are"
+            standardError("warning: \(whose) not sent to \(options.server): \(tokenFlag != nil ? "it" : "they") would travel in plain text (use an https:// server)")
             plugin = nil
         }
         do {

@@ -16,6 +16,9 @@ private let targetEcho = 7100, targetDiscard = 7101, targetSource = 7102
 private struct BenchPod {
     let relay: RelayProcess
     let kubeconfig: String
+    /// The token the relay accepts (in `kubeconfig`).
+    let token: String
+    let ca: String
 
     init(_ scene: Scene) throws {
         let files = try TLSFiles(in: scene.directory)
@@ -26,12 +29,15 @@ private struct BenchPod {
                                       "--port", "\(targetEcho)", "--io", E2E.io], name: "target")
         try scene.waitListening(in: namespace, port: targetSource, child: target)
         self.relay = relay
+        self.token = token
+        ca = files.ca
         kubeconfig = try scene.tlsKubeconfig(relay, ca: files.ca, token: token)
     }
 
     /// The bench's arguments for `scenario` through this pod's forward client, speaking `wire`.
-    func arguments(_ scenario: String, _ wire: WireChoice, json: String, pod: String = "pod/web") -> [String] {
-        [scenario, pod, "--kubeconfig", kubeconfig, "--port", "\(targetEcho)", "--discard-port", "\(targetDiscard)",
+    func arguments(_ scenario: String, _ wire: WireChoice, json: String, pod: String = "pod/web",
+                   kubeconfig: String? = nil) -> [String] {
+        [scenario, pod, "--kubeconfig", kubeconfig ?? self.kubeconfig, "--port", "\(targetEcho)", "--discard-port", "\(targetDiscard)",
          "--source-port", "\(targetSource)", "-q", "--json", json] + wire.arguments
     }
 }
@@ -72,6 +78,27 @@ private func forwardProcesses(using kubeconfig: String) -> [pid_t] {
         let state = (try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8))?
             .split(separator: ")").last?.split(separator: " ").first
         return state == "Z" ? nil : pid
+    }
+}
+
+/// The arguments of a process, from /proc/PID/cmdline.
+private func commandLine(_ pid: pid_t) -> [String] {
+    let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") ?? Data()
+    return data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+}
+
+extension Scene {
+    /// A bench run left going (its temporary files in the scene's directory, no ~/.kube/config),
+    /// and its forward child once that is listening.
+    fileprivate func startBench(_ arguments: [String], kubeconfig: String) throws -> (bench: Child, client: pid_t) {
+        let bench = try start(["env", "-u", "KUBECONFIG", "HOME=\(directory)", "TMPDIR=\(directory)", E2E.binary, "bench",
+                               "--io", E2E.io] + arguments, name: "bench")
+        let client = try bench.waitFor("the forward client, listening") { _ -> pid_t? in
+            forwardProcesses(using: kubeconfig).first.flatMap { pid in
+                bench.children().contains { $0.pid == "\(pid)" } ? pid : nil
+            }
+        }
+        return (bench, client)
     }
 }
 
@@ -118,19 +145,100 @@ struct BenchThroughClientTests {
         }
     }
 
-    @Test("An unknown pod: exit 1, the client's own line, and no client left")
+    @Test("An unknown pod: exit 1, one line with the client's error (none of its -v lines), and no client left")
     func unknownPod() throws {
         try withScene { scene in
             let pod = try BenchPod(scene)
             let json = "\(scene.directory)/none.json"
             let run = try scene.runClient(pod.arguments("throughput", .h2, json: json, pod: "pod/nope") + ["-t", "0.5"],
-                                          timeout: 60, subcommand: "bench")
+                                          environment: ["TMPDIR": scene.directory], timeout: 60, subcommand: "bench")
             #expect(run.status == 1, "\(run.stderr)")
-            let line = run.stderr.split(separator: "\n").first { $0.hasPrefix("forward: error:") }
-            #expect(line?.contains("\"nope\" not found") == true, "\(run.stderr)")
-            #expect(run.stderr.contains("error: portforward forward exited (exit status 1) before it listened"), "\(run.stderr)")
+            let lines = run.stderr.split(separator: "\n")
+            #expect(lines.count == 1, "one line: \(run.stderr)")
+            let line = lines.first.map(String.init) ?? ""
+            #expect(line.hasPrefix("error: portforward forward exited (exit status 1) before it listened: "), "\(run.stderr)")
+            #expect(line.contains("\"nope\" not found"), "\(run.stderr)")
+            for verbose in ["io: ", "copy: ", "session to ", "Forwarding from"] { #expect(!line.contains(verbose), "\(run.stderr)") }
             #expect(access(json, F_OK) != 0, "no results for a run that did not run")
             #expect(forwardProcesses(using: pod.kubeconfig).isEmpty)
+            let left = (try? FileManager.default.contentsOfDirectory(atPath: scene.directory)) ?? []
+            #expect(!left.contains { $0.hasPrefix("pf-bench-forward-") }, "the child's log went: \(left)")
+        }
+    }
+
+    @Test("The relay killed mid-run: exit 1, the error line says what the client saw, and its log stays")
+    func relayLost() throws {
+        try withScene { scene in
+            let pod = try BenchPod(scene)
+            let (bench, _) = try scene.startBench(pod.arguments("throughput", .h2, json: "\(scene.directory)/x.json") + ["-t", "30"],
+                                                  kubeconfig: pod.kubeconfig)
+            usleep(500_000)
+            kill(pod.relay.child.pid, SIGKILL)
+            #expect(bench.wait(timeout: 15) == 1, "\(bench.output)")
+            let lines = bench.stderr.split(separator: "\n")
+            #expect(lines.count == 1, "one line: \(bench.stderr)")
+            let line = lines.first.map(String.init) ?? ""
+            #expect(line.hasPrefix("error: "), "\(bench.stderr)")
+            #expect(line.contains("portforward forward said: ") && line.contains("Lost connection to relay at \(pod.relay.url)"),
+                    "the client's reason: \(bench.stderr)")
+            let log = line.components(separatedBy: "(its log: ").last.map { String($0.dropLast()) } ?? ""
+            #expect(log.hasPrefix(scene.directory + "/pf-bench-forward-") && log.hasSuffix("/forward.log"), "\(bench.stderr)")
+            let kept = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            #expect(kept.contains("Lost connection to relay"), "the log stays: \(kept)")
+            #expect(forwardProcesses(using: pod.kubeconfig).isEmpty, "the forward client outlived the bench")
+        }
+    }
+
+    @Test("The bench killed with SIGKILL mid-run: its forward client ends within seconds")
+    func benchKilled() throws {
+        try withScene { scene in
+            let pod = try BenchPod(scene)
+            let (bench, client) = try scene.startBench(pod.arguments("throughput", .websocket, json: "\(scene.directory)/x.json")
+                                                       + ["-t", "30"], kubeconfig: pod.kubeconfig)
+            #expect(commandLine(client).contains("--exit-with-parent"), "\(commandLine(client))")
+            usleep(500_000)
+            kill(bench.pid, SIGKILL)  // the bench alone, not its process group
+            _ = bench.wait(timeout: 5)
+            let deadline = Date().addingTimeInterval(3)
+            while forwardProcesses(using: pod.kubeconfig).contains(client) && Date() < deadline { usleep(50_000) }
+            #expect(!forwardProcesses(using: pod.kubeconfig).contains(client), "the forward client outlived a killed bench")
+        }
+    }
+
+    @Test("forward --exit-with-parent PID, PID not its parent: it exits at once")
+    func parentAlreadyGone() throws {
+        try withScene { scene in
+            let run = try scene.runClient(["--exit-with-parent", "1", "--server", "http://127.0.0.1:1", "web", ":7"], timeout: 10)
+            #expect(run.status == 1, "\(run.stderr)")
+            #expect(run.stderr.contains("has ended (--exit-with-parent)"), "\(run.stderr)")
+        }
+    }
+
+    @Test("--token reaches the client in a file of mode 0600, not on its command line; it wins over the kubeconfig's token; the file goes")
+    func tokenInFile() throws {
+        try withScene { scene in
+            let pod = try BenchPod(scene)
+            // The kubeconfig's token is wrong: only --token authenticates.
+            let wrong = try scene.tlsKubeconfig(pod.relay, ca: pod.ca, token: "wrong-token", name: "wrong")
+            let json = "\(scene.directory)/token.json"
+            let (bench, client) = try scene.startBench(pod.arguments("rr", .h2, json: json, kubeconfig: wrong)
+                                                       + ["--token", pod.token, "-t", "1", "--warmup", "0.2"], kubeconfig: wrong)
+            let arguments = commandLine(client)
+            #expect(!arguments.isEmpty && !arguments.contains { $0.contains(pod.token) }, "the token on the command line: \(arguments)")
+            let file = arguments.firstIndex(of: "--token-file").flatMap { arguments.indices.contains($0 + 1) ? arguments[$0 + 1] : nil }
+            #expect(file != nil, "\(arguments)")
+            if let file {
+                var status = stat()
+                #expect(stat(file, &status) == 0 && status.st_mode & 0o777 == 0o600, "mode \(String(status.st_mode, radix: 8))")
+                var parent = stat()
+                let directory = String(file[..<(file.lastIndex(of: "/") ?? file.endIndex)])
+                #expect(stat(directory, &parent) == 0 && parent.st_mode & 0o777 == 0o700, "\(directory)")
+            }
+            #expect(bench.wait(timeout: 30) == 0, "authenticated with --token: \(bench.output)")
+            #expect(try BenchFile(json).number("round_trips") > 0)
+            if let file { #expect(access(file, F_OK) != 0, "the token file outlived the run") }
+            let left = (try? FileManager.default.contentsOfDirectory(atPath: scene.directory)) ?? []
+            #expect(!left.contains { $0.hasPrefix("pf-bench-forward-") }, "\(left)")
         }
     }
 
@@ -166,6 +274,9 @@ struct BenchPathArgumentTests {
               (["web", "--port", "7", "-c", "2"], "--connections counts HTTP/2 connections to a relay"),
               (["--protocol", "spdy", "--port", "7"], "--protocol goes with a pod argument (NAME or pod/NAME)"),
               (["--pod", "default/web", "--port", "7"], "--pod NAMESPACE/NAME needs --server URL"),
+              (["--spawn-pod", "--keepalive-interval", "5"], "--spawn-pod starts its own relay and speaks h2c to it: leave out --keepalive-interval"),
+              (["--server", "http://127.0.0.1:1", "--pod", "default/web", "--port", "7", "--upgrade-timeout", "3", "--tls-cipher-suites", "x"],
+               "--upgrade-timeout, --tls-cipher-suites go with a pod argument"),
           ])
     func mixed(_ arguments: [String], _ message: String) throws {
         try E2E.requireBinary()

@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <signal.h>
+#include <sys/prctl.h>
 
 typedef struct {
     uint32_t events;
@@ -42,6 +43,11 @@ int pf_set_nofile_soft_limit(uint64_t soft);                         /* the hard
 int pf_malloc_trim(size_t pad);
 int pf_set_linger_zero(int fd);
 int pf_tcp_nodelay(int fd);
+/* prctl(PR_SET_PDEATHSIG, signal): `signal` comes when the parent (the thread that started this
+   process) ends. prctl is variadic, which Swift cannot call. */
+static inline int pf_set_parent_death_signal(int signal) {
+    return prctl(PR_SET_PDEATHSIG, (unsigned long)signal, 0UL, 0UL, 0UL);
+}
 
 extern const unsigned pf_splice_move, pf_splice_nonblock, pf_splice_more;
 extern const uint32_t pf_epollin, pf_epollout, pf_epollerr, pf_epollhup, pf_epollrdhup, pf_epollet;
