@@ -198,7 +198,12 @@ public final class Forwarder: CompletionHandler {
     /// Counts dials: a deferred pod read belongs to the session of its dial.
     private var generation = 0
     private var listeners: [(fd: FileDescriptor, spec: PortSpec)] = []
-    private let table = StreamTable()
+    /// The streams of the session of the moment (`connection`).
+    private var table = StreamTable()
+    /// HTTP/2 connections the relay said GOAWAY on while a session was up: their streams go on
+    /// to their end, no new stream is opened on them, and a new session was dialled at once
+    /// (`goaway`). Each leaves this list when it closes.
+    private var draining: [(connection: Connection, table: StreamTable, tls: TLSConnection?)] = []
     private var signals: SignalWatcher?
     /// The TLS pump under the relay connection (`https://`), and why it failed, if it did.
     private var tls: TLSConnection?
@@ -249,22 +254,32 @@ public final class Forwarder: CompletionHandler {
         self.options = options
         self.reactor = reactor
         server = try ServerURL(parsing: options.server)
-        table.onHeaders = { [unowned self] headers, stream, endStream in
-            if stream == self.podStream {
+        table = makeTable()
+    }
+
+    /// A table for one HTTP/2 connection's streams: the pod read (on the session of the moment
+    /// only) and the tunnels.
+    private func makeTable() -> StreamTable {
+        let table = StreamTable()
+        table.onHeaders = { [unowned self, unowned table] headers, stream, endStream in
+            if table === self.table && stream == self.podStream {
                 if let status = headers[":status"] { self.podStatus = Int(status) ?? 0 }
                 return
             }
-            guard let tunnel = self.table[stream] else { return }
+            guard let tunnel = table[stream] else { return }
             // Only a head with :status answers the stream; trailers (a second block) do not.
             if let status = headers[":status"] { tunnel.responded(status: Int(status) ?? 0) }
             if endStream { tunnel.peerEnded() }
         }
-        table.onOtherData = { [unowned self] stream, data in
-            if stream == self.podStream, self.podBody.count < Self.maximumPodAnswer { self.podBody.append(contentsOf: data) }
+        table.onOtherData = { [unowned self, unowned table] stream, data in
+            if table === self.table, stream == self.podStream, self.podBody.count < Self.maximumPodAnswer {
+                self.podBody.append(contentsOf: data)
+            }
         }
-        table.onOtherClosed = { [unowned self] stream, code in
-            if stream == self.podStream { self.podAnswered(reset: code != 0) }
+        table.onOtherClosed = { [unowned self, unowned table] stream, code in
+            if table === self.table, stream == self.podStream { self.podAnswered(reset: code != 0) }
         }
+        return table
     }
 
     /// The most of a pod read's answer kept (a Pod object is a few KiB).
@@ -341,13 +356,18 @@ public final class Forwarder: CompletionHandler {
         log?("session to \(options.server): \(speaking.name)")
         let connection = Connection(fd: fd, session: session, reactor: reactor)
         self.connection = connection
-        table.serve(connection, pipes: pipes) { [unowned self] reason in self.connectionClosed(reason) }
+        let table = self.table
+        table.serve(connection, pipes: pipes) { [unowned self, unowned connection] reason in
+            if self.connection === connection { return self.connectionClosed(reason) }
+            self.draining.removeAll { $0.connection === connection }
+        }
         // The local connections open at the drop, named before the table ends them.
         let ending = connection.onClose
         connection.onClose = { [unowned self] reason in
-            self.noteResets()
+            self.noteResets(of: table)
             ending?(reason)
         }
+        session.onGoaway = { [unowned self, unowned connection] in self.goaway(connection) }
         session.log = log.map { log in { line in log("relay connection: \(line)") } }
         connection.keepalive = options.keepalive
         leftover.withUnsafeBytes { connection.start(initial: $0) }
@@ -437,6 +457,9 @@ public final class Forwarder: CompletionHandler {
                 if speaking != .h2 { return upgradeToSPDY(then: pod) }
                 return podReady(pod)
             } catch {
+                // At start the server is not what the user thinks it is; after a drop it may be a
+                // proxy in front of a restarting relay: wait, as for a pod not Running.
+                if everReady { return podUnavailable("reading pod \(podName): \(error)", gone: false) }
                 return fatal("error: reading pod \(podName): \(error)")
             }
         }
@@ -980,6 +1003,11 @@ public final class Forwarder: CompletionHandler {
         for entry in waiting { reactor.close(entry.fd) }
         waiting.removeAll()
         for tunnel in table.tunnels { tunnel.abort() }
+        for old in draining {
+            for tunnel in old.table.tunnels { tunnel.abort() }
+            old.connection.session.terminate()
+            old.connection.flushSoon()
+        }
         closeExchange()
         if let spdy, !spdy.isClosed {
             spdy.stop()
@@ -1001,6 +1029,34 @@ public final class Forwarder: CompletionHandler {
             printError("Connection for port \(port) reset: the session to the relay was lost")
         }
         open.removeAll()
+    }
+
+    /// The same for one HTTP/2 connection's streams (a draining connection's, or the session's).
+    private func noteResets(of table: StreamTable) {
+        guard phase != .stopping, options.reconnect.enabled, everReady else { return }
+        let ports = table.tunnels.compactMap { open.removeValue(forKey: ObjectIdentifier($0)) }
+        for port in ports.sorted() {
+            printError("Connection for port \(port) reset: the session to the relay was lost")
+        }
+    }
+
+    /// The relay said GOAWAY on the session's connection (it is shutting down or restarting, or
+    /// ends the connection for a reason of its own): the streams it still serves go on there, no
+    /// new one is opened on it (nghttp2 would refuse it, and the local connection would end
+    /// without a word), and a new session is dialled at once; local connections accepted
+    /// meanwhile wait for it, as after a drop.
+    private func goaway(_ connection: Connection) {
+        guard self.connection === connection, phase == .ready, options.reconnect.enabled, everReady else { return }
+        draining.append((connection, table, tls))
+        self.connection = nil
+        table = makeTable()
+        lostSince = Clock.nanoseconds()
+        printError("Relay at \(options.server) is going away (\(connection.session.peerGoaway ?? "GOAWAY")): reconnecting; "
+                   + "open connections go on there, new connections wait up to \(options.reconnect.sessionWaitSeconds.formatted1) s")
+        phase = .lost
+        failedDials = 0
+        // Not from inside the session's frame callback: the dial blocks, and makes a connection.
+        after(0) { [weak self] in self?.redial() }
     }
 
     private func connectionClosed(_ reason: String?) {

@@ -188,7 +188,7 @@ final class Cluster: @unchecked Sendable {
 
     /// `portforward gateway` in the root namespace on 127.0.0.1; returns once it printed
     /// "Gateway listening on 127.0.0.1:PORT".
-    func startGateway(extra: [String] = []) throws -> RelayProcess {
+    func startGateway(listen: String = "127.0.0.1:0", extra: [String] = []) throws -> RelayProcess {
         // PORTFORWARD_GATEWAY_STANDIN puts something else where the gateway goes, to see which
         // tests tell it apart from a gateway: `relay`, one plain relay (node e2e-node) on 127.0.0.1
         // serving all the cluster's pods (the tests about nodes must fail; the data paths pass);
@@ -207,7 +207,7 @@ final class Cluster: @unchecked Sendable {
             gateway = relay
             return relay
         }
-        let child = try scene.start([E2E.binary, "gateway", "--listen", "127.0.0.1:0", "--nodes", try nodesFile(),
+        let child = try scene.start([E2E.binary, "gateway", "--listen", listen, "--nodes", try nodesFile(),
                                      "--io", E2E.io, "-v"] + (E2E.copy?.arguments ?? []) + extra, name: "gateway")
         let port = try child.waitFor("the line \"Gateway listening on 127.0.0.1:PORT\"", timeout: 30) { text -> Int? in
             guard let range = text.range(of: "Gateway listening on 127.0.0.1:") else { return nil }

@@ -311,7 +311,7 @@ struct GatewayEndToEndTests {
         }
     }
 
-    @Test("The pod API through the gateway: all six pods with their nodes (kubectl get pods -o wide, the raw list), one pod, NotFound; SIGTERM drains and exits")
+    @Test("The pod API through the gateway: all six pods with their nodes (kubectl get pods -o wide, the raw list), one pod, NotFound; SIGTERM drains and exits, and our client, told GOAWAY, opens new connections on a new gateway at once while the old stream goes on")
     func podAPI() throws {
         try Kubectl.require(Kubectl.versioned)
         try withCluster { cluster in
@@ -375,6 +375,23 @@ struct GatewayEndToEndTests {
             #expect(flows[0].error == nil && Net.same(flows[0].received, second),
                     "the stream open at SIGTERM, while draining: \(flows[0].error ?? Net.firstDifference(flows[0].received, second))")
             #expect(gateway.child.isRunning, "the gateway did not wait for the open stream")
+            // The client heard the GOAWAY: it says so, and dials a new session at once. A new
+            // gateway on the same port (the draining one closed its listener): new local
+            // connections go there within seconds, while the old stream still flows on the old.
+            _ = try forwarder.child.waitFor("the client's \"is going away\" line", timeout: 10) { text in
+                text.contains("Relay at \(gateway.url) is going away") ? true : nil
+            }
+            let successor = try cluster.startGateway(listen: "127.0.0.1:\(gateway.port)")
+            _ = try forwarder.child.waitFor("the client's \"Reconnected\" line", timeout: 10) { text in
+                text.contains("Reconnected to relay at") ? true : nil
+            }
+            let fresh = Net.randomBytes(64 * 1024)
+            #expect(Net.same(try Net.echo("127.0.0.1", try forwarder.local(echoPort), fresh, halfClose: true, timeout: 15), fresh),
+                    "a new connection after the GOAWAY")
+            let third = Net.randomBytes(64 * 1024)
+            flows = [Flow(fd: open, payload: third)]
+            try Net.exchange(&flows, timeout: 30)
+            #expect(flows[0].error == nil && Net.same(flows[0].received, third), "the old stream after the new session came up")
             let stopping = Date()
             close(open)
             closed = true
@@ -382,9 +399,9 @@ struct GatewayEndToEndTests {
             let seconds = Date().timeIntervalSince(stopping)
             #expect(status == 0, "the gateway's exit status after SIGTERM: \(String(describing: status))\n\(gateway.child.output)")
             #expect(seconds < 3, "the gateway exited \(seconds) s after its last stream ended (--shutdown-timeout is 10 s)")
-            _ = try forwarder.child.waitFor("the client's \"Lost connection\" line", timeout: 15) { text in
-                text.contains("Lost connection to relay") ? true : nil
-            }
+            #expect(!forwarder.child.stderr.contains("Lost connection"), "a GOAWAY is not a lost session: \(forwarder.child.stderr)")
+            #expect(!forwarder.child.stderr.contains("reset"), "no connection was reset: \(forwarder.child.stderr)")
+            successor.child.kill()
             for node in cluster.nodes { #expect(node.relay?.isRunning == true, "\(node.name)'s relay ended with the gateway") }
         }
     }
