@@ -31,6 +31,8 @@ struct GatewayTests {
         ("nodes:\n  - {name: a, address: 1.2.3.4}", "is not HOST:PORT"),
         ("nodes:\n  - {name: a, address: \"1.2.3.4:99999\"}", "is not HOST:PORT"),
         ("nodes:\n  - {name: a}", "has no address"),
+        ("nodes:\n  - {name: a, address: \"http://1.2.3.4:10250/k8s/clusters/c-abc\"}", "has a path"),
+        ("nodes:\n  - {name: a, address: \"1.2.3.4:10250/x\"}", "has a path"),
         ("nodes:\n  - {name: a, address: 1.2.3.4:1, port: 3}", "unknown field"),
         ("nodes:\n  - {name: a, address: 1.2.3.4:1}\n  - {name: a, address: 1.2.3.5:1}", "listed twice"),
         ("nodes:\n  - {name: a, address: no-such-host.invalid:1}", "cannot resolve"),
