@@ -58,12 +58,12 @@ public struct ServerURL: Sendable {
             }
             segments.append(segment)
         }
+        let hex = Array("0123456789ABCDEF")
         var text = ""
         for segment in segments {
             text += "/"
             for byte in segment.utf8 {
                 if byte <= 0x20 || byte >= 0x7f || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "<") || byte == UInt8(ascii: ">") {
-                    let hex = Array("0123456789ABCDEF")
                     text += "%\(hex[Int(byte >> 4)])\(hex[Int(byte & 15)])"
                 } else {
                     text.unicodeScalars.append(Unicode.Scalar(byte))

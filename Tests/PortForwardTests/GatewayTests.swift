@@ -24,6 +24,12 @@ struct GatewayTests {
         #expect(nodes[3].address.port == 10250)
     }
 
+    @Test("A node address may end in a slash; any other path is refused (the node relay is asked at its root)")
+    func nodeAddressSlash() throws {
+        let nodes = try NodesFile.parse("nodes:\n  - {name: a, address: \"http://10.89.0.2:10250/\"}")
+        #expect(nodes.map(\.url) == ["http://10.89.0.2:10250"])
+    }
+
     @Test("A bad nodes file is refused with its line and what is wrong", arguments: [
         ("nodes: []", "at least one node"),
         ("pods: []", "'nodes:'"),
