@@ -254,7 +254,8 @@ final class BenchConnection: StreamCarrier, SessionDelegate, CompletionHandler {
         self.index = index
         self.settings = settings
         authority = target.server.authority
-        paths = target.paths.map(\.path)
+        // After the server URL's path, as the client puts it (a relay behind a prefixing proxy).
+        paths = target.paths.map { target.server.target($0.path) }
     }
 
     func connect() {

@@ -139,41 +139,6 @@ public struct ForwardError: Error, CustomStringConvertible, Sendable {
     }
 }
 
-/// `http://host:port` or `https://host:port` split up.
-public struct ServerURL: Sendable {
-    public var host: String
-    public var port: Int
-    /// `https://`: TLS, then HTTP/2 (ALPN h2), or HTTP/1.1 for a SPDY or WebSocket upgrade.
-    public var secure = false
-
-    public init(parsing text: String) throws {
-        var rest = Substring(text)
-        if rest.hasPrefix("https://") {
-            secure = true
-            rest = rest.dropFirst(8)
-        } else if rest.hasPrefix("http://") {
-            rest = rest.dropFirst(7)
-        }
-        let defaultPort = secure ? 443 : 80
-        if let slash = rest.firstIndex(of: "/") { rest = rest[..<slash] }
-        guard !rest.isEmpty else { throw ForwardError("invalid server URL \"\(text)\"") }
-        if rest.hasPrefix("["), let close = rest.firstIndex(of: "]") {
-            host = String(rest[rest.index(after: rest.startIndex)..<close])
-            let after = rest[rest.index(after: close)...]
-            port = after.hasPrefix(":") ? Int(after.dropFirst()) ?? -1 : defaultPort
-        } else if let colon = rest.lastIndex(of: ":") {
-            host = String(rest[..<colon])
-            port = Int(rest[rest.index(after: colon)...]) ?? -1
-        } else {
-            host = String(rest)
-            port = defaultPort
-        }
-        guard (1...65535).contains(port) else { throw ForwardError("invalid server URL \"\(text)\": bad port") }
-    }
-
-    public var authority: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
-}
-
 /// The client: listens on local ports and tunnels each accepted connection as one stream of a
 /// single connection to the relay: an HTTP/2 stream, or a SPDY/3.1 stream pair (plain, or in a
 /// WebSocket) as kubectl's. The session's life (docs/ARCHITECTURE.md, "The client's session"):
@@ -394,10 +359,12 @@ public final class Forwarder: CompletionHandler {
     /// The pod's read. With `--node`, a list selecting the pod by name and node: on a gateway
     /// where two nodes report the name, a read by name alone is a 409.
     private var podPath: String {
-        let namespace = "/api/v1/namespaces/\(options.target.namespace)/pods"
+        let namespace = server.target("/api/v1/namespaces/\(options.target.namespace)/pods")
         guard let node = options.target.node else { return "\(namespace)/\(options.target.pod)" }
         return "\(namespace)?fieldSelector=metadata.name%3D\(options.target.pod)%2Cspec.nodeName%3D\(node)"
     }
+    /// The port-forward request's path (the h2 streams', the upgrades'), after the server URL's path.
+    private var forwardPath: String { server.target(options.target.path) }
     private var podName: String { "\(options.target.namespace)/\(options.target.pod)" }
 
     /// GET the pod on the session (the relay answers API reads on its streams, over h2c and TLS),
@@ -604,7 +571,7 @@ public final class Forwarder: CompletionHandler {
     /// and an answer head larger than the head limit is refused.
     private func upgrade(_ fd: FileDescriptor, settings: SessionSettings) throws -> ([UInt8], ResponseHead) {
         let deadline = Clock.nanoseconds() + UInt64(options.upgradeTimeoutSeconds * 1e9)
-        let request = Array(HTTPText.upgradeRequest(path: options.target.path, authority: server.authority,
+        let request = Array(HTTPText.upgradeRequest(path: forwardPath, authority: server.authority,
                                                     settings: HTTPText.settingsPayload(settings)).utf8)
         func fail(_ reason: String) -> ForwardError {
             Glibc.close(fd)
@@ -750,12 +717,12 @@ public final class Forwarder: CompletionHandler {
             var nonce = [UInt8](repeating: 0, count: 16)
             for index in nonce.indices { nonce[index] = .random(in: 0...255) }
             key = Base64.encode(nonce)
-            request = requestHead("GET", options.target.path, [
+            request = requestHead("GET", forwardPath, [
                 ("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", WebSocketHandshake.version),
                 ("Sec-WebSocket-Key", key), ("Sec-WebSocket-Protocol", TunnelSubprotocol.spdy),
             ])
         } else {
-            request = requestHead("POST", options.target.path, [
+            request = requestHead("POST", forwardPath, [
                 ("Content-Length", "0"), ("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"),
                 ("X-Stream-Protocol-Version", "portforward.k8s.io"),
             ])
@@ -926,7 +893,7 @@ public final class Forwarder: CompletionHandler {
         do {
             var headers = [
                 (":method", "POST"), (":scheme", server.secure ? "https" : "http"), (":authority", server.authority),
-                (":path", options.target.path), ("port", "\(spec.remote)"),
+                (":path", forwardPath), ("port", "\(spec.remote)"),
             ]
             if let token = bearer() { headers.append(("authorization", "Bearer \(token)")) }
             carrier.id = try connection.session.submitRequest(headers, body: carrier)

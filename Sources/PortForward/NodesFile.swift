@@ -28,7 +28,7 @@ public struct NodeEntry: Sendable {
 ///   - {name: node-b, address: "https://10.89.0.3:10250"}
 /// ```
 /// A node's name is a DNS subdomain (as Kubernetes node names are); its address is `HOST:PORT`,
-/// optionally after `http://` or `https://`; a host name is resolved once, here.
+/// optionally after `http://` or `https://`, without a path; a host name is resolved once, here.
 public enum NodesFile {
     /// A larger file is refused unread.
     public static let maximumFileSize = 1 << 20
@@ -78,6 +78,15 @@ public enum NodesFile {
                 rest = rest.dropFirst(8)
             } else if rest.hasPrefix("http://") {
                 rest = rest.dropFirst(7)
+            }
+            if let slash = rest.firstIndex(of: "/") {
+                // The gateway asks a node relay for /portForward/... and /api/v1/pods at its root;
+                // a path (a node behind a prefixing proxy) would be dropped without a word.
+                guard rest[slash...] == "/" else {
+                    throw problem(addressNode, "\(prefix): address \(goQuoted(text, 256)) of node \(name) has a path: "
+                                  + "a node relay is asked at its root; give HOST:PORT, http://HOST:PORT or https://HOST:PORT")
+                }
+                rest = rest[..<slash]
             }
             var host = ""
             var port = -1

@@ -334,7 +334,9 @@ struct RelayProcess {
     let port: Int
     /// "https" for a relay started with --tls-cert-file.
     var scheme = "http"
-    var url: String { "\(scheme)://\(host):\(port)" }
+    /// The server URL's path: a relay behind a proxy that serves it under a prefix.
+    var path = ""
+    var url: String { "\(scheme)://\(host):\(port)\(path)" }
 }
 
 struct ForwarderProcess {

@@ -24,6 +24,12 @@ struct GatewayTests {
         #expect(nodes[3].address.port == 10250)
     }
 
+    @Test("A node address may end in a slash; any other path is refused (the node relay is asked at its root)")
+    func nodeAddressSlash() throws {
+        let nodes = try NodesFile.parse("nodes:\n  - {name: a, address: \"http://10.89.0.2:10250/\"}")
+        #expect(nodes.map(\.url) == ["http://10.89.0.2:10250"])
+    }
+
     @Test("A bad nodes file is refused with its line and what is wrong", arguments: [
         ("nodes: []", "at least one node"),
         ("pods: []", "'nodes:'"),
@@ -31,6 +37,8 @@ struct GatewayTests {
         ("nodes:\n  - {name: a, address: 1.2.3.4}", "is not HOST:PORT"),
         ("nodes:\n  - {name: a, address: \"1.2.3.4:99999\"}", "is not HOST:PORT"),
         ("nodes:\n  - {name: a}", "has no address"),
+        ("nodes:\n  - {name: a, address: \"http://1.2.3.4:10250/k8s/clusters/c-abc\"}", "has a path"),
+        ("nodes:\n  - {name: a, address: \"1.2.3.4:10250/x\"}", "has a path"),
         ("nodes:\n  - {name: a, address: 1.2.3.4:1, port: 3}", "unknown field"),
         ("nodes:\n  - {name: a, address: 1.2.3.4:1}\n  - {name: a, address: 1.2.3.5:1}", "listed twice"),
         ("nodes:\n  - {name: a, address: no-such-host.invalid:1}", "cannot resolve"),
