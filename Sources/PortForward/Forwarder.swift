@@ -661,7 +661,8 @@ public final class Forwarder: CompletionHandler {
         }
         if plain && !body.isEmpty && Refusal.textIsMessage(status: head.status) { return ForwardError(body, status: head.status) }
         return ForwardError("\(options.server) answered \(head.status) to the upgrade"
-                            + (plain && !body.isEmpty ? ": \(body)" : " (is it a portforward relay?)"), status: head.status)
+                            + (plain && !body.isEmpty ? ": \(body)" : " of \(forwardPath) (is it a portforward relay or an API server?)"),
+                            status: head.status)
     }
 
     // MARK: SPDY and the WebSocket tunnel: HTTP/1.1 first
