@@ -2,7 +2,7 @@
 public struct ServerURL: Sendable {
     public var host: String
     public var port: Int
-    /// `https://`: TLS, then HTTP/2 (ALPN h2), or HTTP/1.1 for a SPDY or WebSocket upgrade.
+    /// `https://`: TLS, then HTTP/2 (ALPN portforward-h2), or HTTP/1.1 for a SPDY or WebSocket upgrade.
     public var secure = false
     /// The URL's path, put in front of every request's path (`/k8s/clusters/c-abc` from Rancher's
     /// `https://rancher.example/k8s/clusters/c-abc`), as client-go joins its server's path with
