@@ -80,7 +80,9 @@ public struct Kubeconfig: Equatable, Sendable {
             return bytes
         }
         let document: Node?
-        do { document = try Yams.compose(yaml: text) } catch {
+        do { document = try NestingDepth.compose(text) } catch let error as NestingDepth.TooDeep {
+            throw LoadError(description: "kubeconfig \(path):\(error.line): lists and mappings nested more than \(NestingDepth.limit) deep (a kubeconfig needs 5)")
+        } catch {
             throw fail("not valid YAML: \(String(describing: error).split(separator: "\n").joined(separator: " "))")
         }
         guard let document else { return }
@@ -263,7 +265,9 @@ public struct ExecCredential: Equatable, Sendable {
     /// output must say the same (client-go refuses a mismatch).
     public init(output: String, apiVersion: String) throws {
         let node: Node?
-        do { node = try Yams.compose(yaml: output) } catch {
+        do { node = try NestingDepth.compose(output) } catch is NestingDepth.TooDeep {
+            throw ParseError(description: "the plugin's output nests lists and mappings more than \(NestingDepth.limit) deep")
+        } catch {
             throw ParseError(description: "the plugin's output is not JSON")
         }
         guard case .mapping(let root)? = node else { throw ParseError(description: "the plugin's output is not a JSON object") }
