@@ -16,6 +16,9 @@ public struct Kubeconfig: Equatable, Sendable {
         public var certificateAuthorityData: [UInt8]?
         public var insecureSkipTLSVerify = false
         public var tlsServerName: String?
+        /// Fields this client does not implement (`proxy-url`), each said in one line at start
+        /// rather than ignored without a word.
+        public var unsupported: [String] = []
         public init() {}
     }
 
@@ -42,9 +45,9 @@ public struct Kubeconfig: Equatable, Sendable {
         public var clientKey: String?
         public var clientKeyData: [UInt8]?
         public var exec: Exec?
-        /// Set when the user names a mechanism this client does not implement (`auth-provider`,
-        /// `username`/`password`): said in one line rather than ignored.
-        public var unsupported: String?
+        /// The mechanisms this client does not implement that the user names (`auth-provider`,
+        /// `username`/`password`, impersonation): each said in one line rather than ignored.
+        public var unsupported: [String] = []
         public init() {}
     }
 
@@ -116,6 +119,9 @@ public struct Kubeconfig: Equatable, Sendable {
             cluster.certificateAuthorityData = try data(body["certificate-authority-data"], "cluster \(name): certificate-authority-data")
             cluster.insecureSkipTLSVerify = body["insecure-skip-tls-verify"]?.bool ?? false
             cluster.tlsServerName = body["tls-server-name"]?.string
+            if Self.isSet(body["proxy-url"]) {
+                cluster.unsupported.append("proxy-url (connections go to the server directly)")
+            }
             clusters[name] = cluster
         }
         for (name, body) in try named("users", "user") where users[name] == nil {
@@ -147,15 +153,31 @@ public struct Kubeconfig: Equatable, Sendable {
                 user.exec = plugin
             }
             if body["auth-provider"] != nil {
-                user.unsupported = "auth-provider (removed from kubectl in 1.26; use an exec plugin)"
+                user.unsupported.append("auth-provider (removed from kubectl in 1.26; use an exec plugin)")
             } else if body["username"] != nil || body["password"] != nil {
-                user.unsupported = "username/password (basic authentication)"
+                user.unsupported.append("username/password (basic authentication)")
+            }
+            // Impersonation: kubectl would send Impersonate-* headers and act as someone else;
+            // this client would act as the user itself.
+            for field in ["as", "as-uid", "as-groups", "as-user-extra"] where Self.isSet(body[field]) {
+                user.unsupported.append("\(field) (impersonation)")
             }
             users[name] = user
         }
         for (name, body) in try named("contexts", "context") where contexts[name] == nil {
             contexts[name] = Context(cluster: body["cluster"]?.string ?? "", user: body["user"]?.string ?? "",
                                      namespace: body["namespace"]?.string.flatMap { $0.isEmpty ? nil : $0 })
+        }
+    }
+
+    /// Whether a field is given a value: client-go reads an empty string, list or mapping (or
+    /// null) as unset.
+    private static func isSet(_ node: Node?) -> Bool {
+        switch node {
+        case nil: return false
+        case .scalar(let scalar)?: return node?.tagName != .null && !scalar.string.isEmpty
+        case .sequence(let list)?: return !list.isEmpty
+        case .mapping(let map)?: return !map.isEmpty
         }
     }
 
@@ -210,6 +232,13 @@ public struct Kubeconfig: Equatable, Sendable {
         public var user: User
         /// `-n`, else the context's, else `default`.
         public var namespace: String
+
+        /// One warning line for each field the chosen cluster and user set that this client
+        /// does not implement, printed at start.
+        public var unsupportedLines: [String] {
+            cluster.unsupported.map { "warning: cluster \"\(clusterName)\" uses \($0), which this client does not support: it is not used" }
+                + user.unsupported.map { "warning: user \"\(userName ?? "")\" uses \($0), which this client does not support: it is not used" }
+        }
     }
 
     public func select(_ overrides: Overrides = Overrides()) throws -> Selection {

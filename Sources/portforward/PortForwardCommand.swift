@@ -265,9 +265,7 @@ struct Forward: ParsableCommand {
                     plugin = ExecPlugin(exec: exec, cluster: cluster)
                 }
             }
-            if let unsupported = user.unsupported {
-                standardError("warning: user \"\(selection.userName ?? "")\" uses \(unsupported), which this client does not support: it is not used")
-            }
+            for line in selection.unsupportedLines { standardError(line) }
             options.credentialSource = selection.userName.map { "user \"\($0)\"" }
         }
         let hasCredentials = options.token != nil || options.tokenFile != nil || plugin != nil
