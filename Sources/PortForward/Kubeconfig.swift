@@ -276,6 +276,42 @@ public struct Kubeconfig: Equatable, Sendable {
     }
 }
 
+extension Kubeconfig {
+    /// How a command checks the server's certificate: insecure, or against a CA (a file, or
+    /// data), or against the system's CAs when neither is set.
+    public struct Verification: Equatable, Sendable {
+        public var insecureSkipTLSVerify = false
+        public var certificateAuthority: String?
+        public var certificateAuthorityData: [UInt8]?
+    }
+
+    /// client-go's words (`validateClusterInfo`), which kubectl prints.
+    public static let insecureWithRootCertificates = "specifying a root certificates file with the insecure flag is not allowed"
+
+    /// The flags over the chosen cluster's fields, as client-go merges them: either flag
+    /// (`--insecure-skip-tls-verify`, `--certificate-authority`) replaces all three of the
+    /// cluster's, so the insecure flag over a kubeconfig with a CA is insecure without one, and a
+    /// CA flag over an insecure cluster is checked. Insecure together with a CA, from the flags
+    /// or from one cluster, is refused, as kubectl refuses it: one of the two would be ignored.
+    public static func verification(insecureFlag: Bool, certificateAuthorityFlag: String?,
+                                    cluster: Cluster?) throws -> Verification {
+        let flagCA = certificateAuthorityFlag.flatMap { $0.isEmpty ? nil : $0 }
+        var result = Verification()
+        if insecureFlag || flagCA != nil {
+            result.insecureSkipTLSVerify = insecureFlag
+            result.certificateAuthority = flagCA
+        } else if let cluster {
+            result.insecureSkipTLSVerify = cluster.insecureSkipTLSVerify
+            result.certificateAuthority = cluster.certificateAuthority
+            result.certificateAuthorityData = cluster.certificateAuthorityData
+        }
+        if result.insecureSkipTLSVerify && (result.certificateAuthority != nil || result.certificateAuthorityData != nil) {
+            throw LoadError(description: insecureWithRootCertificates)
+        }
+        return result
+    }
+}
+
 /// What an exec credential plugin prints (`ExecCredential`), and what it is given.
 public struct ExecCredential: Equatable, Sendable {
     public static let apiVersions = ["client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1"]

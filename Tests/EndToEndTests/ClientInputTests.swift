@@ -121,4 +121,28 @@ struct ClientInputTests {
             #expect(gateway.isRunning, "\(gateway.output)")
         }
     }
+
+    @Test("Insecure with a CA, from the flags or from one cluster, is refused as kubectl refuses it")
+    func insecureWithCertificateAuthority() throws {
+        try withScene { scene in
+            let files = try TLSFiles(in: scene.directory)
+            let refusal = "specifying a root certificates file with the insecure flag is not allowed"
+            let flags = try scene.runClient(["--server", "https://127.0.0.1:1", "--insecure-skip-tls-verify",
+                                             "--certificate-authority", files.ca, "web", ":80"])
+            expectOneLine(flags, refusal)
+            #expect(flags.stderr == "error: \(refusal)\n", "\(flags)")
+            let config = try scene.write("""
+                current-context: c
+                clusters:
+                - {name: lab, cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true, certificate-authority: "\(files.ca)"}}
+                contexts:
+                - {name: c, context: {cluster: lab}}
+                """, to: "kubeconfig")
+            expectOneLine(try scene.runClient(["--kubeconfig", config, "web", ":80"]), refusal)
+            // The insecure flag over that kubeconfig drops its CA (client-go's override): no
+            // refusal, the dial to port 1 fails instead.
+            let overridden = try scene.runClient(["--kubeconfig", config, "--insecure-skip-tls-verify", "web", ":80"])
+            #expect(overridden.status == 1 && !overridden.stderr.contains(refusal), "\(overridden)")
+        }
+    }
 }

@@ -200,6 +200,35 @@ struct KubeconfigTests {
         #expect(try config.select(Kubeconfig.Overrides(context: "d")).unsupportedLines == [])
     }
 
+    @Test("Insecure with a CA is refused as kubectl refuses it; either flag replaces the cluster's three fields")
+    func insecureWithCertificateAuthority() throws {
+        var cluster = Kubeconfig.Cluster()
+        cluster.certificateAuthority = "/k/ca.crt"
+        var insecure = Kubeconfig.Cluster()
+        insecure.insecureSkipTLSVerify = true
+        var both = cluster
+        both.insecureSkipTLSVerify = true
+        var bothData = insecure
+        bothData.certificateAuthorityData = [1, 2, 3]
+        let refusals: [(Bool, String?, Kubeconfig.Cluster?)] = [
+            (true, "/ca.crt", nil), (true, "/ca.crt", cluster), (false, nil, both), (false, nil, bothData),
+        ]
+        for (flag, ca, cluster) in refusals {
+            let error = #expect(throws: Kubeconfig.LoadError.self) {
+                try Kubeconfig.verification(insecureFlag: flag, certificateAuthorityFlag: ca, cluster: cluster)
+            }
+            #expect(error?.description == "specifying a root certificates file with the insecure flag is not allowed")
+        }
+        // client-go's overrides: the insecure flag drops the kubeconfig's CA, a CA flag its insecure.
+        let flagInsecure = try Kubeconfig.verification(insecureFlag: true, certificateAuthorityFlag: nil, cluster: both)
+        #expect(flagInsecure == Kubeconfig.Verification(insecureSkipTLSVerify: true))
+        let flagCA = try Kubeconfig.verification(insecureFlag: false, certificateAuthorityFlag: "/ca.crt", cluster: bothData)
+        #expect(flagCA == Kubeconfig.Verification(certificateAuthority: "/ca.crt"))
+        let fromFile = try Kubeconfig.verification(insecureFlag: false, certificateAuthorityFlag: nil, cluster: cluster)
+        #expect(fromFile == Kubeconfig.Verification(certificateAuthority: "/k/ca.crt"))
+        #expect(try Kubeconfig.verification(insecureFlag: false, certificateAuthorityFlag: nil, cluster: nil) == Kubeconfig.Verification())
+    }
+
     @Test("ExecCredential: token, certificate, expiry, the version check")
     func execCredential() throws {
         let v1 = "client.authentication.k8s.io/v1"
