@@ -145,4 +145,23 @@ struct ClientInputTests {
             #expect(overridden.status == 1 && !overridden.stderr.contains(refusal), "\(overridden)")
         }
     }
+
+    @Test("--address naming an address twice (localhost,127.0.0.1 and 127.0.0.1,127.0.0.1) listens once on it", arguments: [
+        "localhost,127.0.0.1", "127.0.0.1,127.0.0.1", "127.0.0.1,localhost",
+    ])
+    func duplicateAddresses(addresses: String) throws {
+        try withScene { scene in
+            let (_, relay) = try scene.echoPod(connector: .native)
+            let forwarder = try scene.startClient(["--server", relay.url, "--address", addresses, "web", ":\(echoPort)"],
+                                                  remotes: [echoPort])
+            let flows = try Net.connect("127.0.0.1", try forwarder.local(echoPort))
+            defer { close(flows) }
+            var exchange = [Flow(fd: flows, payload: Array("ping".utf8))]
+            try Net.exchange(&exchange, timeout: 10)
+            #expect(forwarder.child.isRunning, "\(forwarder.child.output)")
+            let lines = forwarder.child.output.split(separator: "\n").filter { $0.hasPrefix("Forwarding from 127.0.0.1:") }
+            #expect(lines.count == 1, "\(forwarder.child.output)")
+            #expect(!forwarder.child.stderr.contains("in use"), "\(forwarder.child.output)")
+        }
+    }
 }
