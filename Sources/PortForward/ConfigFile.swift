@@ -80,10 +80,9 @@ enum ConfigFile {
     /// so a small file cannot expand into a huge tree ("billion laughs"), and each scalar keeps
     /// its resolved type for the messages.
     static func compose(_ text: String, source: String, needs: String) throws -> Node? {
-        if let line = NestingDepth.firstBeyond(NestingDepth.limit, in: text) {
-            throw ConfigFileError(description: "\(source):\(line): lists and mappings nested more than \(NestingDepth.limit) deep (\(needs))")
-        }
-        do { return try Yams.compose(yaml: text) } catch {
+        do { return try NestingDepth.compose(text) } catch let error as NestingDepth.TooDeep {
+            throw ConfigFileError(description: "\(source):\(error.line): lists and mappings nested more than \(NestingDepth.limit) deep (\(needs))")
+        } catch {
             throw ConfigFileError(description: "\(source)\(yamlProblem(error))")
         }
     }

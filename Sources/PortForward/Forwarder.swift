@@ -814,30 +814,43 @@ public final class Forwarder: CompletionHandler {
     }
 
     private func openListeners(_ specs: [PortSpec]) throws {
+        // Each address once, as kubectl's parseAddresses: localhost is 127.0.0.1 and ::1 (either
+        // may fail alone, a host without IPv6); the same address twice (`localhost,127.0.0.1`,
+        // `::1,0::1`) would fail to bind the second time. An address named on its own must be
+        // bound, even when localhost names it too.
+        var ips: [(ip: String, key: String, required: Bool)] = []
+        for host in options.addresses {
+            for ip in host == "localhost" ? ["127.0.0.1", "::1"] : [host] {
+                guard let address = SocketAddress(ip: ip, port: 0) else {
+                    throw ForwardError("invalid address \"\(ip)\": expected localhost or a numeric IP address")
+                }
+                let key = "\(address)"
+                if let index = ips.firstIndex(where: { $0.key == key }) {
+                    ips[index].required = ips[index].required || host != "localhost"
+                } else {
+                    ips.append((ip, key, host != "localhost"))
+                }
+            }
+        }
         for spec in specs {
             var chosen = spec.local
             var bound = 0
             var failures: [String] = []
-            for host in options.addresses {
-                for ip in host == "localhost" ? ["127.0.0.1", "::1"] : [host] {
-                    guard let address = SocketAddress(ip: ip, port: chosen) else {
-                        throw ForwardError("invalid address \"\(ip)\": expected localhost or a numeric IP address")
+            for (ip, _, required) in ips {
+                let address = SocketAddress(ip: ip, port: chosen)!
+                do {
+                    let fd = try Sockets.listen(address)
+                    let local = Sockets.localAddress(fd)
+                    chosen = local.port
+                    // The port bound (a `:REMOTE` spec picks one): "Handling connection for" names it, as kubectl does.
+                    listeners.append((fd, PortSpec(local: chosen, remote: spec.remote)))
+                    bound += 1
+                    self.print("Forwarding from \(local) -> \(spec.remote)")
+                } catch {
+                    if required {
+                        throw ForwardError("unable to listen on port \(spec.local == 0 ? chosen : spec.local): \(error)")
                     }
-                    do {
-                        let fd = try Sockets.listen(address)
-                        let local = Sockets.localAddress(fd)
-                        chosen = local.port
-                        // The port bound (a `:REMOTE` spec picks one): "Handling connection for" names it, as kubectl does.
-                        listeners.append((fd, PortSpec(local: chosen, remote: spec.remote)))
-                        bound += 1
-                        self.print("Forwarding from \(local) -> \(spec.remote)")
-                    } catch {
-                        if host == "localhost" {
-                            failures.append("\(error)")
-                        } else {
-                            throw ForwardError("unable to listen on port \(spec.local == 0 ? chosen : spec.local): \(error)")
-                        }
-                    }
+                    failures.append("\(error)")
                 }
             }
             if bound == 0 {

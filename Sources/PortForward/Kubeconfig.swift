@@ -16,6 +16,9 @@ public struct Kubeconfig: Equatable, Sendable {
         public var certificateAuthorityData: [UInt8]?
         public var insecureSkipTLSVerify = false
         public var tlsServerName: String?
+        /// Fields this client does not implement (`proxy-url`), each said in one line at start
+        /// rather than ignored without a word.
+        public var unsupported: [String] = []
         public init() {}
     }
 
@@ -42,9 +45,9 @@ public struct Kubeconfig: Equatable, Sendable {
         public var clientKey: String?
         public var clientKeyData: [UInt8]?
         public var exec: Exec?
-        /// Set when the user names a mechanism this client does not implement (`auth-provider`,
-        /// `username`/`password`): said in one line rather than ignored.
-        public var unsupported: String?
+        /// The mechanisms this client does not implement that the user names (`auth-provider`,
+        /// `username`/`password`, impersonation): each said in one line rather than ignored.
+        public var unsupported: [String] = []
         public init() {}
     }
 
@@ -80,7 +83,9 @@ public struct Kubeconfig: Equatable, Sendable {
             return bytes
         }
         let document: Node?
-        do { document = try Yams.compose(yaml: text) } catch {
+        do { document = try NestingDepth.compose(text) } catch let error as NestingDepth.TooDeep {
+            throw LoadError(description: "kubeconfig \(path):\(error.line): lists and mappings nested more than \(NestingDepth.limit) deep (a kubeconfig needs 5)")
+        } catch {
             throw fail("not valid YAML: \(String(describing: error).split(separator: "\n").joined(separator: " "))")
         }
         guard let document else { return }
@@ -114,6 +119,9 @@ public struct Kubeconfig: Equatable, Sendable {
             cluster.certificateAuthorityData = try data(body["certificate-authority-data"], "cluster \(name): certificate-authority-data")
             cluster.insecureSkipTLSVerify = body["insecure-skip-tls-verify"]?.bool ?? false
             cluster.tlsServerName = body["tls-server-name"]?.string
+            if Self.isSet(body["proxy-url"]) {
+                cluster.unsupported.append("proxy-url (connections go to the server directly)")
+            }
             clusters[name] = cluster
         }
         for (name, body) in try named("users", "user") where users[name] == nil {
@@ -145,15 +153,31 @@ public struct Kubeconfig: Equatable, Sendable {
                 user.exec = plugin
             }
             if body["auth-provider"] != nil {
-                user.unsupported = "auth-provider (removed from kubectl in 1.26; use an exec plugin)"
+                user.unsupported.append("auth-provider (removed from kubectl in 1.26; use an exec plugin)")
             } else if body["username"] != nil || body["password"] != nil {
-                user.unsupported = "username/password (basic authentication)"
+                user.unsupported.append("username/password (basic authentication)")
+            }
+            // Impersonation: kubectl would send Impersonate-* headers and act as someone else;
+            // this client would act as the user itself.
+            for field in ["as", "as-uid", "as-groups", "as-user-extra"] where Self.isSet(body[field]) {
+                user.unsupported.append("\(field) (impersonation)")
             }
             users[name] = user
         }
         for (name, body) in try named("contexts", "context") where contexts[name] == nil {
             contexts[name] = Context(cluster: body["cluster"]?.string ?? "", user: body["user"]?.string ?? "",
                                      namespace: body["namespace"]?.string.flatMap { $0.isEmpty ? nil : $0 })
+        }
+    }
+
+    /// Whether a field is given a value: client-go reads an empty string, list or mapping (or
+    /// null) as unset.
+    private static func isSet(_ node: Node?) -> Bool {
+        switch node {
+        case nil: return false
+        case .scalar(let scalar)?: return node?.tagName != .null && !scalar.string.isEmpty
+        case .sequence(let list)?: return !list.isEmpty
+        case .mapping(let map)?: return !map.isEmpty
         }
     }
 
@@ -208,6 +232,13 @@ public struct Kubeconfig: Equatable, Sendable {
         public var user: User
         /// `-n`, else the context's, else `default`.
         public var namespace: String
+
+        /// One warning line for each field the chosen cluster and user set that this client
+        /// does not implement, printed at start.
+        public var unsupportedLines: [String] {
+            cluster.unsupported.map { "warning: cluster \"\(clusterName)\" uses \($0), which this client does not support: it is not used" }
+                + user.unsupported.map { "warning: user \"\(userName ?? "")\" uses \($0), which this client does not support: it is not used" }
+        }
     }
 
     public func select(_ overrides: Overrides = Overrides()) throws -> Selection {
@@ -245,6 +276,42 @@ public struct Kubeconfig: Equatable, Sendable {
     }
 }
 
+extension Kubeconfig {
+    /// How a command checks the server's certificate: insecure, or against a CA (a file, or
+    /// data), or against the system's CAs when neither is set.
+    public struct Verification: Equatable, Sendable {
+        public var insecureSkipTLSVerify = false
+        public var certificateAuthority: String?
+        public var certificateAuthorityData: [UInt8]?
+    }
+
+    /// client-go's words (`validateClusterInfo`), which kubectl prints.
+    public static let insecureWithRootCertificates = "specifying a root certificates file with the insecure flag is not allowed"
+
+    /// The flags over the chosen cluster's fields, as client-go merges them: either flag
+    /// (`--insecure-skip-tls-verify`, `--certificate-authority`) replaces all three of the
+    /// cluster's, so the insecure flag over a kubeconfig with a CA is insecure without one, and a
+    /// CA flag over an insecure cluster is checked. Insecure together with a CA, from the flags
+    /// or from one cluster, is refused, as kubectl refuses it: one of the two would be ignored.
+    public static func verification(insecureFlag: Bool, certificateAuthorityFlag: String?,
+                                    cluster: Cluster?) throws -> Verification {
+        let flagCA = certificateAuthorityFlag.flatMap { $0.isEmpty ? nil : $0 }
+        var result = Verification()
+        if insecureFlag || flagCA != nil {
+            result.insecureSkipTLSVerify = insecureFlag
+            result.certificateAuthority = flagCA
+        } else if let cluster {
+            result.insecureSkipTLSVerify = cluster.insecureSkipTLSVerify
+            result.certificateAuthority = cluster.certificateAuthority
+            result.certificateAuthorityData = cluster.certificateAuthorityData
+        }
+        if result.insecureSkipTLSVerify && (result.certificateAuthority != nil || result.certificateAuthorityData != nil) {
+            throw LoadError(description: insecureWithRootCertificates)
+        }
+        return result
+    }
+}
+
 /// What an exec credential plugin prints (`ExecCredential`), and what it is given.
 public struct ExecCredential: Equatable, Sendable {
     public static let apiVersions = ["client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1"]
@@ -263,7 +330,9 @@ public struct ExecCredential: Equatable, Sendable {
     /// output must say the same (client-go refuses a mismatch).
     public init(output: String, apiVersion: String) throws {
         let node: Node?
-        do { node = try Yams.compose(yaml: output) } catch {
+        do { node = try NestingDepth.compose(output) } catch is NestingDepth.TooDeep {
+            throw ParseError(description: "the plugin's output nests lists and mappings more than \(NestingDepth.limit) deep")
+        } catch {
             throw ParseError(description: "the plugin's output is not JSON")
         }
         guard case .mapping(let root)? = node else { throw ParseError(description: "the plugin's output is not a JSON object") }

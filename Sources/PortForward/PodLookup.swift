@@ -109,10 +109,7 @@ public struct PodDescription: Equatable, Sendable {
 
     /// The JSON body; a `Status` (an error) or anything else is a `Problem`.
     public init(json text: String) throws {
-        let node: Node?
-        do { node = try Yams.compose(yaml: text) } catch {
-            throw Problem(description: "the server's answer is not JSON")
-        }
+        let node = try Self.composed(text)
         guard case .mapping(let root)? = node else { throw Problem(description: "the server's answer is not a JSON object") }
         guard root["kind"]?.string == "Pod" else {
             if root["kind"]?.string == "Status", let message = root["message"]?.string {
@@ -125,10 +122,7 @@ public struct PodDescription: Equatable, Sendable {
 
     /// The items of a `PodList` (a gateway reads each node relay's).
     public static func list(json text: String) throws -> [PodDescription] {
-        let node: Node?
-        do { node = try Yams.compose(yaml: text) } catch {
-            throw Problem(description: "the server's answer is not JSON")
-        }
+        let node = try Self.composed(text)
         guard case .mapping(let root)? = node, root["kind"]?.string == "PodList" else {
             throw Problem(description: "the server's answer is not a PodList")
         }
@@ -137,6 +131,16 @@ public struct PodDescription: Equatable, Sendable {
             guard case .mapping(let object) = item else { return nil }
             let pod = PodDescription(object: object)
             return pod.name.isEmpty ? nil : pod
+        }
+    }
+
+    /// The answer's document: a server's (or a node relay's) text, so its nesting is checked
+    /// before Yams composes it (`NestingDepth`).
+    private static func composed(_ text: String) throws -> Node? {
+        do { return try NestingDepth.compose(text) } catch is NestingDepth.TooDeep {
+            throw Problem(description: "the server's answer nests lists and mappings more than \(NestingDepth.limit) deep")
+        } catch {
+            throw Problem(description: "the server's answer is not JSON")
         }
     }
 

@@ -1,6 +1,4 @@
 import CLinuxShim
-// Yams's copy of libyaml, for its event parser (see `NestingDepth`).
-import CYaml
 import HTTP2
 import Reactor
 import Yams
@@ -304,46 +302,6 @@ private struct Entry {
     }
 
     private func describe(_ node: Node) -> String { node.described }
-}
-
-/// Yams composes a document recursively, several stack frames per level of nesting, so a file
-/// nested some ten thousand deep (`pods: [[[[...`, a few bytes a level) would overflow the stack.
-/// libyaml's own parser keeps its stack on the heap: its events are counted first, and a file
-/// nested deeper than any pods file needs is refused before Yams sees it.
-enum NestingDepth {
-    static let limit = 64
-
-    /// The line where lists and mappings first nest deeper than `limit`; nil if they never do
-    /// (or if the text is not YAML: then Yams reports the error, having nested no deeper).
-    static func firstBeyond(_ limit: Int, in text: String) -> Int? {
-        var text = text
-        return text.withUTF8 { bytes -> Int? in
-            var parser = yaml_parser_t()
-            guard yaml_parser_initialize(&parser) == 1 else { return nil }
-            defer { yaml_parser_delete(&parser) }
-            yaml_parser_set_input_string(&parser, bytes.baseAddress, bytes.count)
-            yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING)
-            var depth = 0
-            var event = yaml_event_t()
-            while yaml_parser_parse(&parser, &event) == 1 {
-                let type = event.type
-                let line = Int(event.start_mark.line) + 1
-                yaml_event_delete(&event)
-                switch type {
-                case YAML_SEQUENCE_START_EVENT, YAML_MAPPING_START_EVENT:
-                    depth += 1
-                    if depth > limit { return line }
-                case YAML_SEQUENCE_END_EVENT, YAML_MAPPING_END_EVENT:
-                    depth -= 1
-                case YAML_STREAM_END_EVENT:
-                    return nil
-                default:
-                    break
-                }
-            }
-            return nil
-        }
-    }
 }
 
 /// Kubernetes's rules for object names (k8s.io/apimachinery/pkg/util/validation).

@@ -238,6 +238,16 @@ struct Forward: ParsableCommand {
         options.wireProtocol = kube.wireProtocol
         options.keepalive = kube.keepalive
         options.tls = kube.tls.options
+        do {
+            let verification = try Kubeconfig.verification(insecureFlag: kube.tls.insecureSkipTlsVerify,
+                                                           certificateAuthorityFlag: kube.tls.certificateAuthority,
+                                                           cluster: selection?.cluster)
+            options.tls.insecureSkipVerify = verification.insecureSkipTLSVerify
+            options.tls.certificateAuthorityFile = verification.certificateAuthority
+            options.tls.certificateAuthorityData = verification.certificateAuthorityData
+        } catch {
+            fail("\(error)")
+        }
         // --token or --token-file (one of them) wins over the kubeconfig's credentials.
         options.token = kube.token
         options.tokenFile = kube.tokenFile
@@ -246,11 +256,6 @@ struct Forward: ParsableCommand {
         if let selection {
             // The flags win over the kubeconfig, field by field, as kubectl's overrides do.
             let cluster = selection.cluster, user = selection.user
-            if kube.tls.certificateAuthority == nil {
-                options.tls.certificateAuthorityFile = cluster.certificateAuthority
-                options.tls.certificateAuthorityData = cluster.certificateAuthorityData
-            }
-            if !kube.tls.insecureSkipTlsVerify { options.tls.insecureSkipVerify = cluster.insecureSkipTLSVerify }
             if kube.tls.tlsServerName == nil { options.tls.serverName = cluster.tlsServerName }
             if kube.tls.clientCertificate == nil {
                 options.tls.clientCertificateFile = user.clientCertificate
@@ -265,9 +270,7 @@ struct Forward: ParsableCommand {
                     plugin = ExecPlugin(exec: exec, cluster: cluster)
                 }
             }
-            if let unsupported = user.unsupported {
-                standardError("warning: user \"\(selection.userName ?? "")\" uses \(unsupported), which this client does not support: it is not used")
-            }
+            for line in selection.unsupportedLines { standardError(line) }
             options.credentialSource = selection.userName.map { "user \"\($0)\"" }
         }
         let hasCredentials = options.token != nil || options.tokenFile != nil || plugin != nil

@@ -159,8 +159,74 @@ struct KubeconfigTests {
             - {name: gcp, user: {auth-provider: {name: gcp}}}
             - {name: basic, user: {username: u, password: p}}
             """, path: "/k")
-        #expect(config.users["gcp"]?.unsupported?.contains("auth-provider") == true)
-        #expect(config.users["basic"]?.unsupported?.contains("basic") == true)
+        #expect(config.users["gcp"]?.unsupported.count == 1)
+        #expect(config.users["gcp"]?.unsupported.first?.contains("auth-provider") == true)
+        #expect(config.users["basic"]?.unsupported.first?.contains("basic") == true)
+    }
+
+    @Test("proxy-url and impersonation (as, as-uid, as-groups, as-user-extra) are said, one line each; empty ones are unset")
+    func proxyAndImpersonation() throws {
+        let config = try Kubeconfig(yaml: """
+            current-context: c
+            clusters:
+            - {name: lab, cluster: {server: "https://10.0.0.1:6443", proxy-url: "socks5://proxy:1080"}}
+            - {name: direct, cluster: {server: "https://10.0.0.2:6443", proxy-url: ""}}
+            users:
+            - name: admin
+              user:
+                token: t
+                as: alice
+                as-uid: "1001"
+                as-groups: [dev, ops]
+                as-user-extra: {reason: [audit]}
+            - {name: plain, user: {token: t, as: "", as-groups: [], as-user-extra: {}}}
+            contexts:
+            - {name: c, context: {cluster: lab, user: admin}}
+            - {name: d, context: {cluster: direct, user: plain}}
+            """, path: "/k")
+        #expect(config.clusters["lab"]?.unsupported == ["proxy-url (connections go to the server directly)"])
+        #expect(config.clusters["direct"]?.unsupported == [])
+        #expect(config.users["admin"]?.unsupported == ["as (impersonation)", "as-uid (impersonation)",
+                                                        "as-groups (impersonation)", "as-user-extra (impersonation)"])
+        #expect(config.users["plain"]?.unsupported == [])
+        let lines = try config.select().unsupportedLines
+        #expect(lines == [
+            #"warning: cluster "lab" uses proxy-url (connections go to the server directly), which this client does not support: it is not used"#,
+            #"warning: user "admin" uses as (impersonation), which this client does not support: it is not used"#,
+            #"warning: user "admin" uses as-uid (impersonation), which this client does not support: it is not used"#,
+            #"warning: user "admin" uses as-groups (impersonation), which this client does not support: it is not used"#,
+            #"warning: user "admin" uses as-user-extra (impersonation), which this client does not support: it is not used"#,
+        ], "\(lines)")
+        #expect(try config.select(Kubeconfig.Overrides(context: "d")).unsupportedLines == [])
+    }
+
+    @Test("Insecure with a CA is refused as kubectl refuses it; either flag replaces the cluster's three fields")
+    func insecureWithCertificateAuthority() throws {
+        var cluster = Kubeconfig.Cluster()
+        cluster.certificateAuthority = "/k/ca.crt"
+        var insecure = Kubeconfig.Cluster()
+        insecure.insecureSkipTLSVerify = true
+        var both = cluster
+        both.insecureSkipTLSVerify = true
+        var bothData = insecure
+        bothData.certificateAuthorityData = [1, 2, 3]
+        let refusals: [(Bool, String?, Kubeconfig.Cluster?)] = [
+            (true, "/ca.crt", nil), (true, "/ca.crt", cluster), (false, nil, both), (false, nil, bothData),
+        ]
+        for (flag, ca, cluster) in refusals {
+            let error = #expect(throws: Kubeconfig.LoadError.self) {
+                try Kubeconfig.verification(insecureFlag: flag, certificateAuthorityFlag: ca, cluster: cluster)
+            }
+            #expect(error?.description == "specifying a root certificates file with the insecure flag is not allowed")
+        }
+        // client-go's overrides: the insecure flag drops the kubeconfig's CA, a CA flag its insecure.
+        let flagInsecure = try Kubeconfig.verification(insecureFlag: true, certificateAuthorityFlag: nil, cluster: both)
+        #expect(flagInsecure == Kubeconfig.Verification(insecureSkipTLSVerify: true))
+        let flagCA = try Kubeconfig.verification(insecureFlag: false, certificateAuthorityFlag: "/ca.crt", cluster: bothData)
+        #expect(flagCA == Kubeconfig.Verification(certificateAuthority: "/ca.crt"))
+        let fromFile = try Kubeconfig.verification(insecureFlag: false, certificateAuthorityFlag: nil, cluster: cluster)
+        #expect(fromFile == Kubeconfig.Verification(certificateAuthority: "/k/ca.crt"))
+        #expect(try Kubeconfig.verification(insecureFlag: false, certificateAuthorityFlag: nil, cluster: nil) == Kubeconfig.Verification())
     }
 
     @Test("ExecCredential: token, certificate, expiry, the version check")
