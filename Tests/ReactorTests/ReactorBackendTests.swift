@@ -76,8 +76,8 @@ import CLinuxShim
         let reactor = try makeReactor(backend, exercising: [.connect])
         let (listener, address) = try loopbackListener()
         defer { Glibc.close(listener) }
-        let (closed, nobody) = try loopbackListener()
-        Glibc.close(closed)
+        let (holder, nobody) = try refusingPort()
+        defer { Glibc.close(holder) }
         let good = try Sockets.socket(for: address)
         let refused = try Sockets.socket(for: nobody)
 

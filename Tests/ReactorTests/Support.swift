@@ -104,6 +104,20 @@ func loopbackListener() throws -> (FileDescriptor, SocketAddress) {
     return (fd, Sockets.localAddress(fd))
 }
 
+/// A loopback port that refuses connections for as long as the returned socket is open: bound,
+/// not listening. (A closed listener's port can be taken meanwhile by another test's listener,
+/// running in parallel, and the connect then succeeds.)
+func refusingPort() throws -> (FileDescriptor, SocketAddress) {
+    let address = SocketAddress(ip: "127.0.0.1", port: 0)!
+    let fd = try Sockets.socket(for: address)
+    guard address.withSockaddr({ Glibc.bind(fd, $0, $1) }) == 0 else {
+        let error = SystemError("bind", subject: address.description)
+        Glibc.close(fd)
+        throw error
+    }
+    return (fd, Sockets.localAddress(fd))
+}
+
 /// A client socket connected (blocking, which loopback finishes at once), then made non-blocking.
 func connectedClient(to address: SocketAddress) throws -> FileDescriptor {
     let fd = try Sockets.socket(for: address)
