@@ -321,6 +321,7 @@ public final class Forwarder: CompletionHandler {
         log?("session to \(options.server): \(speaking.name)")
         let connection = Connection(fd: fd, session: session, reactor: reactor)
         self.connection = connection
+        sessionStarted = Clock.nanoseconds()
         let table = self.table
         table.serve(connection, pipes: pipes) { [unowned self, unowned connection] reason in
             if self.connection === connection { return self.connectionClosed(reason) }
@@ -533,8 +534,9 @@ public final class Forwarder: CompletionHandler {
                     : "the relay did not agree to \(offering.joined(separator: " or ")) over TLS (ALPN \(established.alpn ?? "none"))")
             }
             let pump = TLSConnection(established: established, reactor: reactor, peer: server.authority, deadlineSeconds: 2)
-            pump.log = { [unowned self] line in
-                self.tlsFailure = line
+            pump.log = { [unowned self, unowned pump] line in
+                // A draining connection's pump speaks of its own connection, not the session's.
+                if self.tls === pump { self.tlsFailure = line }
                 self.log?(line)
             }
             tls = pump
@@ -995,7 +997,12 @@ public final class Forwarder: CompletionHandler {
             _ = reactor.timer(nanoseconds: 2_000_000_000, handler: Later { [reactor] in reactor.stop() }, tag: 0)
             return
         }
-        guard let connection, !connection.isClosed else { return reactor.stop() }
+        guard let connection, !connection.isClosed else {
+            if draining.isEmpty { return reactor.stop() }
+            // Their GOAWAY and resets a moment to leave.
+            _ = reactor.timer(nanoseconds: 500_000_000, handler: Later { [reactor] in reactor.stop() }, tag: 0)
+            return
+        }
         connection.session.terminate()
         connection.flushSoon()
         // Should the relay not read the GOAWAY, stop anyway.
@@ -1006,10 +1013,13 @@ public final class Forwarder: CompletionHandler {
     /// next session, so each is reset, and named in one line.
     private func noteResets() {
         guard phase != .stopping, options.reconnect.enabled, everReady else { return }
-        for port in open.values.sorted() {
+        // Not the tunnels still going on a draining HTTP/2 connection.
+        let elsewhere = Set(draining.flatMap { $0.table.tunnels.map(ObjectIdentifier.init) })
+        let ending = open.filter { !elsewhere.contains($0.key) }
+        for port in ending.values.sorted() {
             printError("Connection for port \(port) reset: the session to the relay was lost")
         }
-        open.removeAll()
+        for key in ending.keys { open[key] = nil }
     }
 
     /// The same for one HTTP/2 connection's streams (a draining connection's, or the session's).
@@ -1027,18 +1037,49 @@ public final class Forwarder: CompletionHandler {
     /// without a word), and a new session is dialled at once; local connections accepted
     /// meanwhile wait for it, as after a drop.
     private func goaway(_ connection: Connection) {
-        guard self.connection === connection, phase == .ready, options.reconnect.enabled, everReady else { return }
+        guard self.connection === connection, everReady, phase == .ready || phase == .checking else { return }
+        let why = connection.session.peerGoaway ?? "GOAWAY"
+        guard options.reconnect.enabled else {
+            // Nothing new on it, and no next session: the listeners close (new local connections
+            // are refused by the kernel, not ended in silence), and the client ends when the
+            // connection does, as after a drop.
+            printError("Relay at \(options.server) is going away (\(why)): no new connections (--no-reconnect); "
+                       + "the client ends when the open ones have")
+            for listener in listeners { reactor.close(listener.fd) }
+            listeners.removeAll()
+            return
+        }
         draining.append((connection, table, tls))
         self.connection = nil
+        tls = nil
         table = makeTable()
+        if phase == .checking {
+            // The re-dial reached a relay that is going away: dial again, as after a failed dial
+            // (its pod read, if it is still to come, belongs to the old connection).
+            podStream = nil
+            phase = .lost
+            failedDials += 1
+            return scheduleRedial()
+        }
         lostSince = Clock.nanoseconds()
-        printError("Relay at \(options.server) is going away (\(connection.session.peerGoaway ?? "GOAWAY")): reconnecting; "
+        printError("Relay at \(options.server) is going away (\(why)): reconnecting; "
                    + "open connections go on there, new connections wait up to \(options.reconnect.sessionWaitSeconds.formatted1) s")
         phase = .lost
+        // A relay that says GOAWAY soon after every session is re-dialled with the backoff, not at
+        // round-trip speed.
+        if Clock.nanoseconds() - sessionStarted < Self.shortSessionNanoseconds {
+            failedDials += 1
+            return scheduleRedial()
+        }
         failedDials = 0
         // Not from inside the session's frame callback: the dial blocks, and makes a connection.
         after(0) { [weak self] in self?.redial() }
     }
+
+    /// When the session of the moment's connection was set up.
+    private var sessionStarted: UInt64 = 0
+    /// A session that said GOAWAY sooner than this after it was set up is re-dialled with the backoff.
+    static let shortSessionNanoseconds: UInt64 = 2_000_000_000
 
     private func connectionClosed(_ reason: String?) {
         podStream = nil

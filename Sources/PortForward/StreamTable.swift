@@ -36,8 +36,8 @@ public final class StreamTable: SessionDelegate, SpliceReceiver {
     public func add(_ stream: HTTP2Stream, _ tunnel: Tunnel, onFinish: ((Tunnel) -> Void)? = nil) {
         streams[stream.id] = stream
         let id = stream.id
-        tunnel.onFinish = { [unowned self, weak stream] finished in
-            if self.streams[id] === stream { self.streams[id] = nil }
+        tunnel.onFinish = { [weak self, weak stream] finished in
+            if let self, self.streams[id] === stream { self.streams[id] = nil }
             onFinish?(finished)
         }
     }
