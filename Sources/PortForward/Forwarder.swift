@@ -162,7 +162,8 @@ public final class Forwarder: CompletionHandler {
     private var exchange: HTTPExchange?
     /// Counts dials: a deferred pod read belongs to the session of its dial.
     private var generation = 0
-    private var listeners: [(fd: FileDescriptor, spec: PortSpec)] = []
+    /// The listening sockets, each with its spec and the index of the port request it serves.
+    private var listeners: [(fd: FileDescriptor, spec: PortSpec, request: Int)] = []
     /// The streams of the session of the moment (`connection`).
     private var table = StreamTable()
     /// HTTP/2 connections the relay said GOAWAY on while a session was up: their streams go on
@@ -484,6 +485,7 @@ public final class Forwarder: CompletionHandler {
             everReady = true
         } else {
             printError("Reconnected to relay at \(options.server): forwarding to pod \(podName) again")
+            refreshNamedPorts(pod)
         }
         phase = .ready
         let queued = waiting
@@ -834,7 +836,7 @@ public final class Forwarder: CompletionHandler {
                 }
             }
         }
-        for spec in specs {
+        for (request, spec) in specs.enumerated() {
             var chosen = spec.local
             var bound = 0
             var failures: [String] = []
@@ -845,7 +847,7 @@ public final class Forwarder: CompletionHandler {
                     let local = Sockets.localAddress(fd)
                     chosen = local.port
                     // The port bound (a `:REMOTE` spec picks one): "Handling connection for" names it, as kubectl does.
-                    listeners.append((fd, PortSpec(local: chosen, remote: spec.remote)))
+                    listeners.append((fd, PortSpec(local: chosen, remote: spec.remote), request))
                     bound += 1
                     self.print("Forwarding from \(local) -> \(spec.remote)")
                 } catch {
@@ -973,6 +975,23 @@ public final class Forwarder: CompletionHandler {
     /// Runs `action` on the loop after `seconds`.
     private func after(_ seconds: Double, _ action: @escaping () -> Void) {
         _ = reactor.timer(nanoseconds: UInt64(max(seconds, 0.001) * 1e9), handler: Later(action), tag: 0)
+    }
+
+    /// After a re-dial: a named port is looked up again in the pod as it is now (a pod recreated
+    /// under its name may number its ports otherwise), one line for each that changed; one that
+    /// the pod no longer names keeps its number, with one line.
+    private func refreshNamedPorts(_ pod: PodDescription) {
+        for (index, request) in options.requests.enumerated() {
+            guard case .name(let name) = request.remote,
+                  let old = listeners.first(where: { $0.request == index })?.spec else { continue }
+            guard let number = pod.ports.first(where: { $0.name == name })?.number else {
+                printError("warning: pod \(podName) no longer has a port named \(name): forwarding \(old.local) -> \(old.remote) as before")
+                continue
+            }
+            guard number != old.remote else { continue }
+            for slot in listeners.indices where listeners[slot].request == index { listeners[slot].spec.remote = number }
+            printError("Port \(name) of pod \(podName) is now \(number) (was \(old.remote)): forwarding \(old.local) -> \(number)")
+        }
     }
 
     // MARK: ending

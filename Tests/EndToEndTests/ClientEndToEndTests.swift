@@ -333,6 +333,43 @@ struct ClientEndToEndTests {
         }
     }
 
+    @Test("A named port is looked up again at each re-dial: the pod back with the name on another port is forwarded there, with one line; a name the pod lost keeps its number, with one line")
+    func namedPortFollowsThePod() throws {
+        try withScene { scene in
+            let namespace = try scene.makeNamespace()
+            let (first, second) = (echoPort + 11, echoPort + 12)
+            try scene.serve(in: namespace, port: first, address: "SYSTEM:echo first")
+            try scene.serve(in: namespace, port: second, address: "SYSTEM:echo second")
+            func pods(_ port: Int?) -> String {
+                "pods:\n  - {namespace: default, name: web, netns: \(namespace.path)\(port.map { ", ports: [{name: svc, containerPort: \($0)}]" } ?? "")}\n"
+            }
+            let relay = try scene.startRelay(podsFile: pods(first), connector: .native)
+            let forwarder = try scene.start(["env", "-u", "KUBECONFIG", "-u", "PORTFORWARD_SERVER", "HOME=\(scene.directory)",
+                                             E2E.binary, "forward", "--server", relay.url, "--io", E2E.io, "--address", "127.0.0.1",
+                                             "web", ":svc"], name: "forward")
+            let local = try forwarder.waitFor("the Forwarding line") { text -> Int? in
+                guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("Forwarding from 127.0.0.1:") }) else { return nil }
+                return Int(line.dropFirst("Forwarding from 127.0.0.1:".count).prefix { $0.isNumber })
+            }
+            #expect(try identity(local) == "first\n")
+
+            var current = relay
+            for (round, port) in [Optional(second), nil].enumerated() {
+                kill(current.child.pid, SIGKILL)
+                _ = current.child.wait(timeout: 5)
+                current = try scene.startRelay(podsFile: pods(port), connector: .native, listen: "127.0.0.1:\(relay.port)")
+                _ = try forwarder.waitFor("the Reconnected line", timeout: 15) { text in
+                    text.components(separatedBy: "Reconnected to relay").count - 1 == round + 1 ? true : nil
+                }
+                #expect(try identity(local) == "second\n", "\(forwarder.stderr)")
+            }
+            #expect(forwarder.stderr.contains("Port svc of pod default/web is now \(second) (was \(first)): forwarding \(local) -> \(second)"),
+                    "\(forwarder.stderr)")
+            #expect(forwarder.stderr.contains("warning: pod default/web no longer has a port named svc: forwarding \(local) -> \(second) as before"),
+                    "\(forwarder.stderr)")
+        }
+    }
+
     @Test("A connection that waits longer than --session-wait-timeout for a session is closed with one line")
     func sessionWait() throws {
         try withScene { scene in
