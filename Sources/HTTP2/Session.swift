@@ -109,6 +109,9 @@ public final class Session {
     public fileprivate(set) var peerGoaway: String?
     /// The peer sent GOAWAY (with or without an error): it takes no new stream on this session.
     public var onGoaway: (() -> Void)?
+
+    /// An HTTP/2 error code's name as nghttp2 gives it (`CANCEL`, `INTERNAL_ERROR`, ...).
+    public static func errorName(_ code: UInt32) -> String { String(cString: nghttp2_http2_strerror(code)) }
     /// nghttp2 holds a stream's body as a raw pointer: the session keeps it alive until the
     /// stream closes.
     private var bodies: [StreamID: DataSource] = [:]

@@ -925,7 +925,13 @@ public final class Forwarder: CompletionHandler {
         }
         let key = ObjectIdentifier(tunnel)
         open[key] = spec.remote
-        table.add(carrier, tunnel) { [unowned self] _ in self.open[key] = nil }
+        table.add(carrier, tunnel) { [unowned self] finished in
+            // Reset by the relay mid-connection (a gateway's node gone, the pod's socket reset):
+            // one line, as for the connections a lost session resets.
+            if self.open.removeValue(forKey: key) != nil, let code = finished.resetByPeer, self.phase != .stopping {
+                self.printError("Connection for port \(spec.remote) reset by the relay (\(Session.errorName(code)))")
+            }
+        }
         tunnel.onRejected = { [unowned self] status, reason in
             // An expired or revoked token: the plugin runs again for the next stream.
             if status == 401 { self.execPlugin?.forget() }

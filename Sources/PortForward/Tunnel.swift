@@ -218,7 +218,13 @@ public final class Tunnel: CompletionHandler {
     /// Relay side: the stream is answered with an error; whatever the client sends is dropped.
     public func refused() { handle { $0.refused(&$1) } }
     /// The stream is gone: 0 when both sides ended it, else the reset code.
-    public func streamClosed(errorCode: UInt32) { handle { $0.streamClosed(errorCode: errorCode, &$1) } }
+    public func streamClosed(errorCode: UInt32) {
+        if errorCode != 0, !state.isFinished { resetByPeer = errorCode }
+        handle { $0.streamClosed(errorCode: errorCode, &$1) }
+    }
+    /// The reset code of a stream the other side reset while this tunnel was still going (nil:
+    /// it was not); the client names such a connection in one line.
+    public private(set) var resetByPeer: UInt32?
     /// An error, or the end of the tunnel's purpose: reset both the stream and the socket.
     public func abort() { handle { $0.abort(&$1) } }
     /// The connection under the stream is gone: nothing queued for it will be sent.
